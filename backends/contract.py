@@ -1,0 +1,428 @@
+"""The backend contract: vrange modes and results, regions, and the base class.
+
+The semantics are those of John Stultz's ``vrange()`` proposal (2014):
+
+    int vrange(unsigned long start, size_t length, int mode, int *purged);
+
+A call returns how many bytes had their mode set, which may be fewer than
+asked, like ``write()``; ``purged`` is independent of that count and speaks
+only for the part that was processed. :class:`Backend` checks every argument
+the same way for every backend, keeps the page states, and leaves the real
+work to a few hooks.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import mmap
+import operator
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from errno import ENOMEM
+from typing import Any, ClassVar
+
+from .pages import NONVOL, PageBook
+
+
+class Mode(enum.IntEnum):
+    """What :meth:`Backend.vrange` makes a range: purgeable or pinned."""
+
+    VOLATILE = 0
+    NONVOLATILE = 1
+
+
+VOLATILE = Mode.VOLATILE
+NONVOLATILE = Mode.NONVOLATILE
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend that does not work here.
+
+    Attributes:
+        name: the backend's name.
+        reason: one sentence saying what is missing and what to do about it.
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"volcache backend {name!r} is unavailable here: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class VRange:
+    """The result of :meth:`Backend.vrange`.
+
+    Attributes:
+        count: bytes whose mode was set, from the start of the range, in whole
+            pages. Less than asked means the call stopped early; pages past
+            ``count`` keep their old mode.
+        purged_pages: sorted indexes (counted from the region's first page) of
+            the pages of the processed part that were purged while volatile.
+            Always empty for ``VOLATILE``.
+
+    Unpacks as ``count, purged = backend.vrange(...)``.
+    """
+
+    count: int
+    purged_pages: tuple[int, ...] = ()
+
+    @property
+    def purged(self) -> bool:
+        """True if any page of the processed part had been purged."""
+        return bool(self.purged_pages)
+
+    def __iter__(self) -> Iterator[int | bool]:
+        yield self.count
+        yield self.purged
+
+    def __repr__(self) -> str:
+        return (
+            f"VRange(count={self.count}, purged={self.purged}, purged_pages={self.purged_pages!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What differs between backends: documented, never silent.
+
+    Attributes:
+        purger: who decides to purge volatile pages.
+        touch_purged: what touching a purged page before re-pinning it does.
+        needs: what the backend needs from the machine.
+        fault_injection: whether :meth:`Backend.inject_fault` works.
+    """
+
+    purger: str
+    touch_purged: str
+    needs: str
+    fault_injection: bool = False
+
+
+class Region:
+    """Page-aligned private anonymous memory handed out by a backend.
+
+    New regions are zero filled and non-volatile. ``view`` is a writable
+    ``memoryview`` of the whole region; after :meth:`Backend.release` it is
+    released and using the region is a ``ValueError``.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_backend",
+        "_map",
+        "_view",
+        "address",
+        "ident",
+        "page_size",
+        "size",
+    )
+
+    def __init__(self, backend: Backend, mapping: mmap.mmap, address: int, ident: int) -> None:
+        self._backend = backend
+        self._map: mmap.mmap | None = mapping
+        self._view: memoryview | None = memoryview(mapping)
+        self.address = address
+        self.ident = ident
+        self.page_size = backend.page_size
+        self.size = len(mapping)
+
+    @property
+    def view(self) -> memoryview:
+        """A writable view of the whole region."""
+        if self._view is None:
+            raise ValueError(f"{self!r} was released")
+        return self._view
+
+    @property
+    def pages(self) -> int:
+        """The number of pages in the region."""
+        return self.size // self.page_size
+
+    @property
+    def released(self) -> bool:
+        """True once the region was released (or its backend closed)."""
+        return self._view is None
+
+    @property
+    def backend(self) -> Backend:
+        """The backend that owns the region."""
+        return self._backend
+
+    def _drop(self) -> None:
+        view, self._view = self._view, None
+        mapping, self._map = self._map, None
+        try:
+            view.release()
+            mapping.close()
+        except BufferError:
+            # Someone still holds a view derived from ours; the mapping is
+            # unmapped when the last of them is gone, never before.
+            pass
+
+    def __repr__(self) -> str:
+        state = "released" if self.released else f"{self.pages} pages"
+        return f"<Region {self._backend.name}#{self.ident} at {self.address:#x}, {state}>"
+
+
+class Backend(abc.ABC):
+    """Hands out regions and sets their volatility with vrange semantics.
+
+    Subclasses implement ``_map``, ``_mark``, ``_unmark``, ``_purge`` and
+    ``unavailable_reason``; this class checks arguments, keeps the page book,
+    the lock and the counters, so that every backend fails the same way.
+    Backends are thread safe and context managers.
+    """
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    def __init__(self, *, page_size: int | None = None) -> None:
+        base = mmap.PAGESIZE
+        if page_size is None:
+            page_size = base
+        page_size = operator.index(page_size)
+        if page_size < base or page_size & (page_size - 1):
+            raise ValueError(
+                f"page_size must be a power of two and at least {base}, got {page_size}"
+            )
+        self.page_size: int = page_size
+        self._lock = threading.RLock()
+        self._book = PageBook()
+        self._regions: dict[int, Region] = {}
+        self._next_ident = 1
+        self._closed = False
+        self._counters = {"vrange_calls": 0, "purged_bytes": 0, "reclaimed_bytes": 0}
+
+    # -- what subclasses provide -------------------------------------------
+
+    @classmethod
+    @abc.abstractmethod
+    def unavailable_reason(cls) -> str | None:
+        """None if the backend works here, else one sentence a user can act on."""
+
+    @abc.abstractmethod
+    def _map(self, nbytes: int) -> tuple[mmap.mmap, int]:
+        """Map ``nbytes`` (whole pages) of zeroed private anonymous memory: (map, address)."""
+
+    @abc.abstractmethod
+    def _mark(self, region: Region, first: int, npages: int) -> tuple[int, int]:
+        """Make non-volatile pages volatile: (pages done, errno if stopped early else 0)."""
+
+    @abc.abstractmethod
+    def _unmark(self, region: Region, first: int, npages: int) -> tuple[int, list[int], int]:
+        """Re-pin pages of any state: (pages done, purged page indexes, errno or 0).
+
+        The book still holds the old states; the caller updates it afterwards.
+        """
+
+    @abc.abstractmethod
+    def _purge(self, npages: int) -> int:
+        """Purge up to ``npages`` volatile pages, oldest first; return pages purged."""
+
+    def _limit(self, npages: int) -> tuple[int, int]:
+        """How many pages the next vrange call may process, and the errno if fewer.
+
+        The place where fault injection cuts a call short.
+        """
+        return npages, 0
+
+    def _unmap(self, region: Region) -> None:
+        """Backend work before a region's memory is dropped."""
+
+    def _close(self) -> None:
+        """Backend work after every region was released."""
+
+    def _stats(self) -> dict[str, Any]:
+        """Backend-specific entries of :meth:`stats`."""
+        return {}
+
+    # -- the contract --------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def allocate(self, nbytes: int) -> Region:
+        """A new zero-filled, non-volatile region of at least ``nbytes``.
+
+        Raises:
+            ValueError: if ``nbytes`` is not positive, or the backend is closed.
+            MemoryError: if the memory cannot be had.
+        """
+        nbytes = operator.index(nbytes)
+        if nbytes <= 0:
+            raise ValueError(f"allocate: nbytes must be positive, got {nbytes}")
+        size = -(-nbytes // self.page_size) * self.page_size
+        with self._lock:
+            self._check_open()
+            mapping, address = self._map(size)
+            region = Region(self, mapping, address, self._next_ident)
+            self._next_ident += 1
+            self._regions[region.ident] = region
+            self._book.add(region.ident, region.pages)
+        return region
+
+    def vrange(self, region: Region, start: int, length: int, mode: Mode | int) -> VRange:
+        """Set the mode of ``length`` bytes (rounded up to pages) from ``start``.
+
+        Returns a :class:`VRange`. A short ``count`` means the call stopped
+        early; ``purged_pages`` lists the purged pages of the processed part.
+
+        Raises:
+            ValueError: a bad mode, an unaligned or negative start, a negative
+                length, a range outside the region, a released region or a
+                closed backend (EINVAL).
+            OSError: if nothing could be processed, with its errno.
+        """
+        try:
+            mode = Mode(mode)
+        except ValueError:
+            raise ValueError(
+                f"vrange: mode must be VOLATILE or NONVOLATILE, got {mode!r}"
+            ) from None
+        start = operator.index(start)
+        length = operator.index(length)
+        if start < 0 or start % self.page_size:
+            raise ValueError(
+                f"vrange: start must be a non-negative multiple of the page size "
+                f"({self.page_size}), got {start}"
+            )
+        if length < 0:
+            raise ValueError(f"vrange: length must not be negative, got {length}")
+        first = start // self.page_size
+        npages = -(-length // self.page_size)
+        with self._lock:
+            self._check_open()
+            self._check_region(region)
+            if first + npages > region.pages:
+                raise ValueError(
+                    f"vrange: [{start}, {start + length}) is outside {region!r} "
+                    f"of {region.size} bytes"
+                )
+            if npages == 0:
+                return VRange(0)
+            self._counters["vrange_calls"] += 1
+            allowed, err = self._limit(npages)
+            done, purged = 0, []
+            if allowed and mode is VOLATILE:
+                done, stop_err = self._mark_range(region, first, allowed)
+            elif allowed:
+                done, purged, stop_err = self._unmark(region, first, allowed)
+                if done:
+                    self._book.set_nonvolatile(region.ident, first, done)
+                self._counters["purged_bytes"] += len(purged) * self.page_size
+            if done < allowed:
+                err = stop_err
+        if done == 0:
+            raise OSError(err, f"vrange: {os.strerror(err)} (nothing was processed)")
+        return VRange(done * self.page_size, tuple(purged))
+
+    def reclaim(self, nbytes: int) -> int:
+        """Purge up to ``nbytes`` (rounded up to pages) of volatile memory now.
+
+        The oldest volatile pages go first. Returns the bytes purged.
+        """
+        nbytes = operator.index(nbytes)
+        if nbytes < 0:
+            raise ValueError(f"reclaim: nbytes must not be negative, got {nbytes}")
+        with self._lock:
+            self._check_open()
+            purged = self._purge(-(-nbytes // self.page_size)) * self.page_size
+            self._counters["reclaimed_bytes"] += purged
+        return purged
+
+    def release(self, region: Region) -> None:
+        """Give a region's memory back. Using it afterwards is a ``ValueError``."""
+        with self._lock:
+            self._check_open()
+            self._check_region(region)
+            self._drop(region)
+
+    def close(self) -> None:
+        """Release every region and the backend's resources. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            for region in list(self._regions.values()):
+                self._drop(region)
+            self._closed = True
+            self._close()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and sizes; still answers after :meth:`close`.
+
+        Every backend reports ``regions``, ``allocated_bytes``,
+        ``pinned_bytes`` (non-volatile), ``volatile_bytes``, ``purged_bytes``
+        (found purged by re-pinning, cumulative), ``reclaimed_bytes`` (purged
+        by :meth:`reclaim`, cumulative) and ``vrange_calls``.
+        """
+        ps = self.page_size
+        with self._lock:
+            book = self._book
+            stats: dict[str, Any] = {
+                "backend": self.name,
+                "page_size": ps,
+                "regions": len(self._regions),
+                "allocated_bytes": book.pages * ps,
+                "pinned_bytes": (book.pages - book.volatile) * ps,
+                "volatile_bytes": book.volatile * ps,
+                **self._counters,
+            }
+            stats.update(self._stats())
+        return stats
+
+    def inject_fault(self, *, after: int = 0, errno: int = ENOMEM, calls: int = 1) -> None:
+        """Make the next ``calls`` vrange calls stop after ``after`` bytes.
+
+        ``after`` is rounded down to pages; a call that can process nothing
+        raises ``OSError(errno)``. Only where ``capabilities.fault_injection``.
+        """
+        raise NotImplementedError(f"the {self.name} backend has no fault injection")
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._regions)} regions"
+        return f"<{type(self).__name__} {state}>"
+
+    # -- helpers for subclasses ----------------------------------------------
+
+    def _mark_range(self, region: Region, first: int, npages: int) -> tuple[int, int]:
+        """Mark the non-volatile spans of a range; pages already volatile keep their age."""
+        stop = first + npages
+        for span_first, span_pages in list(
+            self._book.spans(region.ident, first, stop, bytes([NONVOL]))
+        ):
+            done, err = self._mark(region, span_first, span_pages)
+            if done:
+                self._book.set_volatile(region.ident, span_first, done)
+            if done < span_pages:
+                return span_first + done - first, err
+        return npages, 0
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"the {self.name} backend is closed")
+
+    def _check_region(self, region: Region) -> None:
+        if not isinstance(region, Region):
+            raise TypeError(f"expected a Region, got {type(region).__name__}")
+        if region.released:
+            raise ValueError(f"{region!r} was released")
+        if self._regions.get(region.ident) is not region:
+            raise ValueError(f"{region!r} belongs to another backend")
+
+    def _drop(self, region: Region) -> None:
+        self._unmap(region)
+        self._book.remove(region.ident)
+        del self._regions[region.ident]
+        region._drop()

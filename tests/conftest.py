@@ -1,0 +1,69 @@
+"""Shared fixtures: a backend of every registered kind, skipped or required.
+
+A backend that does not work here is skipped with its reason, unless its name
+is in ``VOLCACHE_REQUIRE`` (comma separated, ``all`` for every registered
+backend): on our machines the real paths must really run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from volcache.backends import available_backends, get_backend
+
+BACKENDS = list(available_backends())
+
+
+def required_backends() -> set[str]:
+    """The names in ``VOLCACHE_REQUIRE``; ``all`` means every registered backend."""
+    names = {n.strip() for n in os.environ.get("VOLCACHE_REQUIRE", "").split(",") if n.strip()}
+    if "all" in names:
+        names = (names - {"all"}) | set(BACKENDS)
+    return names
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    unknown = required_backends() - set(BACKENDS)
+    if unknown:
+        raise pytest.UsageError(
+            f"VOLCACHE_REQUIRE names backends that are not registered: {sorted(unknown)}; "
+            f"registered: {BACKENDS}"
+        )
+
+
+def need_backend(name: str) -> None:
+    """Skip the test if the backend does not work here, or fail if it is required."""
+    reason = available_backends()[name]
+    if reason is None:
+        return
+    if name in required_backends():
+        pytest.fail(f"backend {name!r} is required by VOLCACHE_REQUIRE but unavailable: {reason}")
+    pytest.skip(f"backend {name!r} unavailable: {reason}")
+
+
+def require(feature: str, reason: str | None) -> None:
+    """Skip for a missing machine feature (cgroups, root), or fail if a required backend needs it.
+
+    ``feature`` is the backend whose real path the test exercises.
+    """
+    if reason is None:
+        return
+    if feature in required_backends():
+        pytest.fail(f"{feature} is required by VOLCACHE_REQUIRE but this test cannot run: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """The name of each registered backend that works here."""
+    need_backend(request.param)
+    return request.param
+
+
+@pytest.fixture
+def backend(backend_name: str):
+    """A fresh backend of each registered kind, closed after the test."""
+    with get_backend(backend_name) as b:
+        yield b

@@ -1,0 +1,17 @@
+"""volcache: caches that give memory back.
+
+Values live in memory marked volatile while idle; under memory pressure the
+operating system discards it instead of swapping or killing the process, and
+the cache regenerates what was lost on the next access.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .backends import BackendUnavailable, available_backends, get_backend
+
+try:
+    __version__ = version("volcache")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"
+
+__all__ = ["BackendUnavailable", "__version__", "available_backends", "get_backend"]
