@@ -36,6 +36,7 @@ class Mode(enum.IntEnum):
 
 VOLATILE = Mode.VOLATILE
 NONVOLATILE = Mode.NONVOLATILE
+_MODES = {0: VOLATILE, 1: NONVOLATILE}
 
 
 class BackendUnavailable(RuntimeError):
@@ -52,7 +53,6 @@ class BackendUnavailable(RuntimeError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True, repr=False)
 class VRange:
     """The result of :meth:`Backend.vrange`.
 
@@ -63,26 +63,48 @@ class VRange:
         purged_pages: sorted indexes (counted from the region's first page) of
             the pages of the processed part that were purged while volatile.
             Always empty for ``VOLATILE``.
+        purged: true if there are any.
 
     Unpacks as ``count, purged = backend.vrange(...)``.
     """
 
-    count: int
-    purged_pages: tuple[int, ...] = ()
+    # A plain slotted class: a frozen dataclass costs a microsecond per result
+    # on the re-pin path, which a cache hit takes.
+    __slots__ = ("_count", "_pages")
+
+    def __init__(self, count: int, purged_pages: tuple[int, ...] = ()) -> None:
+        self._count = count
+        self._pages = purged_pages
+
+    @property
+    def count(self) -> int:
+        """Bytes whose mode was set."""
+        return self._count
+
+    @property
+    def purged_pages(self) -> tuple[int, ...]:
+        """Purged pages of the processed part, from the region's first page."""
+        return self._pages
 
     @property
     def purged(self) -> bool:
         """True if any page of the processed part had been purged."""
-        return bool(self.purged_pages)
+        return bool(self._pages)
 
     def __iter__(self) -> Iterator[int | bool]:
-        yield self.count
-        yield self.purged
+        yield self._count
+        yield bool(self._pages)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, VRange):
+            return NotImplemented
+        return (self._count, self._pages) == (other._count, other._pages)
+
+    def __hash__(self) -> int:
+        return hash((self._count, self._pages))
 
     def __repr__(self) -> str:
-        return (
-            f"VRange(count={self.count}, purged={self.purged}, purged_pages={self.purged_pages!r})"
-        )
+        return f"VRange(count={self._count}, purged={self.purged}, purged_pages={self._pages!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,11 +302,12 @@ class Backend(abc.ABC):
             OSError: if nothing could be processed, with its errno.
         """
         try:
-            mode = Mode(mode)
-        except ValueError:
-            raise ValueError(
-                f"vrange: mode must be VOLATILE or NONVOLATILE, got {mode!r}"
-            ) from None
+            checked = _MODES.get(mode)
+        except TypeError:  # unhashable
+            checked = None
+        if checked is None or isinstance(mode, float):
+            raise ValueError(f"vrange: mode must be VOLATILE or NONVOLATILE, got {mode!r}")
+        mode = checked
         start = operator.index(start)
         length = operator.index(length)
         if start < 0 or start % self.page_size:
@@ -399,9 +422,11 @@ class Backend(abc.ABC):
     def _mark_range(self, region: Region, first: int, npages: int) -> tuple[int, int]:
         """Mark the non-volatile spans of a range; pages already volatile keep their age."""
         stop = first + npages
-        for span_first, span_pages in list(
-            self._book.spans(region.ident, first, stop, bytes([NONVOL]))
-        ):
+        if self._book.count(region.ident, first, stop, NONVOL) == npages:
+            spans: list[tuple[int, int]] = [(first, npages)]
+        else:
+            spans = list(self._book.spans(region.ident, first, stop, bytes([NONVOL])))
+        for span_first, span_pages in spans:
             done, err = self._mark(region, span_first, span_pages)
             if done:
                 self._book.set_volatile(region.ident, span_first, done)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from array import array
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Iterator
 
 NONVOL = 0
@@ -30,31 +30,24 @@ def _pattern(states: bytes) -> re.Pattern[bytes]:
     return pattern
 
 
-class _Run:
-    """Pages marked volatile by one call: the unit of age."""
-
-    __slots__ = ("first", "ident", "live", "npages")
-
-    def __init__(self, ident: int, first: int, npages: int) -> None:
-        self.ident = ident
-        self.first = first
-        self.npages = npages
-        self.live = npages  # pages of the run still volatile and not purged
-
-
 class PageBook:
     """Page states of regions (by region ident) and volatile runs, oldest first.
+
+    A run is the pages one call made volatile. A page belongs to the run whose
+    id is its stamp; a page re-pinned (stamp 0) or marked again later (a newer
+    stamp) has left the run. Runs are checked against the stamps when reclaim
+    walks them, and dead runs are swept in amortized constant time, so that
+    re-pinning never has to find the runs it touches.
 
     Not thread safe: the owning backend holds its lock around every call.
     """
 
     def __init__(self) -> None:
         self._states: dict[int, bytearray] = {}
-        # For each page, the run that made it volatile (0: none), so that a page
-        # re-pinned and marked again later ages from its newest marking.
         self._stamps: dict[int, array] = {}
-        self._runs: OrderedDict[int, _Run] = OrderedDict()
+        self._runs: OrderedDict[int, tuple[int, int, int]] = OrderedDict()  # id -> ident, first, n
         self._next_run = 1
+        self._sweep_at = 1024
         self.pages = 0
         self.volatile = 0  # VOL or PURGED
         self.purged = 0  # PURGED
@@ -66,10 +59,9 @@ class PageBook:
         self.pages += npages
 
     def remove(self, ident: int) -> None:
-        """Forget a region and every run that pointed into it."""
+        """Forget a region; its runs die with it."""
         states = self._states.pop(ident)
-        stamps = self._stamps.pop(ident)
-        self._unstamp(stamps, 0, len(stamps))
+        del self._stamps[ident]
         self.pages -= len(states)
         self.volatile -= len(states) - states.count(NONVOL)
         self.purged -= states.count(PURGED)
@@ -90,13 +82,14 @@ class PageBook:
     def set_volatile(self, ident: int, first: int, npages: int) -> None:
         """Mark non-volatile pages volatile, as one run younger than all others."""
         states = self._states[ident]
-        assert states.count(NONVOL, first, first + npages) == npages
         run = self._next_run
         self._next_run += 1
-        self._runs[run] = _Run(ident, first, npages)
+        self._runs[run] = (ident, first, npages)
         states[first : first + npages] = bytes([VOL]) * npages
         self._stamps[ident][first : first + npages] = array("Q", [run]) * npages
         self.volatile += npages
+        if len(self._runs) >= self._sweep_at:
+            self._sweep()
 
     def set_nonvolatile(self, ident: int, first: int, npages: int) -> None:
         """Make pages non-volatile, whatever they were."""
@@ -105,7 +98,7 @@ class PageBook:
         self.volatile -= npages - states.count(NONVOL, first, stop)
         self.purged -= states.count(PURGED, first, stop)
         states[first:stop] = bytes(npages)
-        self._unstamp(self._stamps[ident], first, stop)
+        self._stamps[ident][first:stop] = array("Q", bytes(8 * npages))
 
     def set_purged(self, ident: int, first: int, npages: int) -> None:
         """Record that volatile pages were purged."""
@@ -113,28 +106,30 @@ class PageBook:
         stop = first + npages
         assert states.count(VOL, first, stop) == npages
         states[first:stop] = bytes([PURGED]) * npages
-        self._unstamp(self._stamps[ident], first, stop)
+        self._stamps[ident][first:stop] = array("Q", bytes(8 * npages))
         self.purged += npages
 
     def oldest(self, npages: int) -> list[tuple[int, int, int]]:
         """Up to ``npages`` volatile, unpurged pages, oldest marking first.
 
-        Returns spans ``(ident, first, npages)``; nothing is changed.
+        Returns spans ``(ident, first, npages)``; page states are not changed.
         """
         found: list[tuple[int, int, int]] = []
-        for run_id, run in self._runs.items():
+        dead: list[int] = []
+        for run, (ident, first, count) in self._runs.items():
             if npages <= 0:
                 break
-            if run.live == run.npages:
-                spans = [(run.first, run.npages)]
-            else:
-                spans = self._live_spans(run_id, run)
-            for first, count in spans:
-                take = min(count, npages)
-                found.append((run.ident, first, take))
+            spans = self._live_spans(run, ident, first, count)
+            if not spans:
+                dead.append(run)
+            for span_first, span_pages in spans:
+                take = min(span_pages, npages)
+                found.append((ident, span_first, take))
                 npages -= take
                 if npages <= 0:
                     break
+        for run in dead:  # the walk found them: spare the next walk
+            del self._runs[run]
         return found
 
     def volatile_spans(self) -> Iterator[tuple[int, int, int]]:
@@ -143,27 +138,33 @@ class PageBook:
             for first, count in self.spans(ident, 0, len(self._states[ident]), bytes([VOL])):
                 yield ident, first, count
 
-    def _live_spans(self, run_id: int, run: _Run) -> list[tuple[int, int]]:
-        stamps = self._stamps[run.ident]
+    def _live_spans(self, run: int, ident: int, first: int, npages: int) -> list[tuple[int, int]]:
+        stamps = self._stamps.get(ident)
+        if stamps is None:
+            return []
+        stop = first + npages
+        window = stamps[first:stop]
+        live = window.count(run)
+        if live == npages:
+            return [(first, npages)]
         spans: list[tuple[int, int]] = []
-        page = run.first
-        stop = run.first + run.npages
-        while page < stop:
-            if stamps[page] != run_id:
+        if live == 0:
+            return spans
+        page = 0
+        while page < npages:
+            if window[page] != run:
                 page += 1
                 continue
             start = page
-            while page < stop and stamps[page] == run_id:
+            while page < npages and window[page] == run:
                 page += 1
-            spans.append((start, page - start))
+            spans.append((first + start, page - start))
         return spans
 
-    def _unstamp(self, stamps: array, first: int, stop: int) -> None:
-        for run_id, count in Counter(stamps[first:stop]).items():
-            if run_id == 0:
-                continue
-            run = self._runs[run_id]
-            run.live -= count
-            if run.live == 0:
-                del self._runs[run_id]
-        stamps[first:stop] = array("Q", bytes(8 * (stop - first)))
+    def _sweep(self) -> None:
+        """Drop runs with no live page; next sweep when the runs have doubled."""
+        for run, (ident, first, npages) in list(self._runs.items()):
+            stamps = self._stamps.get(ident)
+            if stamps is None or run not in stamps[first : first + npages]:
+                del self._runs[run]
+        self._sweep_at = max(1024, 2 * len(self._runs))

@@ -11,6 +11,7 @@ from .contract import Backend, BackendUnavailable
 
 # Best first: the order in which ``auto`` tries them.
 _BACKENDS: dict[str, str | type[Backend]] = {
+    "kernel": "kernel:KernelBackend",
     "sim": "sim:SimBackend",
 }
 

@@ -158,7 +158,9 @@ class SimBackend(Backend):
         book = self._book
         err = 0
         wanted = book.count(region.ident, first, first + npages, PURGED)
-        if wanted and not self._make_room(wanted, (region.ident, first, first + npages)):
+        if not wanted:
+            return npages, [], 0
+        if not self._make_room(wanted, (region.ident, first, first + npages)):
             # Re-pin only as many purged pages as there is memory for.
             room = self._limit_pages - self._resident()
             states = book.states(region.ident)

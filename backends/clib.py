@@ -1,0 +1,177 @@
+"""The one door to the native helper (``volcache.backends._native``).
+
+Each function checks its arguments in Python, calls C once, and turns a
+negative return into ``OSError``. If the helper did not build, or is stale,
+:func:`unavailable_reason` says so and the backends that need it report
+themselves unavailable; nothing else breaks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+from pathlib import Path
+from typing import Any
+
+#: The version of the C declarations this module was written against.
+NATIVE_VERSION = 1
+
+_SOURCES = Path(__file__).resolve().parent / "native"
+
+
+def _source_hash() -> str | None:
+    """The hash of the C sources beside this file (an editable checkout), as build.py makes it."""
+    digest = hashlib.sha256()
+    try:
+        for name in ("volcache_native.h", "volcache_native.c"):
+            digest.update((_SOURCES / name).read_bytes())
+    except OSError:
+        return None  # an installed wheel: the sources are not shipped
+    return digest.hexdigest()
+
+
+try:
+    from ._native import ffi, lib
+except ImportError as exc:  # not built: no compiler at install time, or not installed
+    ffi = lib = None
+    _REASON: str | None = (
+        f"the native helper is not built ({exc}); install a C compiler and the Python "
+        "headers, then reinstall volcache (pip install -e .)"
+    )
+else:
+    if lib.VC_NATIVE_VERSION != NATIVE_VERSION:
+        _REASON = (
+            f"the native helper is stale (version {lib.VC_NATIVE_VERSION}, this code needs "
+            f"{NATIVE_VERSION}); rebuild it by reinstalling volcache (pip install -e .)"
+        )
+        ffi = lib = None
+    elif _source_hash() not in (None, ffi.string(lib.vc_source_hash).decode()):
+        _REASON = (
+            "the native helper is stale: its C sources changed since it was built; "
+            "rebuild it by reinstalling volcache (pip install -e .)"
+        )
+        ffi = lib = None
+    else:
+        _REASON = None
+
+
+def unavailable_reason() -> str | None:
+    """None if the native helper is loaded and current, else what to do about it."""
+    return _REASON
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        raise OSError(-result, f"{what}: {os.strerror(-result)}")
+    return result
+
+
+def address_of(mapping: mmap.mmap) -> int:
+    """The address of a writable mmap's first byte."""
+    return int(ffi.cast("uintptr_t", ffi.from_buffer(mapping)))
+
+
+def madvise(address: int, length: int, advice: int) -> None:
+    """``madvise(2)``; raises ``OSError`` on failure."""
+    _check(lib.vc_madvise(address, length, advice), "madvise")
+
+
+class Counters:
+    """Counters the C code increments: system calls and tag mismatches."""
+
+    def __init__(self) -> None:
+        self._syscalls = ffi.new("unsigned long[1]")
+        self._mismatched = ffi.new("unsigned long[1]")
+
+    @property
+    def syscalls(self) -> int:
+        """System calls made by the native helper."""
+        return self._syscalls[0]
+
+    @property
+    def mismatched(self) -> int:
+        """Pages found written to while volatile."""
+        return self._mismatched[0]
+
+    def count_syscalls(self, n: int = 1) -> None:
+        """Count system calls made from Python on the native helper's behalf."""
+        self._syscalls[0] += n
+
+
+class TaggedPages:
+    """The native state of one region: saved first words, scratch for results."""
+
+    def __init__(self, address: int, npages: int, page_size: int) -> None:
+        self.address = address
+        self.npages = npages
+        self.page_size = page_size
+        self._saved = ffi.new("uint64_t[]", npages)
+        self._purged = ffi.new("uint32_t[]", npages)
+        self._gone = ffi.new("uint8_t[]", npages)
+        self._err = ffi.new("int[1]")
+
+    def _span(self, first: int, npages: int) -> int:
+        if first < 0 or npages <= 0 or first + npages > self.npages:
+            raise ValueError(f"pages [{first}, {first + npages}) outside 0..{self.npages}")
+        return self.address + first * self.page_size
+
+    def mark(self, first: int, npages: int, tag: int, counters: Counters) -> tuple[int, int]:
+        """Tag and lazily free pages: (pages marked, errno if fewer else 0).
+
+        Raises:
+            OSError: if no page could be marked.
+        """
+        address = self._span(first, npages)
+        done = lib.vc_mark(
+            address,
+            npages,
+            self.page_size,
+            tag,
+            self._saved + first,
+            self._err,
+            counters._syscalls,
+        )
+        _check(done, "madvise(MADV_FREE)")
+        return done, self._err[0]
+
+    def unmark(self, first: int, npages: int, tag: int, counters: Counters) -> list[int]:
+        """Re-pin tagged pages; the purged ones, as region page indexes."""
+        address = self._span(first, npages)
+        n = lib.vc_unmark(
+            address,
+            npages,
+            self.page_size,
+            tag,
+            self._saved + first,
+            self._purged,
+            counters._mismatched,
+        )
+        return [first + i for i in self._purged[0:n]]
+
+    def pageout(self, first: int, npages: int, use_dontneed: bool, counters: Counters) -> list[int]:
+        """Drop pages now; those no longer resident, as region page indexes."""
+        address = self._span(first, npages)
+        n = _check(
+            lib.vc_pageout(
+                address, npages, self.page_size, use_dontneed, self._gone, counters._syscalls
+            ),
+            "madvise(MADV_PAGEOUT)",
+        )
+        if n == npages:
+            return list(range(first, first + npages))
+        gone = bytes(ffi.buffer(self._gone, npages))
+        return [first + i for i in range(npages) if gone[i]]
+
+
+def native_info() -> dict[str, Any]:
+    """What the helper is: for ``volcache info``."""
+    if lib is None:
+        return {"loaded": False, "reason": _REASON}
+    return {"loaded": True, "version": lib.VC_NATIVE_VERSION, "file": _native_file()}
+
+
+def _native_file() -> str:
+    from . import _native
+
+    return _native.__file__

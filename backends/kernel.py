@@ -1,0 +1,180 @@
+"""The ``kernel`` backend: ``MADV_FREE`` with exact, race-free purge detection.
+
+Linux never merged vrange(); it has ``MADV_FREE``: lazily freed anonymous
+pages that the kernel may drop under memory pressure, which read as zeros once
+dropped, and which a write takes back. It cannot say whether a page was
+dropped, so marking saves each page's first word aside and writes a non-zero
+tag there; re-pinning atomically exchanges the tag with the saved word and
+reads the tag back (intact, and the write took the page back) or zero
+(purged). Re-pinning makes no system call.
+"""
+
+from __future__ import annotations
+
+import functools
+import mmap
+import sys
+from typing import Any
+
+from . import clib
+from .contract import Backend, Capabilities, Region
+from .pages import PURGED, VOL
+
+#: The word written at the start of each volatile page: any non-zero value.
+TAG = int.from_bytes(b"volcache", "little")
+
+_MADV_PAGEOUT = 21  # Linux 5.4; Python's mmap module does not name it
+
+
+@functools.cache
+def _probe() -> tuple[str | None, bool]:
+    """(why the backend cannot work here or None, whether MADV_PAGEOUT works)."""
+    if not sys.platform.startswith("linux"):
+        return "the kernel backend needs Linux (MADV_FREE); use the sim backend here", False
+    reason = clib.unavailable_reason()
+    if reason is not None:
+        return reason, False
+    mapping = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        address = clib.address_of(mapping)
+        mapping[:8] = b"volcache"
+        try:
+            clib.madvise(address, mmap.PAGESIZE, mmap.MADV_FREE)
+        except OSError as exc:
+            return (
+                f"this kernel rejects MADV_FREE ({exc.strerror}); the kernel backend needs "
+                "Linux 4.5 or later: use the uffd or sim backend",
+                False,
+            )
+        if mapping[:8] != b"volcache":
+            return (
+                "MADV_FREE frees pages at once on this kernel (as Linux before 4.12 does "
+                "without swap), so volatile memory would always be lost: use the uffd backend",
+                False,
+            )
+        try:
+            clib.madvise(address, mmap.PAGESIZE, _MADV_PAGEOUT)
+        except OSError:
+            return None, False
+        return None, True
+    finally:
+        mapping.close()
+
+
+def _lazyfree_bytes() -> int | None:
+    """The process's lazily freed memory, from /proc/self/smaps_rollup."""
+    try:
+        with open("/proc/self/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("LazyFree:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _runs(pages: list[int]) -> list[tuple[int, int]]:
+    """Sorted page indexes as (first, npages) runs."""
+    runs: list[tuple[int, int]] = []
+    for page in pages:
+        if runs and runs[-1][0] + runs[-1][1] == page:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((page, 1))
+    return runs
+
+
+class KernelBackend(Backend):
+    """Volatile memory the Linux kernel purges, with exact purge detection.
+
+    Args:
+        huge_pages: allow transparent huge pages. Off by default: a huge page
+            is purged all or nothing, and re-pinning one 4 KiB page of it pins
+            all 2 MiB.
+        page_size: must be the system page size (None).
+    """
+
+    name = "kernel"
+    capabilities = Capabilities(
+        purger="the Linux kernel, when memory runs short (reclaim() drops pages at once "
+        "with MADV_PAGEOUT)",
+        touch_purged="reads zeros (the kernel dropped the page); nothing catches it",
+        needs="Linux 4.5+ with a lazy MADV_FREE, and the native helper built at install",
+    )
+
+    def __init__(self, *, huge_pages: bool = False, page_size: int | None = None) -> None:
+        if page_size not in (None, mmap.PAGESIZE):
+            raise ValueError(
+                f"kernel: page_size must be the system page size ({mmap.PAGESIZE}), got {page_size}"
+            )
+        super().__init__()
+        self._huge_pages = bool(huge_pages)
+        self._native = clib.Counters()
+        self._tagged: dict[int, clib.TaggedPages] = {}
+        self._use_dontneed = not _probe()[1]
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Linux, a lazy MADV_FREE and the native helper, or why not."""
+        return _probe()[0]
+
+    def _map(self, nbytes: int) -> tuple[mmap.mmap, int]:
+        mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        address = clib.address_of(mapping)
+        self._native.count_syscalls()
+        if not self._huge_pages:
+            clib.madvise(address, nbytes, mmap.MADV_NOHUGEPAGE)
+            self._native.count_syscalls()
+        return mapping, address
+
+    def _pages_of(self, region: Region) -> clib.TaggedPages:
+        tagged = self._tagged.get(region.ident)
+        if tagged is None:
+            tagged = clib.TaggedPages(region.address, region.pages, self.page_size)
+            self._tagged[region.ident] = tagged
+        return tagged
+
+    def _mark(self, region: Region, first: int, npages: int) -> tuple[int, int]:
+        try:
+            return self._pages_of(region).mark(first, npages, TAG, self._native)
+        except OSError as exc:
+            return 0, exc.errno
+
+    def _unmark(self, region: Region, first: int, npages: int) -> tuple[int, list[int], int]:
+        stop = first + npages
+        book = self._book
+        if book.count(region.ident, first, stop, VOL) == npages:
+            return npages, self._pages_of(region).unmark(first, npages, TAG, self._native), 0
+        # Pages our own reclaim dropped are known: report them without a touch.
+        purged = [
+            page
+            for span, count in book.spans(region.ident, first, stop, bytes([PURGED]))
+            for page in range(span, span + count)
+        ]
+        tagged = self._pages_of(region)
+        for span, count in book.spans(region.ident, first, stop, bytes([VOL])):
+            purged.extend(tagged.unmark(span, count, TAG, self._native))
+        purged.sort()
+        return npages, purged, 0
+
+    def _purge(self, npages: int) -> int:
+        total = 0
+        for ident, first, count in self._book.oldest(npages):
+            gone = self._tagged[ident].pageout(first, count, self._use_dontneed, self._native)
+            for run_first, run_pages in _runs(gone):
+                self._book.set_purged(ident, run_first, run_pages)
+            total += len(gone)
+        return total
+
+    def _unmap(self, region: Region) -> None:
+        self._tagged.pop(region.ident, None)
+        self._native.count_syscalls()  # munmap, when the last view of the map is gone
+
+    def _stats(self) -> dict[str, Any]:
+        return {
+            "syscalls": self._native.syscalls,
+            "tag_mismatches": self._native.mismatched,
+            "reclaim_advice": "MADV_DONTNEED" if self._use_dontneed else "MADV_PAGEOUT",
+            "huge_pages": self._huge_pages,
+            "lazyfree_bytes": _lazyfree_bytes(),
+        }

@@ -1,0 +1,156 @@
+/* volcache native helper: the bodies. See volcache_native.h. */
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "volcache_native.h"
+
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
+
+static inline uint64_t *word_of(uintptr_t addr, size_t page, size_t page_size)
+{
+    return (uint64_t *)(addr + page * page_size);
+}
+
+long vc_mark(uintptr_t addr, size_t npages, size_t page_size, uint64_t tag,
+             uint64_t *saved, int *err, unsigned long *syscalls)
+{
+    size_t i, done;
+    int first_err;
+
+    *err = 0;
+    for (i = 0; i < npages; i++) {
+        uint64_t *word = word_of(addr, i, page_size);
+        saved[i] = *word;
+        *word = tag;
+    }
+    (*syscalls)++;
+    if (madvise((void *)addr, npages * page_size, MADV_FREE) == 0)
+        return (long)npages;
+
+    /* madvise stops at the first vma it cannot handle, having freed the ones
+     * before it. Find that page, one page at a time: pages after it were not
+     * lazily freed, so restoring their words cannot race with reclaim. */
+    first_err = errno;
+    for (done = 0; done < npages; done++) {
+        (*syscalls)++;
+        if (madvise((void *)(addr + done * page_size), page_size, MADV_FREE) != 0) {
+            first_err = errno;
+            break;
+        }
+    }
+    for (i = done; i < npages; i++)
+        *word_of(addr, i, page_size) = saved[i];
+    if (done == npages)
+        return (long)npages;
+    *err = first_err;
+    return done ? (long)done : -(long)first_err;
+}
+
+long vc_unmark(uintptr_t addr, size_t npages, size_t page_size, uint64_t tag,
+               const uint64_t *saved, uint32_t *purged, unsigned long *mismatched)
+{
+    long n = 0;
+    size_t i;
+
+    for (i = 0; i < npages; i++) {
+        uint64_t *word = word_of(addr, i, page_size);
+        uint64_t old;
+
+        /* A purged page reads as the shared zero page: a minor fault but no
+         * memory. The exchange would fault in a fresh page for nothing. */
+        if (__atomic_load_n(word, __ATOMIC_RELAXED) == 0) {
+            purged[n++] = (uint32_t)i;
+            continue;
+        }
+        /* One atomic instruction: reclaim clears the page table entry before
+         * it looks at the dirty bit, so the exchange either lands first (the
+         * page is dirty and kept: we read the tag) or faults in a new zero
+         * page afterwards (we read 0). A read then a write could see the tag
+         * and then write into a page that reclaim dropped in between. */
+        old = __atomic_exchange_n(word, saved[i], __ATOMIC_SEQ_CST);
+        if (old != tag) {
+            purged[n++] = (uint32_t)i;
+            if (old != 0)
+                (*mismatched)++;
+        }
+    }
+    return n;
+}
+
+static long count_gone(uintptr_t addr, size_t npages, size_t page_size, uint8_t *gone,
+                       unsigned long *syscalls)
+{
+    long n = 0;
+    size_t i;
+
+    (*syscalls)++;
+    if (mincore((void *)addr, npages * page_size, gone) != 0)
+        return -errno;
+    for (i = 0; i < npages; i++) {
+        gone[i] = !(gone[i] & 1);
+        n += gone[i];
+    }
+    return n;
+}
+
+/* MADV_FREE parks pages in a per-CPU batch before they reach the LRU, and
+ * MADV_PAGEOUT drains only the batches of the CPU it runs on. Worse, a page
+ * out that meets pages parked on another CPU leaves them no longer lazily
+ * freed (seen on 6.18). So before a page out, visit every CPU and drain its
+ * batches with a MADV_PAGEOUT of a page of our own, then restore the mask
+ * (the mask is not a limit, the cpuset is: a CPU it forbids is skipped). */
+static void drain_all_cpus(unsigned long *syscalls)
+{
+    static char *drain_page;
+    cpu_set_t allowed, one;
+    long ncpus, cpu;
+
+    if (drain_page == NULL) {
+        (*syscalls)++;
+        drain_page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (drain_page == MAP_FAILED) {
+            drain_page = NULL;
+            return;
+        }
+    }
+    drain_page[0] = 1;
+    (*syscalls)++;
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
+        return;
+    ncpus = sysconf(_SC_NPROCESSORS_CONF);
+    for (cpu = 0; cpu < ncpus && cpu < CPU_SETSIZE; cpu++) {
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        (*syscalls)++;
+        if (sched_setaffinity(0, sizeof(one), &one) != 0)
+            continue;
+        (*syscalls)++;
+        madvise(drain_page, 4096, MADV_PAGEOUT);
+    }
+    (*syscalls)++;
+    sched_setaffinity(0, sizeof(allowed), &allowed);
+}
+
+long vc_pageout(uintptr_t addr, size_t npages, size_t page_size, int use_dontneed,
+                uint8_t *gone, unsigned long *syscalls)
+{
+    if (!use_dontneed)
+        drain_all_cpus(syscalls);
+    (*syscalls)++;
+    if (madvise((void *)addr, npages * page_size, use_dontneed ? MADV_DONTNEED : MADV_PAGEOUT) != 0)
+        return -errno;
+    return count_gone(addr, npages, page_size, gone, syscalls);
+}
+
+long vc_madvise(uintptr_t addr, size_t length, int advice)
+{
+    return madvise((void *)addr, length, advice) == 0 ? 0 : -errno;
+}

@@ -1,0 +1,20 @@
+"""Fixtures for the benchmarks: every backend that works here.
+
+Run with ``python -m pytest benchmarks`` (``--benchmark-disable`` runs each
+once, as a smoke test). Compare within one run: ratios, not absolute times.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from volcache.backends import available_backends, get_backend
+
+WORKING = [name for name, reason in available_backends().items() if reason is None]
+
+
+@pytest.fixture(params=WORKING)
+def backend(request):
+    """A fresh backend of each kind that works here."""
+    with get_backend(request.param) as b:
+        yield b

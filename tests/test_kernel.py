@@ -1,0 +1,266 @@
+"""The kernel backend beyond the contract, against the real kernel.
+
+Partial marking through a real madvise failure (mlocked pages), purges the
+kernel made behind the backend's back, zero system calls on re-pin (seen by
+strace), huge pages, and the availability probe.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from volcache import cgroups
+from volcache.backends import NONVOLATILE, VOLATILE, available_backends, clib, get_backend
+
+from .conftest import need_backend, require
+
+PS = os.sysconf("SC_PAGE_SIZE")
+HERE = Path(__file__).resolve().parent
+LIBC = ctypes.CDLL(None, use_errno=True)
+MADV_PAGEOUT = 21
+
+
+@pytest.fixture
+def kernel():
+    need_backend("kernel")
+    with get_backend("kernel") as backend:
+        yield backend
+
+
+def mlock(address: int, length: int) -> None:
+    if LIBC.mlock(ctypes.c_void_p(address), ctypes.c_size_t(length)) != 0:
+        err = ctypes.get_errno()
+        pytest.fail(f"mlock failed: {os.strerror(err)}")
+
+
+def smaps_entry(address: int) -> dict[str, str]:
+    """The /proc/self/smaps fields of the mapping that starts at ``address``."""
+    entry: dict[str, str] = {}
+    found = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                if found:
+                    break
+                found = int(head.split("-")[0], 16) == address
+            elif found:
+                key, _, value = line.partition(":")
+                entry[key] = value.strip()
+    assert found, f"no mapping at {address:#x}"
+    return entry
+
+
+def test_a_real_madvise_failure_part_way_gives_a_short_count(kernel):
+    """mlocked pages make MADV_FREE fail: the count stops there, nothing half-tagged."""
+    region = kernel.allocate(PS * 8)
+    data = os.urandom(region.size)
+    region.view[:] = data
+    mlock(region.address + PS * 3, PS * 2)
+    result = kernel.vrange(region, 0, region.size, VOLATILE)
+    assert result.count == PS * 3
+    assert region.view[PS * 3 :] == data[PS * 3 :]  # tags of unmarked pages restored
+    with pytest.raises(OSError) as raised:
+        kernel.vrange(region, PS * 3, PS, VOLATILE)
+    assert raised.value.errno == errno.EINVAL
+    assert region.view[PS * 3 : PS * 4] == data[PS * 3 : PS * 4]
+    # Pages past the count stayed pinned: only the first three can be purged.
+    assert kernel.reclaim(region.size) == PS * 3
+    assert kernel.vrange(region, 0, region.size, NONVOLATILE).purged_pages == (0, 1, 2)
+    assert region.view[PS * 3 :] == data[PS * 3 :]
+
+
+def test_pages_the_kernel_purged_on_its_own_are_found_without_using_memory(kernel):
+    """A purge the backend did not see is detected, and re-pinning allocates nothing."""
+    region = kernel.allocate(PS * 64)
+    region.view[:] = b"\x77" * region.size
+    kernel.vrange(region, 0, region.size, VOLATILE)
+    # Real kernel reclaim behind the backend's back, from this CPU (whose
+    # batches MADV_PAGEOUT drains), as memory pressure would do it.
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        clib.madvise(region.address + PS * 16, PS * 32, MADV_PAGEOUT)
+    finally:
+        os.sched_setaffinity(0, cpus)
+    result = kernel.vrange(region, 0, region.size, NONVOLATILE)
+    assert result.purged_pages == tuple(range(16, 48))
+    assert region.view[PS * 16 : PS * 48] == bytes(PS * 32)
+    assert region.view[: PS * 16] == b"\x77" * PS * 16
+    # The purged pages read the shared zero page: 32 pages that cost no memory.
+    assert int(smaps_entry(region.address)["Rss"].split()[0]) * 1024 == PS * 32
+
+
+def test_reclaim_is_exact_when_pages_were_marked_on_another_cpu(kernel):
+    """Pages parked in another CPU's LRU batch are still reclaimed."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    region = kernel.allocate(PS * 64)
+    try:
+        for _ in range(20):
+            os.sched_setaffinity(0, {cpus[0]})
+            kernel.vrange(region, 0, region.size, VOLATILE)
+            os.sched_setaffinity(0, {cpus[1]})
+            assert kernel.reclaim(region.size) == region.size
+            assert len(kernel.vrange(region, 0, region.size, NONVOLATILE).purged_pages) == 64
+    finally:
+        os.sched_setaffinity(0, set(cpus))
+
+
+def test_a_page_written_while_volatile_is_reported_purged(kernel):
+    """Writing to volatile memory is a bug; its page is reported, never trusted."""
+    region = kernel.allocate(PS * 2)
+    region.view[:] = b"\x11" * region.size
+    kernel.vrange(region, 0, region.size, VOLATILE)
+    region.view[PS : PS + 4] = b"oops"
+    assert kernel.vrange(region, 0, region.size, NONVOLATILE).purged_pages == (1,)
+    assert kernel.stats()["tag_mismatches"] == 1
+    assert region.view[:PS] == b"\x11" * PS
+
+
+def test_repinning_makes_no_system_call():
+    """strace sees nothing between two markers around 50 re-pins of 256 pages."""
+    need_backend("kernel")
+    strace = shutil.which("strace")
+    if strace is None:
+        require("kernel", "strace is not installed (Debian package strace)")
+    script = textwrap.dedent(
+        """
+        import os
+        from volcache.backends import get_backend, VOLATILE, NONVOLATILE
+        backend = get_backend("kernel")
+        regions = [backend.allocate(256 * 4096) for _ in range(50)]
+        for region in regions:
+            region.view[:] = b"x" * region.size
+            backend.vrange(region, 0, region.size, VOLATILE)
+        os.getppid()
+        for region in regions:
+            assert backend.vrange(region, 0, region.size, NONVOLATILE).count == region.size
+        os.getppid()
+        """
+    )
+    run = subprocess.run(
+        [strace, "-qq", "-e", "trace=all", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stderr.splitlines()
+    markers = [i for i, line in enumerate(lines) if line.startswith("getppid(")]
+    assert len(markers) == 2, run.stderr[-2000:]
+    between = lines[markers[0] + 1 : markers[1]]
+    assert between == [], between
+
+
+def test_regions_refuse_huge_pages_unless_asked(kernel):
+    """MADV_NOHUGEPAGE by default ('nh' in VmFlags); huge_pages=True leaves THP on."""
+    region = kernel.allocate(4 << 20)
+    assert "nh" in smaps_entry(region.address)["VmFlags"].split()
+    with get_backend("kernel", huge_pages=True) as huge:
+        region = huge.allocate(4 << 20)
+        assert "nh" not in smaps_entry(region.address)["VmFlags"].split()
+        region.view[:] = b"\x33" * region.size
+        huge.vrange(region, 0, region.size, VOLATILE)
+        assert huge.vrange(region, 0, region.size, NONVOLATILE).purged_pages == ()
+        assert region.view == b"\x33" * region.size
+
+
+def test_stats_show_system_calls_and_lazyfree_memory(kernel):
+    """Marking makes a system call and shows up as LazyFree; re-pinning takes it back."""
+    region = kernel.allocate(PS * 256)
+    region.view[:] = b"\x01" * region.size
+    before = kernel.stats()
+    kernel.vrange(region, 0, region.size, VOLATILE)
+    marked = kernel.stats()
+    assert marked["syscalls"] == before["syscalls"] + 1
+    # Up to one per-CPU batch (31 pages) is not counted as LazyFree until it drains.
+    assert marked["lazyfree_bytes"] >= before["lazyfree_bytes"] + region.size - 31 * PS
+    kernel.vrange(region, 0, region.size, NONVOLATILE)
+    repinned = kernel.stats()
+    assert repinned["syscalls"] == marked["syscalls"]
+    assert repinned["lazyfree_bytes"] <= marked["lazyfree_bytes"] - region.size + 31 * PS
+    assert marked["reclaim_advice"] == "MADV_PAGEOUT"
+
+
+def test_page_size_other_than_the_systems_is_refused():
+    need_backend("kernel")
+    with pytest.raises(ValueError, match="page_size"):
+        get_backend("kernel", page_size=PS * 4)
+
+
+def _probe_in_child(prelude: str) -> dict:
+    script = prelude + textwrap.dedent(
+        """
+        import json
+        from volcache.backends import available_backends, get_backend
+        with get_backend("auto") as chosen:
+            print(json.dumps({"available": available_backends(), "auto": chosen.name}))
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def test_without_the_native_helper_the_kernel_backend_says_why_and_sim_works():
+    """A missing helper makes kernel unavailable with a reason; auto still works."""
+    found = _probe_in_child("import sys; sys.modules['volcache.backends._native'] = None\n")
+    assert "native helper is not built" in found["available"]["kernel"]
+    assert "reinstall" in found["available"]["kernel"]
+    assert found["available"]["sim"] is None and found["auto"] != "kernel"
+
+
+def test_a_stale_native_helper_is_refused():
+    """A helper built from other declarations is refused, not used."""
+    prelude = textwrap.dedent(
+        """
+        import sys, types
+        import volcache.backends._native as real
+        stale = types.SimpleNamespace(ffi=real.ffi, lib=types.SimpleNamespace(VC_NATIVE_VERSION=0))
+        sys.modules['volcache.backends._native'] = stale
+        """
+    )
+    found = _probe_in_child(prelude)
+    assert "stale" in found["available"]["kernel"]
+
+
+def test_kernel_is_the_preferred_backend_here():
+    need_backend("kernel")
+    assert next(iter(available_backends())) == "kernel"
+    with get_backend() as chosen:
+        assert chosen.name == os.environ.get("VOLCACHE_BACKEND", "kernel")
+
+
+def test_real_pressure_in_a_memory_cgroup():
+    """Under a cgroup limit and a memory hog: not killed, purges real, every byte right.
+
+    The child re-pins 64 MiB after each of 5 forced reclaims, then 20 cycles
+    with the hog running concurrently, and checks every page.
+    """
+    need_backend("kernel")
+    require("kernel", cgroups.unavailable_reason())
+    with cgroups.MemoryCgroup(128 << 20, name="volcache-test") as group:
+        child = [sys.executable, str(HERE / "pressure_child.py"), "kernel", "64", "80", "5", "20"]
+        run = subprocess.run(group.command(child), capture_output=True, text=True, timeout=300)
+        oom_kills = group.oom_kills()
+        path = group.path
+    assert not path.exists()
+    assert run.returncode == 0, f"child exit {run.returncode}: {run.stderr[-2000:]}"
+    assert oom_kills == 0
+    counts = json.loads(run.stdout)
+    assert counts["cycles"] == 25
+    assert counts["pages_checked"] == 25 * 64 * 256
+    assert counts["wrong_intact"] == 0
+    assert counts["purged_not_gone"] == 0
+    assert counts["purged"] > 0 and counts["intact"] > 0

@@ -1,0 +1,146 @@
+"""Memory cgroups of our own: child processes under a real memory limit.
+
+The pressure tests and ``volcache bench`` run workloads in a cgroup with a
+memory limit, so that the kernel must reclaim. cgroup v2's ``memory.max`` is
+used where the v2 hierarchy has the memory controller, else cgroup v1's
+``memory.limit_in_bytes``. A group is always removed afterwards: its
+processes are killed first, also when the caller failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+
+V1_ROOT = Path("/sys/fs/cgroup/memory")
+V2_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+
+
+def _v2_root() -> Path | None:
+    for root in V2_ROOTS:
+        try:
+            if "memory" in (root / "cgroup.subtree_control").read_text().split():
+                return root
+        except OSError:
+            continue
+    return None
+
+
+def _v1_root() -> Path | None:
+    return V1_ROOT if (V1_ROOT / "memory.limit_in_bytes").exists() else None
+
+
+def memory_controller() -> tuple[str, Path] | None:
+    """("v2" or "v1", the hierarchy's root) for the memory controller, or None."""
+    root = _v2_root()
+    if root is not None:
+        return "v2", root
+    root = _v1_root()
+    if root is not None:
+        return "v1", root
+    return None
+
+
+def unavailable_reason() -> str | None:
+    """None if we can make memory cgroups here, else one sentence why not."""
+    found = memory_controller()
+    if found is None:
+        return (
+            "no cgroup memory controller is mounted (cgroup v2 with +memory, or v1 at "
+            f"{V1_ROOT}); real memory pressure cannot be made here"
+        )
+    if not os.access(found[1], os.W_OK):
+        return f"the cgroup hierarchy at {found[1]} is not writable: run as root"
+    return None
+
+
+class MemoryCgroup:
+    """A child memory cgroup with a limit; a context manager that removes it.
+
+    Args:
+        limit: the memory limit in bytes.
+        name: a prefix for the group's directory name.
+    """
+
+    def __init__(self, limit: int, *, name: str = "volcache") -> None:
+        found = memory_controller()
+        if found is None:
+            raise RuntimeError(unavailable_reason())
+        self.version, root = found
+        self.limit = int(limit)
+        self.path = root / f"{name}-{os.getpid()}-{secrets.token_hex(3)}"
+
+    def _file(self, v1: str, v2: str) -> Path:
+        return self.path / (v1 if self.version == "v1" else v2)
+
+    def __enter__(self) -> MemoryCgroup:
+        self.path.mkdir()
+        try:
+            self._file("memory.limit_in_bytes", "memory.max").write_text(str(self.limit))
+            if self.version == "v2":
+                with contextlib.suppress(OSError):  # no swap controller: nothing to forbid
+                    (self.path / "memory.swap.max").write_text("0")
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+    @property
+    def procs_file(self) -> Path:
+        """The file a process writes its pid to, to join the group."""
+        return self.path / "cgroup.procs"
+
+    def command(self, argv: list[str]) -> list[str]:
+        """``argv`` wrapped so that the process joins the group before it starts."""
+        join = 'echo $$ > "$0" && exec "$@"'
+        return ["/bin/sh", "-c", join, str(self.procs_file), *argv]
+
+    def pids(self) -> list[int]:
+        """The processes in the group."""
+        try:
+            return [int(pid) for pid in self.procs_file.read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def usage(self) -> int:
+        """Bytes charged to the group now."""
+        return int(self._file("memory.usage_in_bytes", "memory.current").read_text())
+
+    def peak(self) -> int | None:
+        """The most bytes ever charged to the group, where the kernel keeps it."""
+        try:
+            return int(self._file("memory.max_usage_in_bytes", "memory.peak").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def oom_kills(self) -> int:
+        """How many processes the OOM killer killed in the group."""
+        name = "memory.oom_control" if self.version == "v1" else "memory.events"
+        for line in (self.path / name).read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def remove(self, timeout: float = 10.0) -> None:
+        """Kill what runs in the group and remove it."""
+        deadline = time.monotonic() + timeout
+        while self.path.exists():
+            for pid in self.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            try:
+                self.path.rmdir()
+            except FileNotFoundError:
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
