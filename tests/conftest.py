@@ -11,9 +11,10 @@ import os
 
 import pytest
 
-from volcache.backends import available_backends, get_backend
+from volcache.backends import available_backends, backend_class, get_backend
 
 BACKENDS = list(available_backends())
+WITH_FAULT_INJECTION = [n for n in BACKENDS if backend_class(n).capabilities.fault_injection]
 
 
 def required_backends() -> set[str]:
@@ -66,4 +67,12 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 def backend(backend_name: str):
     """A fresh backend of each registered kind, closed after the test."""
     with get_backend(backend_name) as b:
+        yield b
+
+
+@pytest.fixture(params=WITH_FAULT_INJECTION)
+def faulty_backend(request: pytest.FixtureRequest):
+    """A fresh backend of each kind that can inject faults (``inject_fault``)."""
+    need_backend(request.param)
+    with get_backend(request.param) as b:
         yield b

@@ -294,14 +294,13 @@ def test_volatile_pages_marked_in_one_call_can_be_repinned_in_parts(backend):
     assert intact_pages(region) == [2, 3, 4, 5]
 
 
-def _fault_injection(backend):
-    if not backend.capabilities.fault_injection:
-        pytest.skip(f"the {backend.name} backend has no fault injection (see its own tests)")
+# Partial results, through fault injection: only backends with the capability
+# (the kernel backend's real partial failure is tested in test_kernel.py).
 
 
-def test_partial_nonvolatile_reports_only_the_processed_part(backend):
+def test_partial_nonvolatile_reports_only_the_processed_part(faulty_backend):
     """A short re-pin: count stops early, purged speaks for the processed pages only."""
-    _fault_injection(backend)
+    backend = faulty_backend
     ps = backend.page_size
     region = backend.allocate(ps * 4)
     fill(region)
@@ -317,9 +316,9 @@ def test_partial_nonvolatile_reports_only_the_processed_part(backend):
     assert intact_pages(region)[:1] == [1]
 
 
-def test_partial_result_can_say_not_purged(backend):
+def test_partial_result_can_say_not_purged(faulty_backend):
     """Stopping early over intact pages gives a short count and purged false."""
-    _fault_injection(backend)
+    backend = faulty_backend
     ps = backend.page_size
     region = backend.allocate(ps * 4)
     backend.vrange(region, 0, region.size, VOLATILE)
@@ -329,9 +328,9 @@ def test_partial_result_can_say_not_purged(backend):
     assert (result.count, result.purged) == (ps * 3, False)
 
 
-def test_partial_volatile_leaves_the_rest_pinned(backend):
+def test_partial_volatile_leaves_the_rest_pinned(faulty_backend):
     """A short mark: only pages within the count become volatile."""
-    _fault_injection(backend)
+    backend = faulty_backend
     ps = backend.page_size
     region = backend.allocate(ps * 4)
     fill(region)
@@ -341,9 +340,9 @@ def test_partial_volatile_leaves_the_rest_pinned(backend):
     assert intact_pages(region) == [1, 2, 3]
 
 
-def test_nothing_processed_raises_oserror_with_errno_and_changes_nothing(backend):
+def test_nothing_processed_raises_oserror_with_errno_and_changes_nothing(faulty_backend):
     """A call that can process nothing raises OSError(errno); modes are unchanged."""
-    _fault_injection(backend)
+    backend = faulty_backend
     ps = backend.page_size
     region = backend.allocate(ps * 2)
     fill(region)
