@@ -8,10 +8,24 @@ the cache regenerates what was lost on the next access.
 from importlib.metadata import PackageNotFoundError, version
 
 from .backends import BackendUnavailable, available_backends, get_backend
+from .cache import VolatileCache
+from .codecs import Codec, DefaultCodec, NumpyCodec, PickleCodec
+from .info import CacheInfo
 
 try:
     __version__ = version("volcache")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
-__all__ = ["BackendUnavailable", "__version__", "available_backends", "get_backend"]
+__all__ = [
+    "BackendUnavailable",
+    "CacheInfo",
+    "Codec",
+    "DefaultCodec",
+    "NumpyCodec",
+    "PickleCodec",
+    "VolatileCache",
+    "__version__",
+    "available_backends",
+    "get_backend",
+]

@@ -1,0 +1,57 @@
+"""What a cache reports about itself."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class CacheInfo:
+    """A snapshot of a :class:`~volcache.VolatileCache`'s counters and sizes.
+
+    Counts:
+        hits: lookups answered from the cache (hot or re-pinned intact).
+        misses: lookups that found no intact value (absent, or purged).
+        purged: entries lost to purges (found when re-pinning their pages).
+        regenerated: values produced by ``regenerate`` or ``__missing__``.
+        regeneration_seconds: time spent producing them.
+        evictions: entries removed to stay within ``maxsize``.
+
+    Sizes (``*_bytes`` are bytes of memory; ``currsize`` is in ``getsizeof`` units):
+        entries, currsize, maxsize: as the mapping sees them.
+        hot_entries, hot_bytes: entries kept decoded and pinned for fast hits.
+        pinned_entries: entries inside a ``pin()`` block.
+        pinned_bytes: stored bytes of entries that are hot or pinned.
+        volatile_bytes: pages holding entries that are marked volatile.
+        pending_bytes: idle pages waiting to be marked volatile.
+        purged_bytes: stored bytes of the entries lost to purges, in all.
+        stored_bytes: bytes of all stored values.
+        slab_bytes: memory taken from the backend.
+        wasted_bytes: stored capacity beyond the values' bytes (page and slot rounding).
+    """
+
+    hits: int
+    misses: int
+    purged: int
+    regenerated: int
+    regeneration_seconds: float
+    evictions: int
+    entries: int
+    currsize: float
+    maxsize: float
+    hot_entries: int
+    hot_bytes: int
+    pinned_entries: int
+    pinned_bytes: int
+    volatile_bytes: int
+    pending_bytes: int
+    purged_bytes: int
+    stored_bytes: int
+    slab_bytes: int
+    wasted_bytes: int
+    backend: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a dict (for JSON)."""
+        return asdict(self)
