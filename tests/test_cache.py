@@ -367,21 +367,18 @@ def test_pin_regenerates_a_purged_entry_first(make):
 def test_pin_refuses_pickled_values_and_absent_keys(make):
     cache = make()
     cache["obj"] = {"not": "a buffer"}
-    with pytest.raises(TypeError, match="pickled"):
-        with cache.pin("obj"):
-            pass
-    with pytest.raises(KeyError):
-        with cache.pin("absent"):
-            pass
+    with pytest.raises(TypeError, match="pickled"), cache.pin("obj"):
+        pass
+    with pytest.raises(KeyError), cache.pin("absent"):
+        pass
 
 
 def test_a_buffer_outliving_its_pin_keeps_the_entry_pinned(make):
     numpy = pytest.importorskip("numpy")
     cache = make(hot_bytes=0)
     cache["a"] = b"\x01" * 8192
-    with pytest.warns(ResourceWarning, match="outlived"):
-        with cache.pin("a") as view:
-            kept = numpy.frombuffer(view, numpy.uint8)
+    with pytest.warns(ResourceWarning, match="outlived"), cache.pin("a") as view:
+        kept = numpy.frombuffer(view, numpy.uint8)
     purge_everything(cache)
     assert int(kept.sum()) == 8192  # still pinned: not purged
     del kept

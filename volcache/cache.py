@@ -244,7 +244,7 @@ class VolatileCache(MutableMapping):
             return self._get_slow(key, _GETITEM)
         entry.touched = True
         if self._lru is not None:
-            try:
+            try:  # noqa: SIM105 - contextlib.suppress costs 100 ns on the hot hit
                 self._lru.move_to_end(key)
             except KeyError:
                 pass

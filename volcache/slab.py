@@ -263,10 +263,7 @@ class SlabAllocator:
             purged = self._activate_pages(extent.slab, extent.first, extent.npages)
             extent.active = True
             return [extent.owner] if purged else []
-        if small.active == 0:
-            purged = self._activate_pages(small.slab, small.page, 1)
-        else:
-            purged = []
+        purged = self._activate_pages(small.slab, small.page, 1) if small.active == 0 else []
         small.active += 1
         extent.active = True
         return [e.owner for e in self._lost_on(small, purged)]
