@@ -1,0 +1,108 @@
+"""Threads reading, writing, pinning and regenerating while another thread reclaims.
+
+Every value carries its own description (key, version, size) and a body
+derived from it, so any value seen can be checked for a wrong byte.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import threading
+import time
+
+from volcache import VolatileCache
+
+KEYS = 24
+HEADER = struct.Struct("<IIQ")
+
+
+def make_value(key: int, version: int, size: int) -> bytes:
+    seed = (key * 7919 + version * 104729) % 251
+    body = bytes((seed + i) % 251 for i in range(min(size, 251))) * (size // 251 + 1)
+    return HEADER.pack(key, version, size) + body[:size]
+
+
+def check_value(key: int, value: bytes | memoryview) -> int:
+    """The version of a well-formed value for ``key``; fails on any wrong byte."""
+    got_key, version, size = HEADER.unpack(bytes(value[: HEADER.size]))
+    assert got_key == key, f"value of key {got_key} returned for {key}"
+    assert bytes(value) == make_value(key, version, size), f"corrupt value for {key}"
+    return version
+
+
+def regenerate(key: int) -> bytes:
+    return make_value(key, 0, 100 + key * 997 % 20000)
+
+
+def test_threads_never_see_a_wrong_byte(backend_name):
+    cache = VolatileCache(
+        backend=backend_name,
+        regenerate=regenerate,
+        hot_bytes=64 << 10,
+        mark_batch=4,
+        slab_bytes=1 << 20,
+    )
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    counts = {"reads": 0, "writes": 0, "pins": 0, "deletes": 0}
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        version = seed * 1_000_000
+        try:
+            while not stop.is_set():
+                key = rng.randrange(KEYS)
+                action = rng.random()
+                if action < 0.45:
+                    check_value(key, cache[key])
+                    counts["reads"] += 1
+                elif action < 0.75:
+                    version += 1
+                    cache[key] = make_value(key, version, rng.choice([10, 300, 5000, 70_000]))
+                    counts["writes"] += 1
+                elif action < 0.95:
+                    with cache.pin(key) as view:
+                        check_value(key, view)
+                        time.sleep(0.0005)  # the reclaimer runs meanwhile: pinned is safe
+                        check_value(key, view)
+                    counts["pins"] += 1
+                else:
+                    cache.pop(key, None)
+                    counts["deletes"] += 1
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    def reclaimer() -> None:
+        rng = random.Random(99)
+        try:
+            while not stop.is_set():
+                cache.backend.reclaim(rng.randrange(1, 64) * cache.backend.page_size)
+                if rng.random() < 0.1:
+                    cache.volatilize()
+                time.sleep(0.0002)
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(1, 6)]
+    threads.append(threading.Thread(target=reclaimer))
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(3)
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        assert not [t for t in threads if t.is_alive()], "a thread is stuck: deadlock"
+        assert not errors, repr(errors[0])
+        info = cache.info()
+        assert info.pinned_entries == 0  # no lost pins
+        assert info.purged > 0 and info.regenerated > 0
+        assert min(counts.values()) > 0, counts
+        for key in range(KEYS):  # and what is left is right
+            check_value(key, cache[key])
+    finally:
+        stop.set()
+        cache.close()
