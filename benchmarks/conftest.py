@@ -18,3 +18,10 @@ def backend(request):
     """A fresh backend of each kind that works here."""
     with get_backend(request.param) as b:
         yield b
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Without warm-up the first benchmark of a run is calibrated cold and
+    # reads up to twice as slow as the same code later in the run.
+    if not config.getoption("benchmark_warmup", None):
+        config.option.benchmark_warmup = True
