@@ -15,19 +15,19 @@ from pathlib import Path
 from typing import Any
 
 #: The version of the C declarations this module was written against.
-NATIVE_VERSION = 1
+NATIVE_VERSION = 2
 
 _SOURCES = Path(__file__).resolve().parent / "native"
 
 
 def _source_hash() -> str | None:
     """The hash of the C sources beside this file (an editable checkout), as build.py makes it."""
-    digest = hashlib.sha256()
-    try:
-        for name in ("volcache_native.h", "volcache_native.c"):
-            digest.update((_SOURCES / name).read_bytes())
-    except OSError:
+    paths = sorted(_SOURCES.glob("*.[ch]"))
+    if not paths:
         return None  # an installed wheel: the sources are not shipped
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -162,6 +162,61 @@ class TaggedPages:
             return list(range(first, first + npages))
         gone = bytes(ffi.buffer(self._gone, npages))
         return [first + i for i in range(npages) if gone[i]]
+
+
+def uffd_probe(user_mode_only: bool) -> int:
+    """0 if a userfaultfd can be made here, else the errno."""
+    return -lib.vc_uffd_probe(int(user_mode_only))
+
+
+class Userfaultfd:
+    """A userfaultfd and its native handler thread, which resolves faults on
+    missing pages of registered ranges with the zero page and counts them."""
+
+    def __init__(self, user_mode_only: bool, page_size: int) -> None:
+        handle = ffi.new("struct vc_uffd **")
+        _check(lib.vc_uffd_open(int(user_mode_only), page_size, handle), "userfaultfd")
+        self._u = handle[0]
+        self._last = ffi.new("uintptr_t *")
+
+    def register(self, address: int, length: int) -> None:
+        """Catch missing-page faults in a range (its pages map the zero page now)."""
+        _check(lib.vc_uffd_register(self._u, address, length), "UFFDIO_REGISTER")
+
+    def unregister(self, address: int, length: int) -> None:
+        """Stop catching faults in a range."""
+        _check(lib.vc_uffd_unregister(self._u, address, length), "UFFDIO_UNREGISTER")
+
+    def zero(self, address: int, length: int) -> None:
+        """Map the zero page over the missing pages of a range."""
+        _check(lib.vc_uffd_zero(self._u, address, length), "UFFDIO_ZEROPAGE")
+
+    @property
+    def closed(self) -> bool:
+        """True once closed (or forgotten after a fork)."""
+        return self._u is None
+
+    @property
+    def faults(self) -> int:
+        """Faults caught in all."""
+        return lib.vc_uffd_faults(self._u)
+
+    def range_faults(self, address: int) -> tuple[int, int]:
+        """(faults caught, last faulting page address) in the range holding ``address``."""
+        faults = _check(lib.vc_uffd_range_faults(self._u, address, self._last), "range")
+        return faults, int(self._last[0])
+
+    def close(self) -> None:
+        """Stop and join the handler thread, close the descriptors."""
+        u, self._u = self._u, None
+        if u is not None:
+            _check(lib.vc_uffd_close(u), "closing the userfaultfd")
+
+    def forget(self) -> None:
+        """In a forked child: close the descriptors; there is no thread to stop."""
+        u, self._u = self._u, None
+        if u is not None:
+            lib.vc_uffd_forget(u)
 
 
 def native_info() -> dict[str, Any]:

@@ -252,6 +252,9 @@ class Backend(abc.ABC):
         """
         return npages, 0
 
+    def _before_call(self) -> None:
+        """Backend checks at the start of every call (the lock is held)."""
+
     def _unmap(self, region: Region) -> None:
         """Backend work before a region's memory is dropped."""
 
@@ -282,6 +285,7 @@ class Backend(abc.ABC):
         size = -(-nbytes // self.page_size) * self.page_size
         with self._lock:
             self._check_open()
+            self._before_call()
             mapping, address = self._map(size)
             region = Region(self, mapping, address, self._next_ident)
             self._next_ident += 1
@@ -321,6 +325,7 @@ class Backend(abc.ABC):
         npages = -(-length // self.page_size)
         with self._lock:
             self._check_open()
+            self._before_call()
             self._check_region(region)
             if first + npages > region.pages:
                 raise ValueError(
@@ -355,6 +360,7 @@ class Backend(abc.ABC):
             raise ValueError(f"reclaim: nbytes must not be negative, got {nbytes}")
         with self._lock:
             self._check_open()
+            self._before_call()
             purged = self._purge(-(-nbytes // self.page_size)) * self.page_size
             self._counters["reclaimed_bytes"] += purged
         return purged
@@ -363,6 +369,7 @@ class Backend(abc.ABC):
         """Give a region's memory back. Using it afterwards is a ``ValueError``."""
         with self._lock:
             self._check_open()
+            self._before_call()
             self._check_region(region)
             self._drop(region)
 

@@ -12,6 +12,7 @@ from .contract import Backend, BackendUnavailable
 # Best first: the order in which ``auto`` tries them.
 _BACKENDS: dict[str, str | type[Backend]] = {
     "kernel": "kernel:KernelBackend",
+    "uffd": "uffd:UffdBackend",
     "sim": "sim:SimBackend",
 }
 

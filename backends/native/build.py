@@ -9,14 +9,12 @@ HERE = Path(__file__).parent
 # Paths relative to the project root, where setup.py runs: setuptools wants them so.
 NATIVE = "backends/native"
 
-SOURCES = ("volcache_native.h", "volcache_native.c")
-
 
 def source_hash(folder: Path) -> str:
     """The hash clib compares with the built helper's to find a stale build."""
     digest = hashlib.sha256()
-    for name in SOURCES:
-        digest.update((folder / name).read_bytes())
+    for path in sorted(folder.glob("*.[ch]")):
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -25,9 +23,10 @@ ffibuilder.cdef((HERE / "volcache_native.h").read_text())
 ffibuilder.set_source(
     "volcache.backends._native",
     f'#include "volcache_native.h"\nconst char vc_source_hash[] = "{source_hash(HERE)}";',
-    sources=[f"{NATIVE}/volcache_native.c"],
+    sources=[f"{NATIVE}/volcache_native.c", f"{NATIVE}/uffd.c"],
     include_dirs=[NATIVE],
-    extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
+    extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11", "-pthread"],
+    extra_link_args=["-pthread"],
 )
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@
  * Bump VC_NATIVE_VERSION with any change here; backends/clib.py checks it.
  */
 
-#define VC_NATIVE_VERSION 1
+#define VC_NATIVE_VERSION 2
 
-/* sha256 of this file and volcache_native.c, stamped by build.py. */
+/* sha256 of the .h and .c files beside this one, stamped by build.py. */
 extern const char vc_source_hash[];
 
 /* Save the first word of each page in saved[], write tag there, then
@@ -31,3 +31,30 @@ long vc_pageout(uintptr_t addr, size_t npages, size_t page_size, int use_dontnee
 
 /* madvise(addr, length, advice): 0 or -errno. */
 long vc_madvise(uintptr_t addr, size_t length, int advice);
+
+/* -- userfaultfd (uffd.c) -- */
+
+struct vc_uffd;
+
+/* 0 if a userfaultfd can be made here (UFFD_USER_MODE_ONLY if asked), else -errno. */
+long vc_uffd_probe(int user_mode_only);
+
+/* A userfaultfd with its handler thread started: 0 and *out, or -errno. */
+long vc_uffd_open(int user_mode_only, size_t page_size, struct vc_uffd **out);
+
+/* Register a range for missing faults and map the zero page over it. */
+long vc_uffd_register(struct vc_uffd *u, uintptr_t addr, size_t length);
+long vc_uffd_unregister(struct vc_uffd *u, uintptr_t addr, size_t length);
+
+/* Map the zero page over the missing pages of a range (re-pinning purged pages). */
+long vc_uffd_zero(struct vc_uffd *u, uintptr_t addr, size_t length);
+
+/* Faults caught in all; in the range holding addr (and its last faulting page). */
+unsigned long vc_uffd_faults(struct vc_uffd *u);
+long vc_uffd_range_faults(struct vc_uffd *u, uintptr_t addr, uintptr_t *last_fault);
+
+/* Stop and join the handler thread, close the descriptors, free. */
+long vc_uffd_close(struct vc_uffd *u);
+
+/* After fork(), in the child: close the descriptors only (no thread to join). */
+long vc_uffd_forget(struct vc_uffd *u);
