@@ -233,10 +233,18 @@ class UffdBackend(Backend):
             self._uffd.unregister(region.address, region.size)
             self._native.count_syscalls(2)  # unregister, munmap
 
+    def close(self) -> None:
+        """Stop the pressure thread and the fault handler, release every region."""
+        # Outside the lock: the pressure thread may be waiting for it to purge,
+        # and joining it while holding the lock would wait forever.
+        with self._lock:
+            watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.forget() if self._forked else watcher.stop()
+        super().close()
+
     def _close(self) -> None:
         _LIVE.discard(self)
-        if self._watcher is not None:
-            self._watcher.forget() if self._forked else self._watcher.stop()
         self._uffd.forget() if self._forked else self._uffd.close()
 
     # -- purging ----------------------------------------------------------------------

@@ -64,15 +64,29 @@ class MemoryCgroup:
     Args:
         limit: the memory limit in bytes.
         name: a prefix for the group's directory name.
+        pressure_group: also join a cgroup v2 group, for its ``memory.pressure``
+            (PSI of the group's tasks), where the memory group is cgroup v1.
     """
 
-    def __init__(self, limit: int, *, name: str = "volcache") -> None:
+    def __init__(self, limit: int, *, name: str = "volcache", pressure_group: bool = False) -> None:
         found = memory_controller()
         if found is None:
             raise RuntimeError(unavailable_reason())
         self.version, root = found
         self.limit = int(limit)
-        self.path = root / f"{name}-{os.getpid()}-{secrets.token_hex(3)}"
+        leaf = f"{name}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.path = root / leaf
+        self.pressure_path: Path | None = None  # a v2 group besides a v1 memory group
+        if pressure_group and self.version == "v1":
+            v2 = next((r for r in V2_ROOTS if (r / "cgroup.procs").exists()), None)
+            if v2 is None:
+                raise RuntimeError("no cgroup v2 hierarchy is mounted: no memory.pressure here")
+            self.pressure_path = v2 / leaf
+
+    @property
+    def pressure_file(self) -> Path:
+        """The PSI file of the group's tasks (``memory.pressure``)."""
+        return (self.pressure_path or self.path) / "memory.pressure"
 
     def _file(self, v1: str, v2: str) -> Path:
         return self.path / (v1 if self.version == "v1" else v2)
@@ -80,6 +94,8 @@ class MemoryCgroup:
     def __enter__(self) -> MemoryCgroup:
         self.path.mkdir()
         try:
+            if self.pressure_path is not None:
+                self.pressure_path.mkdir()
             self._file("memory.limit_in_bytes", "memory.max").write_text(str(self.limit))
             if self.version == "v2":
                 with contextlib.suppress(OSError):  # no swap controller: nothing to forbid
@@ -99,8 +115,18 @@ class MemoryCgroup:
 
     def command(self, argv: list[str]) -> list[str]:
         """``argv`` wrapped so that the process joins the group before it starts."""
-        join = 'echo $$ > "$0" && exec "$@"'
-        return ["/bin/sh", "-c", join, str(self.procs_file), *argv]
+        if self.pressure_path is None:
+            join = 'echo $$ > "$0" && exec "$@"'
+            return ["/bin/sh", "-c", join, str(self.procs_file), *argv]
+        join = 'echo $$ > "$0" && echo $$ > "$1" && shift && exec "$@"'
+        return [
+            "/bin/sh",
+            "-c",
+            join,
+            str(self.procs_file),
+            str(self.pressure_path / "cgroup.procs"),
+            *argv,
+        ]
 
     def pids(self) -> list[int]:
         """The processes in the group."""
@@ -130,17 +156,27 @@ class MemoryCgroup:
         return 0
 
     def remove(self, timeout: float = 10.0) -> None:
-        """Kill what runs in the group and remove it."""
-        deadline = time.monotonic() + timeout
-        while self.path.exists():
-            for pid in self.pids():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            try:
-                self.path.rmdir()
-            except FileNotFoundError:
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        """Kill what runs in the group (and its pressure group) and remove them."""
+        for path in (self.path, self.pressure_path):
+            if path is not None:
+                _remove_group(path, timeout)
+
+
+def _remove_group(path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while path.exists():
+        try:
+            pids = [int(pid) for pid in (path / "cgroup.procs").read_text().split()]
+        except FileNotFoundError:
+            pids = []
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
