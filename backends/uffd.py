@@ -209,6 +209,8 @@ class UffdBackend(Backend):
     def _unmark(self, region: Region, first: int, npages: int) -> tuple[int, list[int], int]:
         ps = self.page_size
         purged: list[int] = []
+        if not self._book.count(region.ident, first, first + npages, PURGED):
+            return npages, purged, 0
         for span, count in self._book.spans(region.ident, first, first + npages, bytes([PURGED])):
             # Map the zero page again, so that writing to the page does not fault.
             self._uffd.zero(region.address + span * ps, count * ps)
