@@ -10,6 +10,8 @@ from importlib.metadata import PackageNotFoundError, version
 from .backends import BackendUnavailable, available_backends, get_backend
 from .cache import VolatileCache
 from .codecs import Codec, DefaultCodec, NumpyCodec, PickleCodec
+from .decorator import cached
+from .images import ThumbnailCache, ThumbnailError
 from .info import CacheInfo
 
 try:
@@ -24,8 +26,11 @@ __all__ = [
     "DefaultCodec",
     "NumpyCodec",
     "PickleCodec",
+    "ThumbnailCache",
+    "ThumbnailError",
     "VolatileCache",
     "__version__",
     "available_backends",
+    "cached",
     "get_backend",
 ]

@@ -542,6 +542,31 @@ class VolatileCache(MutableMapping):
         self._counts["hits"] += 1
         return value
 
+    def _probe(self, key: Hashable) -> tuple[Any, bool]:
+        """(the value or ``_MISSING``, whether a stored entry was found purged).
+
+        For memoizing wrappers, which recompute with the call's own arguments:
+        never calls ``__missing__``. A hot hit takes no lock, as in ``__getitem__``.
+        """
+        entry = self._entries.get(key)
+        if entry is not None and entry.value is not _COLD:
+            value = entry.value
+            entry.touched = True
+            if self._lru is not None:
+                with contextlib.suppress(KeyError):
+                    self._lru.move_to_end(key)
+            if not next(self._hot_hits) & 1023:
+                with self._lock:
+                    self._maintain()
+            return value, False
+        with self._lock:
+            self._check_open()
+            entry = self._entries.get(key)
+            value = _MISSING if entry is None else self._hit(entry)
+            if value is _MISSING:
+                self._counts["misses"] += 1
+            return value, entry is not None and value is _MISSING
+
     def _can_regenerate(self) -> bool:
         return (
             self._regenerate is not None or type(self).__missing__ is not VolatileCache.__missing__

@@ -1,0 +1,340 @@
+"""@cached: parity with functools.lru_cache, methods, async, single flight, purges."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import pickle
+import threading
+import time
+
+import pytest
+
+from volcache import VolatileCache, cached
+
+
+def purge_everything(cache: VolatileCache) -> None:
+    cache.volatilize()
+    cache.backend.reclaim(1 << 40)
+
+
+def counting(func):
+    """func, recording the arguments of each real call in .calls."""
+    calls = []
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        calls.append((args, kwargs))
+        return func(*args, **kwargs)
+
+    wrapper.calls = calls
+    return wrapper
+
+
+# -- parity with functools.lru_cache ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("typed", [False, True])
+def test_caches_what_lru_cache_caches(backend_name, typed):
+    def square(x, scale=1):
+        return x * x * scale
+
+    ours = cached(typed=typed, backend=backend_name)(counting(square))
+    theirs = functools.lru_cache(maxsize=None, typed=typed)(counting(square))
+    calls = [(2,), (2,), (3,), (2,), ((3,), {"scale": 2}), ((3,), {"scale": 2})]
+    if typed:
+        # Untyped, lru_cache keys a lone int by itself and a float by a tuple, so
+        # 2 and 2.0 miss each other (its docs allow it); cachetools keys do not.
+        calls[3:3] = [(2.0,), (2.0,)]
+    for call in calls:
+        args, kwargs = call if isinstance(call[0], tuple) else (call, {})
+        assert ours(*args, **kwargs) == theirs(*args, **kwargs)
+    assert ours.__wrapped__.calls == theirs.__wrapped__.calls
+    mine, reference = ours.cache_info(), theirs.cache_info()
+    assert (mine.hits, mine.misses, mine.maxsize, mine.currsize) == tuple(reference)
+    ours.cache_clear()
+    theirs.cache_clear()
+    assert ours.cache_info()[:4] == tuple(theirs.cache_info())
+    assert ours(2) == 4 and len(ours.__wrapped__.calls) == len(theirs.__wrapped__.calls) + 1
+    ours.cache.close()
+
+
+def test_bare_and_with_options_and_lru_cache_attributes():
+    @cached
+    def bare(x):
+        return x
+
+    @cached(maxsize=2, backend="sim")
+    def bounded(x):
+        return x
+
+    assert bare(1) == 1 and bare.__wrapped__(5) == 5 and bare.__name__ == "bare"
+    assert bare.cache_parameters()["maxsize"] is None
+    assert bounded.cache_parameters() == {
+        "maxsize": 2,
+        "typed": False,
+        "per_instance": False,
+        "backend": "sim",
+    }
+    for i in (1, 2, 3):
+        bounded(i)
+    assert bounded.cache_info().currsize == 2 and bounded.cache_info().maxsize == 2
+    assert isinstance(bounded.cache, VolatileCache)
+    assert (
+        pickle.loads(pickle.dumps(test_bare_and_with_options_and_lru_cache_attributes)) is not None
+    )
+
+
+def test_an_existing_cache_and_a_key_function():
+    cache = VolatileCache(backend="sim")
+
+    @cached(cache, key=lambda x, _ignored: x)
+    def first(x, _ignored):
+        return (x, _ignored)
+
+    assert first(1, "a") == (1, "a") and first(1, "b") == (1, "a")
+    assert first.cache is cache and (1,) not in cache and 1 in cache
+    with pytest.raises(TypeError, match="cache options"):
+        cached(cache, maxsize=3)
+    with pytest.raises(TypeError, match="key"):
+        cached(key=5)
+    cache.close()
+
+
+def test_unhashable_arguments_are_a_typeerror():
+    @cached(backend="sim")
+    def f(x):
+        return x
+
+    with pytest.raises(TypeError, match="unhashable"):
+        f([1, 2])
+    assert f((1, 2)) == (1, 2)
+
+
+def test_exceptions_are_not_cached():
+    attempts = []
+
+    @cached(backend="sim")
+    def flaky(x):
+        attempts.append(x)
+        if len(attempts) == 1:
+            raise ValueError("first time")
+        return x
+
+    with pytest.raises(ValueError, match="first time"):
+        flaky(1)
+    assert flaky(1) == 1 and flaky(1) == 1 and attempts == [1, 1]
+
+
+def test_results_too_large_for_maxsize_are_returned_not_cached():
+    @cached(maxsize=10, getsizeof=len, backend="sim")
+    def blob(n):
+        return b"x" * n
+
+    assert blob(100) == b"x" * 100 and blob.cache_info().currsize == 0
+
+
+# -- purges --------------------------------------------------------------------------------
+
+
+def test_a_purged_result_is_computed_again_with_the_same_arguments(backend_name):
+    @cached(backend=backend_name, hot_bytes=0)
+    @counting
+    def expensive(name, times=1):
+        return name.encode() * 5000 * times
+
+    assert expensive("ab", times=2) == b"ab" * 10000
+    purge_everything(expensive.cache)
+    assert expensive("ab", times=2) == b"ab" * 10000
+    assert expensive.__wrapped__.calls == [(("ab",), {"times": 2})] * 2
+    info = expensive.cache_info()
+    assert (info.hits, info.misses, info.purged, info.regenerated) == (0, 2, 1, 1)
+    assert expensive("ab", times=2) == b"ab" * 10000 and expensive.cache_info().hits == 1
+    expensive.cache.close()
+
+
+def test_buffer_results_are_stored_raw():
+    numpy = pytest.importorskip("numpy")
+
+    @cached(backend="sim", hot_bytes=0)
+    def make(kind):
+        return b"bytes" * 1000 if kind == "bytes" else numpy.arange(1000, dtype=numpy.int16)
+
+    for kind in ("bytes", "array"):
+        first = make(kind)
+        with make.cache.pin((kind,)) as view:  # raw bytes can be pinned; pickles cannot
+            assert bytes(view) == (first if kind == "bytes" else first.tobytes())
+    again = make("array")
+    assert again.dtype == numpy.int16 and (again == numpy.arange(1000)).all()
+
+
+# -- methods -------------------------------------------------------------------------------
+
+
+class Account:
+    def __init__(self, owner):
+        self.owner = owner
+        self.computed = 0
+
+    @cached(backend="sim")
+    def statement(self, month):
+        self.computed += 1
+        return f"{self.owner}:{month}".encode()
+
+    @cached(backend="sim", per_instance=True)
+    def summary(self, year):
+        self.computed += 1
+        return f"{self.owner}/{year}"
+
+
+@pytest.mark.parametrize("method", ["statement", "summary"])
+def test_methods_cache_per_instance_and_do_not_keep_self_alive(method):
+    alice, bob = Account("alice"), Account("bob")
+    call = lambda who, arg: getattr(who, method)(arg)  # noqa: E731
+    assert call(alice, 1) != call(bob, 1)
+    assert call(alice, 1) == call(alice, 1) and alice.computed == 1 and bob.computed == 1
+    wrapper = getattr(Account, method)
+    before = wrapper.cache_info().currsize
+    ref = __import__("weakref").ref(alice)
+    del alice
+    gc.collect()
+    assert ref() is None  # the cache did not keep it alive
+    assert wrapper.cache_info().currsize == before - 1  # and its entries went with it
+
+
+def test_methods_need_weak_references():
+    class Slotted:
+        __slots__ = ()
+
+        @cached(backend="sim")
+        def value(self):
+            return 1
+
+    with pytest.raises(TypeError, match="__weakref__"):
+        Slotted().value()
+
+
+# -- single flight -------------------------------------------------------------------------
+
+
+def test_threads_with_the_same_arguments_compute_once():
+    started, release = threading.Event(), threading.Event()
+
+    @cached(backend="sim")
+    @counting
+    def slow(x):
+        started.set()
+        release.wait(10)
+        return x * 2
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(slow(21))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    started.wait(10)
+    time.sleep(0.05)
+    release.set()
+    for t in threads:
+        t.join()
+    assert results == [42] * 8 and len(slow.__wrapped__.calls) == 1
+
+
+def test_an_exception_reaches_every_waiting_thread_and_is_not_cached():
+    started, release = threading.Event(), threading.Event()
+    attempts = []
+
+    @cached(backend="sim")
+    def failing(x):
+        attempts.append(x)
+        started.set()
+        release.wait(10)
+        if len(attempts) == 1:
+            raise KeyError("gone")
+        return x
+
+    errors = []
+
+    def call():
+        try:
+            failing(1)
+        except KeyError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    started.wait(10)
+    time.sleep(0.05)
+    release.set()
+    for t in threads:
+        t.join()
+    assert len(errors) == 4 and attempts == [1]
+    assert failing(1) == 1 and attempts == [1, 1]
+
+
+def test_async_functions_compute_once_for_concurrent_tasks():
+    calls = []
+
+    @cached(backend="sim")
+    async def fetch(x):
+        calls.append(x)
+        await asyncio.sleep(0.02)
+        return x.encode() * 3
+
+    async def main():
+        first = await asyncio.gather(*[fetch("a") for _ in range(10)], fetch("b"))
+        return first, await fetch("a")
+
+    results, later = asyncio.run(main())
+    assert results == [b"aaa"] * 10 + [b"bbb"] and later == b"aaa"
+    assert sorted(calls) == ["a", "b"] and fetch.cache_info().hits == 1
+
+
+def test_async_exceptions_reach_every_task_and_are_not_cached():
+    calls = []
+
+    @cached(backend="sim")
+    async def broken(x):
+        calls.append(x)
+        await asyncio.sleep(0.01)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return x
+
+    async def main():
+        first = await asyncio.gather(*[broken(1) for _ in range(3)], return_exceptions=True)
+        return first, await broken(1)
+
+    first, second = asyncio.run(main())
+    assert all(isinstance(e, RuntimeError) for e in first) and second == 1 and calls == [1, 1]
+
+
+def test_a_cancelled_caller_does_not_cancel_the_computation_for_the_others():
+    @cached(backend="sim")
+    async def slow(x):
+        await asyncio.sleep(0.05)
+        return x
+
+    async def main():
+        impatient = asyncio.ensure_future(slow(7))
+        patient = asyncio.ensure_future(slow(7))
+        await asyncio.sleep(0.01)
+        impatient.cancel()
+        return await patient, impatient.cancelled()
+
+    assert asyncio.run(main()) == (7, True)
+    assert slow.cache_info().currsize == 1
+
+
+def test_async_methods():
+    class Service:
+        @cached(backend="sim")
+        async def lookup(self, x):
+            await asyncio.sleep(0)
+            return x + 1
+
+    service = Service()
+    assert asyncio.run(service.lookup(1)) == 2
+    assert asyncio.run(service.lookup(1)) == 2
+    assert Service.lookup.cache_info().hits == 1

@@ -1,0 +1,342 @@
+"""``@cached``: memoization into volatile memory, recomputing what the kernel purged."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import itertools
+import math
+import threading
+import weakref
+from collections.abc import Callable, MutableMapping
+from typing import Any, NamedTuple
+
+from cachetools import keys as cachekeys
+
+from .cache import _MISSING, VolatileCache, _count_of
+from .flight import SingleFlight
+
+
+class CacheInfo(NamedTuple):
+    """Counters of a memoized function, as ``functools.lru_cache``'s plus two.
+
+    ``purged`` counts calls whose stored result had been purged; ``regenerated``
+    the results computed again for them. ``maxsize`` is None when unbounded.
+    """
+
+    hits: int
+    misses: int
+    maxsize: float | None
+    currsize: float
+    purged: int
+    regenerated: int
+
+
+def cached(
+    cache: MutableMapping | Callable | None = None,
+    *,
+    key: Callable[..., Any] | None = None,
+    typed: bool = False,
+    per_instance: bool = False,
+    backend: str = "auto",
+    **cache_options: Any,
+) -> Any:
+    """Memoize a function, method or ``async def`` in volatile memory.
+
+    Use it bare (``@cached``) or with options. A result the kernel purged is
+    computed again by calling the function with the same arguments; results
+    that are buffers (``bytes``, ``bytearray``, numpy arrays) are stored
+    without pickling. Concurrent calls with the same arguments, in threads or
+    in asyncio tasks, compute once; an exception reaches every waiting caller
+    and is not cached.
+
+    Args:
+        cache: a :class:`~volcache.VolatileCache` to use (default: a new one
+            per function, made with ``backend`` and ``cache_options``).
+        key: the key function (default ``cachetools.keys.hashkey``, or
+            ``typedkey`` if ``typed``; ``methodkey`` variants for methods).
+        typed: arguments of different types are cached apart (``1`` and ``1.0``).
+        per_instance: for methods, a cache per instance instead of one shared.
+            Either way the cache does not keep ``self`` alive: an instance's
+            entries go when it does.
+        backend: the backend of the caches made here.
+        cache_options: other :class:`~volcache.VolatileCache` arguments.
+
+    The wrapper has ``cache_info()``, ``cache_clear()``, ``cache_parameters()``,
+    ``cache`` and ``__wrapped__``, as ``functools.lru_cache`` has.
+    """
+    if callable(cache) and not isinstance(cache, MutableMapping):
+        return cached()(cache)  # used bare: @cached
+    if cache is not None:
+        if not isinstance(cache, MutableMapping):
+            raise TypeError(f"cache must be a VolatileCache (or a mapping), got {cache!r}")
+        if cache_options or per_instance:
+            raise TypeError("cache options and per_instance go with cache=None, not with a cache")
+    if key is not None and not callable(key):
+        raise TypeError(f"key must be callable, got {key!r}")
+    options = {"backend": backend, **cache_options}
+
+    def decorator(func: Callable[..., Any]) -> Memoized:
+        if not callable(func):
+            raise TypeError(f"@cached decorates callables, got {func!r}")
+        return Memoized(func, cache, key, typed, per_instance, options)
+
+    return decorator
+
+
+class Memoized:
+    """A memoized callable; also a descriptor, so that it works as a method."""
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        cache: MutableMapping | None,
+        key: Callable[..., Any] | None,
+        typed: bool,
+        per_instance: bool,
+        options: dict[str, Any],
+    ) -> None:
+        functools.update_wrapper(self, func)
+        self._func = func
+        self._typed = typed
+        self._per_instance = per_instance
+        self._options = options
+        self._key = key or (cachekeys.typedkey if typed else cachekeys.hashkey)
+        self._method_key = key or (cachekeys.typedmethodkey if typed else cachekeys.methodkey)
+        self._is_async = inspect.iscoroutinefunction(func)
+        self.cache: MutableMapping | None = None
+        if not per_instance:
+            self.cache = cache if cache is not None else VolatileCache(**options)
+        self._lock = threading.Lock()
+        self._hits = itertools.count(1)  # next() is atomic: hits counted without the lock
+        self._misses = self._purged = self._regenerated = 0
+        self._flight = SingleFlight()
+        self._tasks: dict[tuple[int, int, Any], asyncio.Task] = {}
+        self._tokens: dict[int, int] = {}  # id(instance) -> token, while it lives
+        self._next_token = itertools.count(1)
+        self._instance_keys: dict[int, set[Any]] = {}  # token -> keys in the shared cache
+        self._instance_caches: dict[int, VolatileCache] = {}  # token -> cache (per_instance)
+
+    # -- calling ------------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        key = self._key(*args, **kwargs)
+        if self._is_async:
+            return self._acall(self.cache, key, args, kwargs)
+        return self._call(self.cache, key, args, kwargs)
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return _BoundMemoized(self, instance)
+
+    def _call_method(self, instance: Any, args: tuple, kwargs: dict) -> Any:
+        cache, key, token = self._for_instance(instance, args, kwargs)
+        full = (instance, *args)
+        if self._is_async:
+            return self._acall(cache, key, full, kwargs, token)
+        return self._call(cache, key, full, kwargs, token)
+
+    def _call(self, cache: Any, key: Any, args: tuple, kwargs: dict, token: int = 0) -> Any:
+        value, purged = _probe(cache, key)
+        if value is not _MISSING:
+            next(self._hits)
+            return value
+        self._count_miss(purged)
+
+        def compute(_flight: Any) -> Any:
+            value, _ = _probe(cache, key)  # a flight that just ended may have stored it
+            if value is not _MISSING:
+                return value
+            return self._store(cache, key, self._func(*args, **kwargs), purged, token)
+
+        return self._flight.run((id(cache), key), compute)
+
+    async def _acall(self, cache: Any, key: Any, args: tuple, kwargs: dict, token: int = 0) -> Any:
+        value, purged = _probe(cache, key)
+        if value is not _MISSING:
+            next(self._hits)
+            return value
+        self._count_miss(purged)
+        loop = asyncio.get_running_loop()
+        flight = (id(loop), id(cache), key)
+        task = self._tasks.get(flight)
+        if task is None:
+            # The computation is a task of its own: a caller that is cancelled
+            # does not cancel it for the others, and its result is still stored.
+            compute = self._acompute(cache, key, args, kwargs, purged, token)
+            task = loop.create_task(compute)
+            self._tasks[flight] = task
+            task.add_done_callback(functools.partial(self._task_done, flight))
+        return await asyncio.shield(task)
+
+    async def _acompute(
+        self, cache: Any, key: Any, args: tuple, kwargs: dict, purged: bool, token: int
+    ) -> Any:
+        value, _ = _probe(cache, key)
+        if value is not _MISSING:
+            return value
+        return self._store(cache, key, await self._func(*args, **kwargs), purged, token)
+
+    def _task_done(self, flight: tuple[int, int, Any], task: asyncio.Task) -> None:
+        if self._tasks.get(flight) is task:
+            del self._tasks[flight]
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter got it already
+
+    def _store(self, cache: Any, key: Any, value: Any, purged: bool, token: int) -> Any:
+        try:
+            cache[key] = value
+        except ValueError:
+            return value  # too large for maxsize: returned, not cached (as cachetools does)
+        if purged or token:
+            with self._lock:
+                self._regenerated += purged
+                keys = self._instance_keys.get(token)
+                if keys is not None:  # a method's entry in the shared cache: its instance's
+                    keys.add(key)
+        return value
+
+    def _count_miss(self, purged: bool) -> None:
+        with self._lock:
+            self._misses += 1
+            self._purged += purged
+
+    # -- methods: instances are not kept alive ---------------------------------------------
+
+    def _for_instance(self, instance: Any, args: tuple, kwargs: dict) -> tuple[Any, Any, int]:
+        token = self._tokens.get(id(instance))
+        if token is None:
+            token = self._register(instance)
+        key = self._method_key(instance, *args, **kwargs)
+        if self._per_instance:
+            cache = self._instance_caches.get(token)
+            if cache is None:
+                with self._lock:
+                    cache = self._instance_caches.get(token)
+                    if cache is None:
+                        cache = self._instance_caches[token] = VolatileCache(**self._options)
+            return cache, key, 0
+        return self.cache, (token, key), token
+
+    def _register(self, instance: Any) -> int:
+        with self._lock:
+            token = self._tokens.get(id(instance))
+            if token is not None:
+                return token
+            try:
+                weakref.finalize(
+                    instance, self._forget, id(instance), token := next(self._next_token)
+                )
+            except TypeError:
+                raise TypeError(
+                    f"@cached methods need instances that can be weakly referenced, so that "
+                    f"the cache does not keep them alive: add '__weakref__' to the __slots__ "
+                    f"of {type(instance).__name__}"
+                ) from None
+            self._tokens[id(instance)] = token
+            if not self._per_instance:
+                self._instance_keys[token] = set()
+            return token
+
+    def _forget(self, ident: int, token: int) -> None:
+        with self._lock:
+            self._tokens.pop(ident, None)
+            keys = self._instance_keys.pop(token, set())
+            cache = self._instance_caches.pop(token, None)
+        if cache is not None:
+            cache.close()
+        elif self.cache is not None and not getattr(self.cache, "closed", False):
+            for key in keys:
+                self.cache.pop(key, None)
+
+    # -- what lru_cache users reach for --------------------------------------------------------
+
+    def _caches(self) -> list[Any]:
+        with self._lock:
+            caches = list(self._instance_caches.values())
+        return caches if self._per_instance else [self.cache]
+
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses, maxsize (None if unbounded), currsize, purged, regenerated."""
+        caches = self._caches()
+        if caches:
+            maxsize = getattr(caches[0], "maxsize", math.inf)
+        else:
+            maxsize = self._options.get("maxsize", math.inf)
+        with self._lock:
+            return CacheInfo(
+                hits=_count_of(self._hits),
+                misses=self._misses,
+                maxsize=None if maxsize == math.inf else maxsize,
+                currsize=sum(getattr(c, "currsize", len(c)) for c in caches),
+                purged=self._purged,
+                regenerated=self._regenerated,
+            )
+
+    def cache_clear(self) -> None:
+        """Empty the cache(s) and reset the counters."""
+        for cache in self._caches():
+            cache.clear()
+        with self._lock:
+            self._hits = itertools.count(1)
+            self._misses = self._purged = self._regenerated = 0
+            for keys in self._instance_keys.values():
+                keys.clear()
+
+    def cache_parameters(self) -> dict[str, Any]:
+        """The settings: maxsize, typed, per_instance and the backend."""
+        caches = self._caches()
+        maxsize = self._options.get("maxsize", math.inf)
+        backend = self._options["backend"]
+        if self.cache is not None:
+            maxsize = getattr(self.cache, "maxsize", maxsize)
+            backend = getattr(getattr(self.cache, "backend", None), "name", backend)
+        elif caches:
+            backend = caches[0].backend.name
+        return {
+            "maxsize": None if maxsize == math.inf else maxsize,
+            "typed": self._typed,
+            "per_instance": self._per_instance,
+            "backend": backend,
+        }
+
+    def __repr__(self) -> str:
+        return f"<cached {self._func!r}>"
+
+    # Pickled and copied as functools.lru_cache wrappers are: by reference.
+    def __reduce__(self) -> str:
+        return self.__qualname__
+
+    def __copy__(self) -> Memoized:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Memoized:
+        return self
+
+
+class _BoundMemoized:
+    """A memoized method bound to an instance (which it does not keep past the call)."""
+
+    __slots__ = ("__self__", "__weakref__", "_memoized")
+
+    def __init__(self, memoized: Memoized, instance: Any) -> None:
+        self._memoized = memoized
+        self.__self__ = instance
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._memoized._call_method(self.__self__, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._memoized, name)
+
+    def __repr__(self) -> str:
+        return f"<bound cached method {self._memoized.__qualname__} of {self.__self__!r}>"
+
+
+def _probe(cache: Any, key: Any) -> tuple[Any, bool]:
+    if isinstance(cache, VolatileCache):
+        return cache._probe(key)
+    value = cache.get(key, _MISSING)  # another mapping: no purges to tell apart
+    return value, False

@@ -1,0 +1,197 @@
+"""ThumbnailCache: decoded thumbnails in volatile memory, made again from their files.
+
+Decoding an image costs far more than keeping its pixels, until memory runs
+short: then the kernel takes the pixels and the next ``get`` decodes the file
+again, with Pillow's fast paths (``draft`` decodes a JPEG at a fraction of its
+size, ``reduce`` shrinks by whole factors first). Pillow comes with the
+``images`` extra; importing volcache without it works.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+from .cache import VolatileCache
+from .codecs import Codec, Decoder
+from .info import CacheInfo
+
+try:
+    from PIL import Image, UnidentifiedImageError
+except ImportError:  # pragma: no cover - depends on the environment
+    Image = None
+
+_RETRIES = 3  # a file that keeps changing while we decode it
+
+
+class ThumbnailError(ValueError):
+    """A file that is not an image Pillow can decode."""
+
+
+class _Changed(Exception):
+    """The file changed between stat() and decoding: its key is stale."""
+
+
+def _decode(mode: str, size: tuple[int, int], data: memoryview) -> Any:
+    return Image.frombytes(mode, size, data)  # frombytes copies: the image owns its pixels
+
+
+class _PixelCodec(Codec):
+    """A thumbnail as its raw pixels, decoded with its mode and size."""
+
+    raw = True
+
+    def encode(self, value: Any) -> bytes:
+        return value.tobytes()
+
+    def decode(self, data: memoryview) -> Any:
+        raise TypeError("thumbnails are decoded with their mode and size")
+
+    def encode_with_decoder(self, value: Any) -> tuple[memoryview, Decoder, bool]:
+        return memoryview(value.tobytes()), partial(_decode, value.mode, value.size), True
+
+
+class ThumbnailCache:
+    """Thumbnails of image files, kept in volatile memory.
+
+    Args:
+        size: the largest thumbnail (width, height); the aspect ratio is kept.
+        backend: a backend name or instance, as for :class:`~volcache.VolatileCache`.
+        reducing_gap: Pillow's ``reducing_gap`` (larger is sharper and slower).
+        cache_options: other :class:`~volcache.VolatileCache` arguments.
+
+    Thumbnails are kept as ``RGBX`` (or ``RGBA`` for images with alpha, ``L``
+    for grey ones): modes Pillow can wrap around pinned memory without a
+    copy. A key follows its file: a file whose size or modification time
+    changed is decoded again; a missing file raises ``FileNotFoundError``, an
+    undecodable one :class:`ThumbnailError`, and neither caches anything.
+    """
+
+    def __init__(
+        self,
+        size: tuple[int, int] = (256, 256),
+        *,
+        backend: Any = "auto",
+        reducing_gap: float | None = 2.0,
+        **cache_options: Any,
+    ) -> None:
+        if Image is None:
+            raise ImportError("ThumbnailCache needs Pillow: pip install 'volcache[images]'")
+        try:
+            width, height = (int(n) for n in size)
+        except (TypeError, ValueError):
+            raise TypeError(f"size must be (width, height), got {size!r}") from None
+        if width < 1 or height < 1:
+            raise ValueError(f"size must be positive, got {size!r}")
+        self.size = (width, height)
+        self.reducing_gap = reducing_gap
+        self.cache = VolatileCache(
+            backend=backend, regenerate=self._render, codec=_PixelCodec(), **cache_options
+        )
+        self._current: dict[str, tuple[Any, str, tuple[int, int]]] = {}  # path -> key, mode, size
+
+    def get(self, path: str | os.PathLike[str]) -> Any:
+        """A thumbnail of the file at ``path``, as a PIL image the caller owns.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ThumbnailError: the file is not an image Pillow can decode.
+        """
+        image = self._lookup(path, lambda key: self.cache[key])
+        return image.convert("RGB") if image.mode == "RGBX" else image.copy()
+
+    @contextmanager
+    def pin(self, path: str | os.PathLike[str]) -> Iterator[Any]:
+        """``with thumbnails.pin(path) as image:``: a read-only image over pinned memory.
+
+        No pixel is copied. The image is valid inside the block only: it is
+        closed at the end (using it then raises ``ValueError``); copy what you
+        want to keep (``image.copy()``).
+        """
+        for _ in range(_RETRIES):
+            key, mode, size = self._lookup(path, self._rendered)
+            with self.cache.pin(key) as view:
+                if len(view) != len(mode) * size[0] * size[1]:  # bytes per pixel: L 1, RGBX 4
+                    continue  # a newer version took the key meanwhile: look again
+                image = Image.frombuffer(mode, size, view, "raw", mode, 0, 1)
+                try:
+                    yield image
+                finally:
+                    # Drops the pixels' buffer: using the image after the block
+                    # raises "Operation on closed image", as a released view would.
+                    image.close()
+                return
+        raise ThumbnailError(f"{path}: the file keeps changing")
+
+    def info(self) -> CacheInfo:
+        """The cache's counters and sizes (see :class:`~volcache.CacheInfo`)."""
+        return self.cache.info()
+
+    def close(self) -> None:
+        """Release all memory."""
+        self.cache.close()
+
+    def __enter__(self) -> ThumbnailCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _key(self, path: str | os.PathLike[str]) -> tuple[str, int, int, int]:
+        real = os.path.realpath(path)
+        stat = os.stat(real)
+        return real, stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+    def _lookup(self, path: str | os.PathLike[str], find: Any) -> Any:
+        for _ in range(_RETRIES):
+            key = self._key(path)
+            old = self._current.get(key[0])
+            if old is not None and old[0] != key:
+                self.cache.pop(old[0], None)  # the file changed: drop the old thumbnail
+            try:
+                return find(key)
+            except _Changed:
+                continue
+        raise ThumbnailError(f"{path}: the file keeps changing")
+
+    def _rendered(self, key: tuple[str, int, int, int]) -> tuple[Any, str, tuple[int, int]]:
+        current = self._current.get(key[0])
+        if current is None or current[0] != key or key not in self.cache:
+            self.cache[key]  # renders it (regenerate), and records its mode and size
+            current = self._current[key[0]]
+        return current
+
+    def _render(self, key: tuple[str, int, int, int]) -> Any:
+        path, size, mtime, inode = key
+        try:
+            with open(path, "rb") as file, Image.open(file) as image:
+                stat = os.fstat(file.fileno())
+                if (stat.st_size, stat.st_mtime_ns, stat.st_ino) != (size, mtime, inode):
+                    raise _Changed(path)
+                image.thumbnail(self.size, reducing_gap=self.reducing_gap)
+                thumbnail = _storable(image)
+        except (UnidentifiedImageError, SyntaxError, ValueError) as exc:
+            raise ThumbnailError(f"{path}: not an image Pillow can decode ({exc})") from exc
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError | PermissionError):
+                raise
+            raise ThumbnailError(f"{path}: cannot decode it ({exc})") from exc
+        self._current[path] = (key, thumbnail.mode, thumbnail.size)
+        return thumbnail
+
+
+def _storable(image: Any) -> Any:
+    """The image in a mode Pillow can wrap around a buffer without a copy."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        return image.convert("RGBA")
+    if image.mode in ("L", "1", "I", "I;16", "F"):
+        return image.convert("L")
+    return image.convert("RGB").convert("RGBX")
