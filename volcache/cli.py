@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from datetime import date
+from typing import Any
 
-from . import __version__
+from . import __version__, cgroups, machine
 from .backends import available_backends, backend_class
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+MIN_LIMIT = 128 << 20  # an interpreter, the workload and a competitor must fit
+
+
+class UsageError(Exception):
+    """A bad command line: reported as one line, exit status 2."""
+
+
+def parse_size(text: str) -> int:
+    """``"256M"``, ``"1G"``, ``"300MiB"`` or bytes, as bytes."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise UsageError(f"--limit: {text!r} is not a size (use 256M, 1G, or bytes)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -14,26 +33,131 @@ def _info(args: argparse.Namespace) -> int:
     print("backends (best first):")
     for name, reason in available_backends().items():
         caps = backend_class(name).capabilities
-        state = "available" if reason is None else f"unavailable: {reason}"
-        print(f"  {name:7} {state}")
-        print(f"          purged by {caps.purger}; touching a purged page {caps.touch_purged}")
+        print(f"  {name:7} {'available' if reason is None else 'unavailable: ' + reason}")
+        print(f"          purged by {caps.purger}")
+        print(f"          touching a purged page {caps.touch_purged}")
+    print("this machine:")
+    for what, how in machine.report():
+        print(f"  {what:23} {how}")
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
-    print("volcache bench: not implemented yet", file=sys.stderr)
-    return 1
+    from .bench import report, scenario
+    from .bench.contestants import lineup
+
+    limit = parse_size(args.limit)
+    if limit < MIN_LIMIT:
+        raise UsageError(f"--limit: {args.limit} is too small; at least {MIN_LIMIT >> 20}M")
+    duration = args.duration if args.duration is not None else (5.0 if args.quick else 20.0)
+    if duration <= 0:
+        raise UsageError(f"--duration must be positive, got {duration:g}")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'volcache[plot]'") from None
+    settings = scenario.Settings(limit=limit, duration=duration, seed=args.seed)
+    reasons = available_backends()
+    if args.backend is not None:
+        if args.backend not in reasons:
+            raise UsageError(f"--backend: no backend {args.backend!r}; known: {', '.join(reasons)}")
+        if reasons[args.backend] is not None:
+            raise UsageError(
+                f"--backend: {args.backend} is unavailable here: {reasons[args.backend]}"
+            )
+    no_cgroups = cgroups.unavailable_reason()
+    simulated = args.backend == "sim" or no_cgroups is not None
+    if simulated:
+        if no_cgroups is not None:
+            print(f"no writable memory cgroup here ({no_cgroups}): running on the sim "
+                  "backend's simulated memory instead")  # fmt: skip
+        backends = ["sim"]
+    else:
+        real = [name for name in ("kernel", "uffd") if reasons.get(name) is None]
+        backends = [args.backend] if args.backend else real
+    contestants = lineup(backends)
+    mode = "volcache bench (simulated memory)" if simulated else "volcache bench"
+    where = scenario.machine_line()
+    print(report.heading(settings, mode, where), flush=True)
+    progress = _Progress(settings.duration)
+    results = scenario.run(contestants, settings, simulated, progress, progress.done)
+    print()
+    print(report.table(results))
+    print()
+    print(report.legend(results))
+    print(f"\n{date.today().isoformat()}, volcache {__version__}.")
+    print("gave back: memory the worker returned while the competitor grew; in: how long it")
+    print("took to give back half of it. regenerated: values made again (misses).")
+    if args.json:
+        report.write_json(args.json, settings, mode, where, results)
+        print(f"JSON: {args.json}")
+    if args.plot:
+        report.plot(args.plot, settings, results, report.heading(settings, mode, where))
+        print(f"plot: {args.plot}")
+    wrong = sum(r.wrong for r in results)
+    if wrong:
+        print(f"ERROR: {wrong} values came back wrong", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _Progress:
+    """A progress bar per contestant on stderr (one line each when not a terminal)."""
+
+    def __init__(self, duration: float) -> None:
+        self.duration = duration
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, contestant: Any, t: float, sample: dict[str, Any]) -> None:
+        if not self.tty:
+            return
+        filled = min(20, int(20 * t / self.duration))
+        bar = "#" * filled + "." * (20 - filled)
+        clock = f"{min(t, self.duration):5.1f}/{self.duration:g} s"
+        line = f"  {contestant.name:16} [{bar}] {clock}  {sample.get('ops', 0)} lookups"
+        print(f"\r{line}", end="", file=sys.stderr, flush=True)
+
+    def done(self, result: Any) -> None:
+        state = (
+            result.status if result.status != "killed" else f"killed at {result.killed_at:.1f} s"
+        )
+        line = (f"  {result.contestant.name:16} {state}: {result.ops} lookups, "
+                f"hit ratio {result.hit_ratio:.1%}")  # fmt: skip
+        print(f"\r{line:<72}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="volcache", description=__doc__)
+    parser = argparse.ArgumentParser(prog="volcache", description="Caches that give memory back.")
     parser.add_argument("--version", action="version", version=f"volcache {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions, backends and what this machine offers")
-    commands.add_parser("bench", help="compare caches under real memory pressure")
+    bench = commands.add_parser(
+        "bench",
+        help="compare caches under real memory pressure",
+        description="volcache and the caches people use today, side by side under a memory "
+        "limit with a competing process (a memory cgroup; simulated without one).",
+    )
+    bench.add_argument("--quick", action="store_true", help="5 s per contestant (under a minute)")
+    bench.add_argument("--duration", type=float, help="seconds per contestant (default 20)")
+    bench.add_argument("--limit", default="256M", help="the memory limit (default 256M)")
+    bench.add_argument("--backend", help="only this volcache backend (sim: simulated memory)")
+    bench.add_argument("--json", metavar="PATH", help="write the results, samples included")
+    bench.add_argument("--plot", metavar="PATH", help="a PNG of hit ratio and memory over time")
+    bench.add_argument("--seed", type=int, default=0, help="the workload's seed")
     args = parser.parse_args(argv)
-    return {"info": _info, "bench": _bench}[args.command](args)
+    try:
+        return {"info": _info, "bench": _bench}[args.command](args)
+    except UsageError as exc:
+        print(f"volcache {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"volcache {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line, not a traceback
+        print(f"volcache {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

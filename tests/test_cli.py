@@ -1,0 +1,88 @@
+"""The volcache command: info, bench (real and simulated), and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from volcache import cgroups
+
+from .conftest import require
+
+
+def volcache(*args: str, timeout: float = 300, prefix: list[str] | None = None):
+    return subprocess.run(
+        [*(prefix or []), sys.executable, "-m", "volcache", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_info_lists_backends_and_what_the_machine_offers():
+    run = volcache("info")
+    assert run.returncode == 0, run.stderr
+    for word in ("volcache 0.", "kernel", "uffd", "sim", "MADV_FREE", "MADV_PAGEOUT",
+                 "userfaultfd", "memory cgroup", "PSI"):  # fmt: skip
+        assert word in run.stdout
+    assert volcache("--version").stdout.startswith("volcache ")
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--limit", "lots"], "is not a size"),
+        (["--limit", "10M"], "too small"),
+        (["--backend", "nosuch"], "no backend 'nosuch'"),
+        (["--duration", "0"], "must be positive"),
+    ],
+)
+def test_bench_errors_are_one_line_and_a_nonzero_exit(args, says):
+    run = volcache("bench", *args)
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and says in run.stderr and "Traceback" not in run.stderr
+
+
+def test_bench_quick_under_real_pressure(tmp_path):
+    """The real scenario: every contestant in a memory cgroup beside the competitor."""
+    require("kernel", cgroups.unavailable_reason())
+    report, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    run = volcache("bench", "--quick", "--json", str(report), "--plot", str(plot))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "simulated" not in run.stdout and "hit ratio" in run.stdout
+    results = {r["contestant"]["name"]: r for r in json.loads(report.read_text())["results"]}
+    assert {"volcache-kernel", "LRUCache-100%", "lru_cache", "no cache"} <= set(results)
+    assert all(r["wrong"] == 0 and r["ops"] > 0 for r in results.values())
+    assert all(r["samples"] for r in results.values())
+    # What the benchmark exists to show: volcache finishes where an LRU cache
+    # sized to the limit is killed.
+    assert results["volcache-kernel"]["status"] == "finished"
+    assert results["LRUCache-100%"]["status"] == "killed"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    leftovers = [p for p in os.listdir(cgroups.memory_controller()[1]) if "volcache-bench" in p]
+    assert not leftovers
+
+
+def test_bench_simulated_says_so():
+    run = volcache("bench", "--backend", "sim", "--duration", "1.5")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "simulated memory" in run.stdout.splitlines()[0]
+    assert "volcache-sim" in run.stdout and "LRUCache-25%" in run.stdout
+
+
+def test_without_cgroups_bench_runs_simulated_and_says_why_first():
+    """As nobody, cgroups are not writable: one line says so, then the simulated run."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv (util-linux) to run as an unprivileged user")
+    nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+              "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]  # fmt: skip
+    run = volcache("bench", "--duration", "1", prefix=nobody)
+    assert run.returncode == 0, run.stderr[-2000:]
+    first = run.stdout.splitlines()[0]
+    assert first.startswith("no writable memory cgroup here") and "sim backend" in first

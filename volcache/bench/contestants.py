@@ -1,0 +1,126 @@
+"""The contestants: volcache on each backend, and the caches people use today."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cachetools
+
+from ..backends import get_backend
+from ..cache import VolatileCache
+from .workload import Workload, make_value
+
+LRU_FRACTIONS = (0.25, 0.5, 1.0)  # of the memory limit
+LRU_CACHE_MAXSIZE = 128  # functools.lru_cache's default, what most code uses
+UFFD_BUDGET = 0.5  # of the memory limit: the uffd purger's byte budget
+
+
+@dataclass(frozen=True)
+class Contestant:
+    """One cache under test.
+
+    Attributes:
+        name: for the table and the plot.
+        kind: ``"volcache"``, ``"lru"``, ``"lru_cache"`` or ``"none"``.
+        backend: the volcache backend.
+        fraction: for ``"lru"``, its byte bound as a fraction of the limit.
+    """
+
+    name: str
+    kind: str
+    backend: str | None = None
+    fraction: float | None = None
+
+    def describe(self) -> str:
+        """A sentence for the table's legend."""
+        if self.kind == "volcache":
+            return f"VolatileCache on the {self.backend} backend, unbounded"
+        if self.kind == "lru":
+            return f"cachetools LRUCache bounded to {self.fraction:.0%} of the limit in bytes"
+        if self.kind == "lru_cache":
+            return f"functools.lru_cache(maxsize={LRU_CACHE_MAXSIZE})"
+        return "no cache: every value made on each use"
+
+
+def lineup(backends: list[str]) -> list[Contestant]:
+    """volcache on ``backends``, then the peers, in the table's order."""
+    volcache = [Contestant(f"volcache-{name}", "volcache", backend=name) for name in backends]
+    lru = [Contestant(f"LRUCache-{f:.0%}", "lru", fraction=f) for f in LRU_FRACTIONS]
+    return [*volcache, *lru, Contestant("lru_cache", "lru_cache"), Contestant("no cache", "none")]
+
+
+class Getter:
+    """``get(key) -> (value, hit)`` over a contestant's cache, and ``close()``."""
+
+    def __init__(
+        self,
+        contestant: Contestant,
+        workload: Workload,
+        limit: int,
+        backend_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.contestant = contestant
+        self._make = functools.partial(make_value, workload)
+        self.cache: Any = None
+        self.get: Callable[[int], tuple[bytes, bool]]
+        kind = contestant.kind
+        if kind == "volcache":
+            options = dict(backend_options or {})
+            if contestant.backend == "uffd":
+                options.setdefault("budget", int(limit * UFFD_BUDGET))
+            backend = get_backend(contestant.backend, **options)
+            self.cache = VolatileCache(backend=backend)
+            self._owned_backend = backend
+            self.get = self._mapping_get
+        elif kind == "lru":
+            self.cache = cachetools.LRUCache(int(limit * contestant.fraction), getsizeof=len)
+            self.get = self._mapping_get
+        elif kind == "lru_cache":
+            self._memo = functools.lru_cache(maxsize=LRU_CACHE_MAXSIZE)(self._make)
+            self._shadow: OrderedDict[int, int] = OrderedDict()  # what lru_cache holds: sizes
+            self.get = self._lru_cache_get
+        else:
+            self.get = self._no_cache_get
+
+    def _mapping_get(self, key: int) -> tuple[bytes, bool]:
+        value = self.cache.get(key)
+        if value is not None:
+            return value, True
+        value = self._make(key)
+        with contextlib.suppress(ValueError):  # larger than the whole LRU bound: not cached
+            self.cache[key] = value
+        return value, False
+
+    def _lru_cache_get(self, key: int) -> tuple[bytes, bool]:
+        misses = self._memo.cache_info().misses
+        value = self._memo(key)
+        self._shadow[key] = len(value)
+        self._shadow.move_to_end(key)
+        if len(self._shadow) > LRU_CACHE_MAXSIZE:
+            self._shadow.popitem(last=False)
+        return value, self._memo.cache_info().misses == misses
+
+    def held_bytes(self) -> int:
+        """Bytes of values the cache holds (what the simulated run counts)."""
+        kind = self.contestant.kind
+        if kind == "lru":
+            return int(self.cache.currsize)
+        if kind == "lru_cache":
+            return sum(self._shadow.values())
+        if kind == "volcache":
+            return self.cache.info().stored_bytes
+        return 0
+
+    def _no_cache_get(self, key: int) -> tuple[bytes, bool]:
+        return self._make(key), False
+
+    def close(self) -> None:
+        """Release the cache's memory."""
+        if self.contestant.kind == "volcache":
+            self.cache.close()
+            self._owned_backend.close()
