@@ -542,22 +542,31 @@ class VolatileCache(MutableMapping):
         self._counts["hits"] += 1
         return value
 
+    def _hot_value(self, key: Hashable) -> Any:
+        """A hot entry's value without the lock (as ``__getitem__``), else ``_MISSING``."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return _MISSING
+        value = entry.value
+        if value is _COLD:
+            return _MISSING
+        entry.touched = True
+        if self._lru is not None:
+            with contextlib.suppress(KeyError):
+                self._lru.move_to_end(key)
+        if not next(self._hot_hits) & 1023:
+            with self._lock:
+                self._maintain()
+        return value
+
     def _probe(self, key: Hashable) -> tuple[Any, bool]:
         """(the value or ``_MISSING``, whether a stored entry was found purged).
 
         For memoizing wrappers, which recompute with the call's own arguments:
-        never calls ``__missing__``. A hot hit takes no lock, as in ``__getitem__``.
+        never calls ``__missing__``.
         """
-        entry = self._entries.get(key)
-        if entry is not None and entry.value is not _COLD:
-            value = entry.value
-            entry.touched = True
-            if self._lru is not None:
-                with contextlib.suppress(KeyError):
-                    self._lru.move_to_end(key)
-            if not next(self._hot_hits) & 1023:
-                with self._lock:
-                    self._maintain()
+        value = self._hot_value(key)
+        if value is not _MISSING:
             return value, False
         with self._lock:
             self._check_open()

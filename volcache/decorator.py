@@ -108,6 +108,8 @@ class Memoized:
         self.cache: MutableMapping | None = None
         if not per_instance:
             self.cache = cache if cache is not None else VolatileCache(**options)
+        hot = getattr(self.cache, "_hot_value", None)
+        self._hot_value: Callable[[Any], Any] = hot if hot is not None else _no_hot_value
         self._lock = threading.Lock()
         self._hits = itertools.count(1)  # next() is atomic: hits counted without the lock
         self._misses = self._purged = self._regenerated = 0
@@ -124,6 +126,10 @@ class Memoized:
         key = self._key(*args, **kwargs)
         if self._is_async:
             return self._acall(self.cache, key, args, kwargs)
+        value = self._hot_value(key)  # the common hit: one lock-free lookup
+        if value is not _MISSING:
+            next(self._hits)
+            return value
         return self._call(self.cache, key, args, kwargs)
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
@@ -333,6 +339,10 @@ class _BoundMemoized:
 
     def __repr__(self) -> str:
         return f"<bound cached method {self._memoized.__qualname__} of {self.__self__!r}>"
+
+
+def _no_hot_value(key: Any) -> Any:
+    return _MISSING
 
 
 def _probe(cache: Any, key: Any) -> tuple[Any, bool]:

@@ -11,7 +11,9 @@ class _Flight:
     __slots__ = ("done", "error", "owner", "value")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        # Made when a second caller arrives: most computations have no waiter,
+        # and an Event costs more than the rest of the bookkeeping.
+        self.done: threading.Event | None = None
         self.owner = threading.get_ident()
         self.value: Any = None
         self.error: BaseException | None = None
@@ -43,6 +45,8 @@ class SingleFlight:
                 flight = self._flights[key] = _Flight()
             elif flight.owner == threading.get_ident():
                 raise RuntimeError(f"computing {key!r} needs {key!r} again: a cycle")
+            elif flight.done is None:
+                flight.done = threading.Event()
         if not leader:
             flight.done.wait()
             if flight.error is not None:
@@ -57,7 +61,9 @@ class SingleFlight:
         finally:
             with self._lock:
                 del self._flights[key]
-            flight.done.set()
+                done = flight.done
+            if done is not None:
+                done.set()
 
     def __len__(self) -> int:
         return len(self._flights)
