@@ -38,6 +38,11 @@ class Contestant:
 
     def describe(self) -> str:
         """A sentence for the table's legend."""
+        if self.kind == "volcache" and self.backend == "uffd":
+            return (
+                f"VolatileCache on the uffd backend: its purger keeps a budget of "
+                f"{UFFD_BUDGET:.0%} of the limit and purges on the cgroup's pressure events"
+            )
         if self.kind == "volcache":
             return f"VolatileCache on the {self.backend} backend, unbounded"
         if self.kind == "lru":
