@@ -11,14 +11,10 @@ from __future__ import annotations
 import abc
 import array
 import pickle
+import sys
 from collections.abc import Callable
 from functools import partial
 from typing import Any
-
-try:  # numpy is optional: arrays are pickled without it
-    import numpy
-except ImportError:  # pragma: no cover - depends on the environment
-    numpy = None
 
 #: Turns the stored bytes back into a value; must copy what it keeps.
 Decoder = Callable[[memoryview], Any]
@@ -107,8 +103,17 @@ class PickleCodec(Codec):
         return pickle.loads(data)
 
 
+def _numpy() -> Any:
+    """numpy if it can be imported (it is optional), else None."""
+    try:
+        import numpy
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+    return numpy
+
+
 def _numpy_decode(dtype: Any, shape: tuple[int, ...], data: memoryview) -> Any:
-    return numpy.frombuffer(data, dtype=dtype).reshape(shape).copy()
+    return _numpy().frombuffer(data, dtype=dtype).reshape(shape).copy()
 
 
 class NumpyCodec(Codec):
@@ -121,7 +126,7 @@ class NumpyCodec(Codec):
     raw = True
 
     def __init__(self) -> None:
-        if numpy is None:
+        if _numpy() is None:
             raise TypeError("NumpyCodec needs numpy: pip install numpy")
 
     def encode(self, value: Any) -> memoryview:
@@ -134,6 +139,7 @@ class NumpyCodec(Codec):
 
     def encode_with_decoder(self, value: Any) -> tuple[memoryview, Decoder, bool]:
         """The array's bytes and a decoder that restores dtype and shape."""
+        numpy = _numpy()
         if numpy is None or not isinstance(value, numpy.ndarray):
             raise TypeError(f"NumpyCodec stores numpy arrays, not {type(value).__name__}")
         if value.dtype.hasobject:
@@ -164,7 +170,7 @@ class DefaultCodec(Codec):
 
     def __init__(self) -> None:
         self._pickle = PickleCodec()
-        self._numpy = NumpyCodec() if numpy is not None else None
+        self._numpy: NumpyCodec | None = None
 
     def encode(self, value: Any) -> memoryview:
         """The bytes to store for ``value``."""
@@ -185,11 +191,11 @@ class DefaultCodec(Codec):
             return _as_bytes(value), bytes, True
         if kind is array.array:
             return _as_bytes(value), partial(_array_decode, value.typecode), True
-        if (
-            self._numpy is not None
-            and isinstance(value, numpy.ndarray)
-            and not value.dtype.hasobject
-        ):
+        # Whoever holds a numpy array has imported numpy: no import for the others.
+        numpy = sys.modules.get("numpy")
+        if numpy is not None and isinstance(value, numpy.ndarray) and not value.dtype.hasobject:
+            if self._numpy is None:
+                self._numpy = NumpyCodec()
             return self._numpy.encode_with_decoder(value)
         return memoryview(self._pickle.encode(value)), self._pickle.decode, False
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import itertools
@@ -114,7 +113,7 @@ class Memoized:
         self._hits = itertools.count(1)  # next() is atomic: hits counted without the lock
         self._misses = self._purged = self._regenerated = 0
         self._flight = SingleFlight()
-        self._tasks: dict[tuple[int, int, Any], asyncio.Task] = {}
+        self._tasks: dict[tuple[int, int, Any], Any] = {}  # asyncio tasks
         self._tokens: dict[int, int] = {}  # id(instance) -> token, while it lives
         self._next_token = itertools.count(1)
         self._instance_keys: dict[int, set[Any]] = {}  # token -> keys in the shared cache
@@ -165,6 +164,8 @@ class Memoized:
             next(self._hits)
             return value
         self._count_miss(purged)
+        import asyncio  # imported already: this runs in an event loop
+
         loop = asyncio.get_running_loop()
         flight = (id(loop), id(cache), key)
         task = self._tasks.get(flight)
@@ -185,7 +186,7 @@ class Memoized:
             return value
         return self._store(cache, key, await self._func(*args, **kwargs), purged, token)
 
-    def _task_done(self, flight: tuple[int, int, Any], task: asyncio.Task) -> None:
+    def _task_done(self, flight: tuple[int, int, Any], task: Any) -> None:
         if self._tasks.get(flight) is task:
             del self._tasks[flight]
         if not task.cancelled():

@@ -19,10 +19,17 @@ from .cache import VolatileCache
 from .codecs import Codec, Decoder
 from .info import CacheInfo
 
-try:
-    from PIL import Image, UnidentifiedImageError
-except ImportError:  # pragma: no cover - depends on the environment
-    Image = None
+Image: Any = None  # PIL.Image, imported by the first ThumbnailCache (Pillow is optional)
+UnidentifiedImageError: Any = None
+
+
+def _import_pillow() -> None:
+    global Image, UnidentifiedImageError
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise ImportError("ThumbnailCache needs Pillow: pip install 'volcache[images]'") from None
+
 
 _RETRIES = 3  # a file that keeps changing while we decode it
 
@@ -79,7 +86,7 @@ class ThumbnailCache:
         **cache_options: Any,
     ) -> None:
         if Image is None:
-            raise ImportError("ThumbnailCache needs Pillow: pip install 'volcache[images]'")
+            _import_pillow()
         try:
             width, height = (int(n) for n in size)
         except (TypeError, ValueError):
