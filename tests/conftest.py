@@ -8,6 +8,9 @@ backend): on our machines the real paths must really run.
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -76,3 +79,20 @@ def faulty_backend(request: pytest.FixtureRequest):
     need_backend(request.param)
     with get_backend(request.param) as b:
         yield b
+
+
+def crowd(call: Callable[[], object], threads: int, started: threading.Event,
+          release: threading.Event) -> None:  # fmt: skip
+    """Run ``call`` in several threads that pile up behind the first one.
+
+    ``call`` sets ``started`` once it is inside and waits for ``release``; the
+    others arrive meanwhile. Returns when every thread has finished.
+    """
+    workers = [threading.Thread(target=call) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    started.wait(10)
+    time.sleep(0.05)  # let the rest queue behind the first
+    release.set()
+    for worker in workers:
+        worker.join()

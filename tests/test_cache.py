@@ -16,6 +16,8 @@ import pytest
 
 from volcache import CacheInfo, Codec, VolatileCache
 
+from .conftest import crowd
+
 
 class Clock:
     """A clock that moves only when told to."""
@@ -541,14 +543,7 @@ def test_regeneration_is_single_flight_across_threads(make):
 
     cache = make(regenerate=regenerate)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(cache["k"])) for _ in range(8)]
-    for t in threads:
-        t.start()
-    started.wait(10)
-    time.sleep(0.05)  # let the others queue behind the first
-    release.set()
-    for t in threads:
-        t.join()
+    crowd(lambda: results.append(cache["k"]), 8, started, release)
     assert calls == ["k"] and results == [b"v" * 5000] * 8
 
 
@@ -570,14 +565,7 @@ def test_an_error_in_regeneration_reaches_every_waiter(make):
         except LookupError as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=get) for _ in range(4)]
-    for t in threads:
-        t.start()
-    started.wait(10)
-    time.sleep(0.05)
-    release.set()
-    for t in threads:
-        t.join()
+    crowd(get, 4, started, release)
     assert len(errors) == 4 and "k" not in cache
 
 

@@ -7,11 +7,12 @@ import functools
 import gc
 import pickle
 import threading
-import time
 
 import pytest
 
 from volcache import VolatileCache, cached
+
+from .conftest import crowd
 
 
 def purge_everything(cache: VolatileCache) -> None:
@@ -229,14 +230,7 @@ def test_threads_with_the_same_arguments_compute_once():
         return x * 2
 
     results = []
-    threads = [threading.Thread(target=lambda: results.append(slow(21))) for _ in range(8)]
-    for t in threads:
-        t.start()
-    started.wait(10)
-    time.sleep(0.05)
-    release.set()
-    for t in threads:
-        t.join()
+    crowd(lambda: results.append(slow(21)), 8, started, release)
     assert results == [42] * 8 and len(slow.__wrapped__.calls) == 1
 
 
@@ -261,14 +255,7 @@ def test_an_exception_reaches_every_waiting_thread_and_is_not_cached():
         except KeyError as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=call) for _ in range(4)]
-    for t in threads:
-        t.start()
-    started.wait(10)
-    time.sleep(0.05)
-    release.set()
-    for t in threads:
-        t.join()
+    crowd(call, 4, started, release)
     assert len(errors) == 4 and attempts == [1]
     assert failing(1) == 1 and attempts == [1, 1]
 
