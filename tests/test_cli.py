@@ -59,10 +59,12 @@ def test_bench_quick_under_real_pressure(tmp_path):
     assert {"volcache-kernel", "LRUCache-100%", "lru_cache", "no cache"} <= set(results)
     assert all(r["wrong"] == 0 and r["ops"] > 0 for r in results.values())
     assert all(r["samples"] for r in results.values())
-    # What the benchmark exists to show: volcache finishes where an LRU cache
-    # sized to the limit is killed.
-    assert results["volcache-kernel"]["status"] == "finished"
-    assert results["LRUCache-100%"]["status"] == "killed"
+    # What the benchmark exists to show: an LRU cache sized to the limit makes
+    # the OOM killer kill someone (itself, or the competitor when that is the
+    # larger at the moment: the killer's choice), volcache on the kernel nobody.
+    kernel, lru = results["volcache-kernel"], results["LRUCache-100%"]
+    assert kernel["status"] == "finished" and not kernel["competitor_killed"]
+    assert lru["status"] == "killed" or lru["competitor_killed"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     leftovers = [p for p in os.listdir(cgroups.memory_controller()[1]) if "volcache-bench" in p]
     assert not leftovers
