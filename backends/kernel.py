@@ -23,7 +23,25 @@ from .pages import PURGED, VOL
 #: The word written at the start of each volatile page: any non-zero value.
 TAG = int.from_bytes(b"volcache", "little")
 
-_MADV_PAGEOUT = 21  # Linux 5.4; Python's mmap module does not name it
+MADV_PAGEOUT = 21  # Linux 5.4; Python's mmap module does not name it
+
+
+def try_advice(advice: int) -> tuple[str | None, bytes]:
+    """madvise a written page of private anonymous memory with ``advice``.
+
+    Returns (why it was refused or None, the page's first 8 bytes afterwards).
+    Needs no native helper, so that ``volcache info`` can ask too.
+    """
+    mapping = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        mapping[:8] = b"volcache"
+        try:
+            mapping.madvise(advice)
+        except OSError as exc:
+            return exc.strerror, mapping[:8]
+        return None, mapping[:8]
+    finally:
+        mapping.close()
 
 
 @functools.cache
@@ -34,31 +52,20 @@ def _probe() -> tuple[str | None, bool]:
     reason = clib.unavailable_reason()
     if reason is not None:
         return reason, False
-    mapping = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        address = clib.address_of(mapping)
-        mapping[:8] = b"volcache"
-        try:
-            clib.madvise(address, mmap.PAGESIZE, mmap.MADV_FREE)
-        except OSError as exc:
-            return (
-                f"this kernel rejects MADV_FREE ({exc.strerror}); the kernel backend needs "
-                "Linux 4.5 or later: use the uffd or sim backend",
-                False,
-            )
-        if mapping[:8] != b"volcache":
-            return (
-                "MADV_FREE frees pages at once on this kernel (as Linux before 4.12 does "
-                "without swap), so volatile memory would always be lost: use the uffd backend",
-                False,
-            )
-        try:
-            clib.madvise(address, mmap.PAGESIZE, _MADV_PAGEOUT)
-        except OSError:
-            return None, False
-        return None, True
-    finally:
-        mapping.close()
+    refused, after = try_advice(mmap.MADV_FREE)
+    if refused is not None:
+        return (
+            f"this kernel rejects MADV_FREE ({refused}); the kernel backend needs "
+            "Linux 4.5 or later: use the uffd or sim backend",
+            False,
+        )
+    if after != b"volcache":
+        return (
+            "MADV_FREE frees pages at once on this kernel (as Linux before 4.12 does "
+            "without swap), so volatile memory would always be lost: use the uffd backend",
+            False,
+        )
+    return None, try_advice(MADV_PAGEOUT)[0] is None
 
 
 def _lazyfree_bytes() -> int | None:

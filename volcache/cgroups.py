@@ -130,10 +130,7 @@ class MemoryCgroup:
 
     def pids(self) -> list[int]:
         """The processes in the group."""
-        try:
-            return [int(pid) for pid in self.procs_file.read_text().split()]
-        except FileNotFoundError:
-            return []
+        return _pids(self.path)
 
     def usage(self) -> int:
         """Bytes charged to the group now."""
@@ -162,14 +159,17 @@ class MemoryCgroup:
                 _remove_group(path, timeout)
 
 
+def _pids(path: Path) -> list[int]:
+    try:
+        return [int(pid) for pid in (path / "cgroup.procs").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
 def _remove_group(path: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while path.exists():
-        try:
-            pids = [int(pid) for pid in (path / "cgroup.procs").read_text().split()]
-        except FileNotFoundError:
-            pids = []
-        for pid in pids:
+        for pid in _pids(path):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         try:

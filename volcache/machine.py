@@ -7,20 +7,14 @@ import os
 from pathlib import Path
 
 from . import cgroups
+from .backends import BackendUnavailable
+from .backends.kernel import MADV_PAGEOUT, try_advice
+from .backends.pressure import PSI_SYSTEM, PsiSource
 
-_MADV_PAGEOUT = 21
 
-
-def _probe_advice(advice: int) -> str:
-    mapping = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        mapping[0] = 1
-        mapping.madvise(advice)
-        return "yes"
-    except OSError as exc:
-        return f"no ({exc.strerror})"
-    finally:
-        mapping.close()
+def _advice(advice: int) -> str:
+    refused, _ = try_advice(advice)
+    return "yes" if refused is None else f"no ({refused})"
 
 
 def _read(path: str) -> str | None:
@@ -31,20 +25,11 @@ def _read(path: str) -> str | None:
 
 
 def _psi() -> str:
-    path = "/proc/pressure/memory"
-    if not os.path.exists(path):
-        return "no (/proc/pressure/memory is missing)"
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
-    except OSError as exc:
-        return f"readable only ({exc.strerror})"
-    try:
-        os.write(fd, b"some 50000 2000000\0")
-        return "yes (poll triggers accepted; windows of 2 s multiples without CAP_SYS_RESOURCE)"
-    except OSError as exc:
-        return f"no triggers ({exc.strerror})"
-    finally:
-        os.close(fd)
+        PsiSource(PSI_SYSTEM, "some 50000 2000000").close()
+    except BackendUnavailable as exc:
+        return f"no: {exc.reason}"
+    return "yes (poll triggers accepted; windows of 2 s multiples without CAP_SYS_RESOURCE)"
 
 
 def _userfaultfd() -> str:
@@ -70,8 +55,8 @@ def report() -> list[tuple[str, str]]:
     swaps = len(swap.splitlines()) - 1 if swap else 0
     return [
         ("kernel", f"{uname.sysname} {uname.release} {uname.machine}, {os.cpu_count()} CPUs"),
-        ("MADV_FREE", _probe_advice(mmap.MADV_FREE)),
-        ("MADV_PAGEOUT", _probe_advice(_MADV_PAGEOUT)),
+        ("MADV_FREE", _advice(mmap.MADV_FREE)),
+        ("MADV_PAGEOUT", _advice(MADV_PAGEOUT)),
         ("userfaultfd", _userfaultfd()),
         ("memory cgroup", _cgroups()),
         ("PSI", _psi()),
