@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import inspect
 import os
 import select
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,8 +40,12 @@ class PressureSource(abc.ABC):
     events: int  # the poll() events that mean "pressure"
 
     @abc.abstractmethod
-    def fileno(self) -> int:
-        """The descriptor to poll."""
+    def fileno(self) -> int | None:
+        """The descriptor to poll (None: none, the source is only polled)."""
+
+    def poll_ms(self) -> int | None:
+        """How long to wait for an event before waking anyway; None: no longer."""
+        return None
 
     def consume(self) -> None:
         """Acknowledge an event (so that the descriptor is quiet until the next)."""
@@ -147,33 +153,63 @@ class PressureLevelSource(PressureSource):
 
 
 class PressureWatcher:
-    """A thread that calls ``on_pressure(woke)`` for each event of a source.
+    """A thread that calls ``on_pressure(woke)`` for each event of a source, and on its polls.
 
-    ``woke`` is the ``time.perf_counter()`` at which the thread woke up.
+    ``woke`` is the ``time.perf_counter()`` at which the thread woke up. A
+    bound method is held weakly: the thread must not keep its backend alive,
+    and ends when the backend is gone. An exception from ``on_pressure`` is
+    counted (``errors``, ``last_error``) and the thread goes on: a purge that
+    failed once must not end every later purge.
     """
 
     def __init__(self, source: PressureSource, on_pressure: Callable[[float], None]) -> None:
         self.source = source
-        self._on_pressure = on_pressure
+        self.errors = 0
+        self.last_error: str | None = None
+        if inspect.ismethod(on_pressure):
+            self._on_pressure: Callable[[], Callable[[float], None] | None] = weakref.WeakMethod(
+                on_pressure
+            )
+        else:
+            self._on_pressure = lambda: on_pressure
         self._stop = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._thread = threading.Thread(target=self._run, name="volcache-pressure", daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread.is_alive()
+
     def _run(self) -> None:
         poller = select.poll()
-        poller.register(self.source.fileno(), self.source.events | select.POLLERR)
+        source_fd = self.source.fileno()
+        if source_fd is not None:
+            poller.register(source_fd, self.source.events | select.POLLERR)
         poller.register(self._stop, select.POLLIN)
         while True:
-            ready = dict(poller.poll())
+            ready = dict(poller.poll(self.source.poll_ms()))
             if self._stop in ready:
                 return
-            events = ready.get(self.source.fileno(), 0)
-            if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+            events = ready.get(source_fd, 0) if source_fd is not None else 0
+            if events & (select.POLLHUP | select.POLLNVAL) or (
+                events & select.POLLERR and not events & select.POLLPRI
+            ):
                 return  # the source went away (its cgroup was removed): nothing more will come
+            woke = time.perf_counter()
             if events:
-                woke = time.perf_counter()
                 self.source.consume()
-                self._on_pressure(woke)
+            elif self.source.poll_ms() is None:
+                continue
+            on_pressure = self._on_pressure()
+            if on_pressure is None:
+                return  # its owner is gone
+            try:
+                on_pressure(woke)
+            except Exception as exc:
+                self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            del on_pressure
 
     def stop(self) -> None:
         """Stop and join the thread, close the source."""

@@ -27,11 +27,12 @@ from typing import Any
 
 from . import clib
 from .contract import Backend, Capabilities, Region, VRange
+from .limits import MemoryLimit, cgroup_limit, find_limit
 from .pages import PURGED
-from .pressure import PressureLevelSource, PressureWatcher, PsiSource
+from .pressure import PressureLevelSource, PressureSource, PressureWatcher, PsiSource
 
 _LIVE: weakref.WeakSet[UffdBackend] = weakref.WeakSet()
-_PRESSURES = ("psi", "pressure_level")
+_PRESSURES = ("limit", "psi", "pressure_level")
 
 
 class PurgedAccessError(RuntimeError):
@@ -87,14 +88,28 @@ def _reason_for(err: int) -> str:
 class UffdBackend(Backend):
     """Volatile memory purged by volcache itself, with touches of purged pages caught.
 
+    By default (``pressure="limit"``) the purger keeps the memory limit this
+    process runs under from being reached: the limit of its memory cgroup (the
+    tightest up the tree), else the machine's memory. Usage above
+    ``limit - headroom`` purges volatile pages at once from a background
+    thread, and an allocation or a re-pin of purged pages that would cross it
+    purges first, so that this backend's own memory is never what meets the
+    limit (see :mod:`volcache.backends.limits`).
+
     Args:
         budget: resident bytes of this backend's regions (all pages but the
             purged ones) to stay under; the oldest volatile pages go first.
-        pressure: ``"psi"`` or ``"pressure_level"`` (cgroup v1): purge when
-            the kernel reports memory pressure, from a background thread.
-        pressure_path: the PSI file (default ``/proc/pressure/memory``; a
-            cgroup v2 ``memory.pressure`` works too) or the cgroup v1 memory
-            cgroup directory (default: this process's).
+        pressure: ``"limit"`` (the default: follow the memory limit),
+            ``"psi"`` or ``"pressure_level"`` (cgroup v1): purge when the
+            kernel reports memory pressure, from a background thread; None:
+            only the budget and :meth:`reclaim` purge.
+        pressure_path: for ``"limit"``, a memory cgroup directory to follow
+            instead of this process's own; the PSI file (default
+            ``/proc/pressure/memory``; a cgroup v2 ``memory.pressure`` works
+            too) or the cgroup v1 memory cgroup directory (default: this
+            process's).
+        headroom: for ``"limit"``, the bytes kept free below the limit
+            (default: an eighth of the limit, within 8 MiB and 1 GiB).
         psi_trigger: the PSI trigger, ``"some <stall us> <window us>"``.
         pressure_level: ``"low"``, ``"medium"`` or ``"critical"`` (cgroup v1).
         pressure_purge: the fraction of the volatile pages to purge per event.
@@ -115,8 +130,9 @@ class UffdBackend(Backend):
         self,
         *,
         budget: int | None = None,
-        pressure: str | None = None,
+        pressure: str | None = "limit",
         pressure_path: str | os.PathLike[str] | None = None,
+        headroom: int | None = None,
         psi_trigger: str = "some 50000 2000000",
         pressure_level: str = "low",
         pressure_purge: float = 0.25,
@@ -149,17 +165,34 @@ class UffdBackend(Backend):
         self._reactions: deque[float] = deque(maxlen=256)
         self._pressure_fraction = pressure_purge
         self._watcher: PressureWatcher | None = None
+        self._memory_limit: MemoryLimit | None = None
         if pressure is not None:
             try:
-                if pressure == "psi":
-                    source = PsiSource(pressure_path or "/proc/pressure/memory", psi_trigger)
-                else:
-                    source = PressureLevelSource(pressure_path, pressure_level)
+                source = self._source(
+                    pressure, pressure_path, headroom, psi_trigger, pressure_level
+                )
             except BaseException:
                 self._uffd.close()
                 raise
+            if isinstance(source, MemoryLimit):
+                self._memory_limit = source
+                self._own.update(limit_purges=0, limit_purged_bytes=0)
             self._watcher = PressureWatcher(source, self._on_pressure)
         _LIVE.add(self)
+
+    @staticmethod
+    def _source(
+        pressure: str,
+        path: str | os.PathLike[str] | None,
+        headroom: int | None,
+        psi_trigger: str,
+        pressure_level: str,
+    ) -> PressureSource:
+        if pressure == "limit":
+            return find_limit(headroom) if path is None else cgroup_limit(path, headroom)
+        if pressure == "psi":
+            return PsiSource(path or "/proc/pressure/memory", psi_trigger)
+        return PressureLevelSource(path, pressure_level)
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -192,6 +225,7 @@ class UffdBackend(Backend):
             self._report_touches()
 
     def _map(self, nbytes: int) -> tuple[mmap.mmap, int]:
+        self._make_room(nbytes)
         mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         address = clib.address_of(mapping)
         try:
@@ -209,8 +243,11 @@ class UffdBackend(Backend):
     def _unmark(self, region: Region, first: int, npages: int) -> tuple[int, list[int], int]:
         ps = self.page_size
         purged: list[int] = []
-        if not self._book.count(region.ident, first, first + npages, PURGED):
+        lost = self._book.count(region.ident, first, first + npages, PURGED)
+        if not lost:
             return npages, purged, 0
+        # The zero page costs nothing, but the caller is about to write these pages.
+        self._make_room(lost * ps)
         for span, count in self._book.spans(region.ident, first, first + npages, bytes([PURGED])):
             # Map the zero page again, so that writing to the page does not fault.
             self._uffd.zero(region.address + span * ps, count * ps)
@@ -262,7 +299,31 @@ class UffdBackend(Backend):
         if over > 0:
             self._own["budget_purged_bytes"] += self._purge(over) * self.page_size
 
+    def _make_room(self, nbytes: int) -> None:
+        """Purge first if charging ``nbytes`` more would cross the limit's watermark."""
+        if self._memory_limit is None or self._closed:
+            return
+        excess = self._memory_limit.excess(nbytes)
+        if excess > 0:
+            self._purge_for_limit(excess, None)
+
+    def _purge_for_limit(self, excess: int, woke: float | None) -> None:
+        npages = -(-(excess + self._memory_limit.slack) // self.page_size)
+        purged = self._purge(npages)
+        self._own["limit_purges"] += 1
+        self._own["limit_purged_bytes"] += purged * self.page_size
+        if purged and woke is not None:
+            self._reactions.append(time.perf_counter() - woke)
+
     def _on_pressure(self, woke: float) -> None:
+        if self._memory_limit is not None:
+            if self._memory_limit.excess() <= 0:  # most wakes: a look, no lock
+                return
+            with self._lock:
+                excess = self._memory_limit.excess()
+                if excess > 0 and not self._closed:
+                    self._purge_for_limit(excess, woke)
+            return
         with self._lock:
             if self._closed:
                 return
@@ -303,8 +364,19 @@ class UffdBackend(Backend):
             "resident_bytes": self.resident_bytes(),
             "budget": None if self._budget_pages is None else self._budget_pages * self.page_size,
             "pressure": None if self._watcher is None else self._watcher.source.name,
+            "pressure_errors": 0 if self._watcher is None else self._watcher.errors,
+            **self._limit_stats(),
             **self._own,
             "pressure_reaction_ms": None if not reactions else round(median(reactions) * 1e3, 3),
+        }
+
+    def _limit_stats(self) -> dict[str, Any]:
+        if self._memory_limit is None:
+            return {}
+        return {
+            "limit": self._memory_limit.describe(),
+            "limit_bytes": self._memory_limit.limit,
+            "headroom_bytes": self._memory_limit.headroom,
         }
 
 

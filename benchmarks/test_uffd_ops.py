@@ -35,7 +35,7 @@ def test_caught_fault(benchmark, placement):
     if placement == "across CPUs" and len(cpus) < 2:
         pytest.skip("needs two CPUs")
     before = _tasks()
-    backend = get_backend("uffd")
+    backend = get_backend("uffd", pressure=None)
     (handler,) = _tasks() - before  # the native fault handler thread
     me = threading.get_native_id()
     os.sched_setaffinity(me, {cpus[0]})
@@ -95,7 +95,7 @@ class _Event(PressureSource):
 def test_purger_reaction(benchmark, mib):
     """From a pressure event to ``mib`` MiB of volatile memory given back."""
     benchmark.group = "purger reaction"
-    backend = get_backend("uffd", pressure_purge=1.0)
+    backend = get_backend("uffd", pressure=None, pressure_purge=1.0)
     source = _Event()
     done = threading.Event()
     react = backend._on_pressure
