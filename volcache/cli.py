@@ -57,7 +57,9 @@ def _bench(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise UsageError("--plot needs matplotlib: pip install 'volcache[plot]'") from None
-    settings = scenario.Settings(limit=limit, duration=duration, seed=args.seed)
+    if not 0 <= args.fill <= 4:
+        raise UsageError(f"--fill must be within [0, 4] (times the limit), got {args.fill:g}")
+    settings = scenario.Settings(limit=limit, duration=duration, fill=args.fill, seed=args.seed)
     reasons = available_backends()
     if args.backend is not None:
         if args.backend not in reasons:
@@ -119,9 +121,9 @@ class _Progress:
         print(f"\r{line}", end="", file=sys.stderr, flush=True)
 
     def done(self, result: Any) -> None:
-        state = (
-            result.status if result.status != "killed" else f"killed at {result.killed_at:.1f} s"
-        )
+        from .bench.report import status
+
+        state = status(result)
         line = (f"  {result.contestant.name:16} {state}: {result.ops} lookups, "
                 f"hit ratio {result.hit_ratio:.1%}")  # fmt: skip
         print(f"\r{line:<72}", file=sys.stderr, flush=True)
@@ -145,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--backend", help="only this volcache backend (sim: simulated memory)")
     bench.add_argument("--json", metavar="PATH", help="write the results, samples included")
     bench.add_argument("--plot", metavar="PATH", help="a PNG of hit ratio and memory over time")
+    bench.add_argument(
+        "--fill",
+        type=float,
+        default=1.0,
+        help="values each cache is offered before the clock starts, as a multiple of the limit "
+        "(default 1: every cache starts as full as it can be)",
+    )
     bench.add_argument("--seed", type=int, default=0, help="the workload's seed")
     args = parser.parse_args(argv)
     try:

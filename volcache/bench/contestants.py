@@ -17,7 +17,6 @@ from .workload import Workload, make_value
 
 LRU_FRACTIONS = (0.25, 0.5, 1.0)  # of the memory limit
 LRU_CACHE_MAXSIZE = 128  # functools.lru_cache's default, what most code uses
-UFFD_BUDGET = 0.5  # of the memory limit: the uffd purger's byte budget
 
 
 @dataclass(frozen=True)
@@ -40,8 +39,8 @@ class Contestant:
         """A sentence for the table's legend."""
         if self.kind == "volcache" and self.backend == "uffd":
             return (
-                f"VolatileCache on the uffd backend: its purger keeps a budget of "
-                f"{UFFD_BUDGET:.0%} of the limit and purges on the cgroup's pressure events"
+                "VolatileCache on the uffd backend with its defaults: the purger follows the "
+                "cgroup's limit and purges when usage comes within an eighth of it"
             )
         if self.kind == "volcache":
             return f"VolatileCache on the {self.backend} backend, unbounded"
@@ -75,10 +74,7 @@ class Getter:
         self.get: Callable[[int], tuple[bytes, bool]]
         kind = contestant.kind
         if kind == "volcache":
-            options = dict(backend_options or {})
-            if contestant.backend == "uffd":
-                options.setdefault("budget", int(limit * UFFD_BUDGET))
-            backend = get_backend(contestant.backend, **options)
+            backend = get_backend(contestant.backend, **dict(backend_options or {}))
             self.cache = VolatileCache(backend=backend)
             self._owned_backend = backend
             self.get = self._mapping_get

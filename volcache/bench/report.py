@@ -15,19 +15,25 @@ COLUMNS = ("contestant", "result", "ops/s", "hit ratio", "regenerated", "wrong",
            "gave back", "in")  # fmt: skip
 
 
+def status(result: Result) -> str:
+    """How a contestant ended, in a few words."""
+    if result.status == "killed" and result.fill_s is None:
+        return "killed in the fill"
+    if result.status == "killed":
+        return f"killed at {result.killed_at:.1f} s"
+    if result.status == "failed":
+        return f"failed: {result.note}"[:40]
+    if result.competitor_killed:
+        return "finished; the OOM killer took the competitor"
+    return result.status
+
+
 def _row(result: Result) -> tuple[str, ...]:
-    status = result.status
-    if status == "killed":
-        status = f"killed at {result.killed_at:.1f} s"
-    elif status == "failed":
-        status = f"failed: {result.note}"[:40]
-    elif result.competitor_killed:
-        status = "finished; the OOM killer took the competitor"
     given = "-" if not result.returned else f"{result.returned / MIB:.0f} MiB"
     within = "-" if result.return_s is None else f"{result.return_s:.2f} s"
     return (
         result.contestant.name,
-        status,
+        status(result),
         f"{result.ops_per_s:.0f}",
         f"{result.hit_ratio:.1%}",
         f"{result.misses}",

@@ -1,8 +1,11 @@
 """The pressure scenario under a real memory cgroup: one contestant at a time.
 
 Each contestant serves the workload in a worker process inside a fresh memory
-cgroup with the limit, beside the competitor in the same cgroup. The parent
-samples both processes' resident memory and notes who the OOM killer took.
+cgroup with the limit, beside the competitor in the same cgroup. Before the
+clock starts the worker fills its cache with values worth the limit (most
+popular first), so that a cache bounded near the limit reaches it for certain,
+however fast this machine makes values. The parent samples both processes'
+resident memory and notes who the OOM killer took.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from .workload import Workload
 
 SAMPLE = 0.1  # seconds between memory samples
 GRACE = 30.0  # seconds a worker may take past its duration (startup, a slow last value)
+FILL_TIMEOUT = 300.0  # seconds a worker may take to fill its cache
 NOISE = 8 << 20  # resident memory moves this much without giving anything back
 
 
@@ -36,11 +40,17 @@ class Settings:
     duration: float = 20.0
     working_set: float = 2.5  # the working set, as a multiple of the limit
     competitor: float = 0.5  # the competitor's peak, as a fraction of the limit
+    fill: float = 1.0  # values made before the clock starts, as a multiple of the limit
     seed: int = 0
 
     def workload(self) -> Workload:
         """The workload for this limit."""
         return Workload.for_memory(int(self.limit * self.working_set), seed=self.seed)
+
+    @property
+    def fill_bytes(self) -> int:
+        """Bytes of values each worker makes before the clock starts."""
+        return int(self.limit * self.fill)
 
     @property
     def competitor_peak(self) -> int:
@@ -64,6 +74,7 @@ class Result:
     competitor_killed: bool = False  # the OOM killer took the competitor instead
     returned: int = 0  # bytes of the worker's memory given back when the competitor grew
     return_s: float | None = None  # seconds to give back half of that
+    fill_s: float | None = None  # seconds the fill took, before the clock
     note: str = ""
     info: dict[str, Any] = field(default_factory=dict)
     samples: list[dict[str, float]] = field(default_factory=list)
@@ -94,77 +105,106 @@ def _rss(pid: int) -> int:
     return 0
 
 
-def _backend_options(contestant: Contestant, group: cgroups.MemoryCgroup) -> dict[str, Any]:
-    """The uffd purger listens to the cgroup's pressure: v1 levels, or its PSI."""
-    if contestant.backend != "uffd":
-        return {}
-    if group.version == "v1":
-        return {"pressure": "pressure_level", "pressure_path": str(group.path)}
-    return {"pressure": "psi", "pressure_path": str(group.pressure_file)}
-
-
 def run_contestant(
     contestant: Contestant,
     settings: Settings,
     progress: Callable[[Contestant, float, dict[str, Any]], None],
 ) -> Result:
-    """One contestant in a fresh memory cgroup, beside the competitor."""
+    """One contestant in a fresh memory cgroup: its fill, then the clock beside the competitor."""
     result = Result(contestant)
-    workload = settings.workload()
-    start = time.time() + 1.0  # both processes start their clocks together
     with cgroups.MemoryCgroup(settings.limit, name="volcache-bench") as group:
         config = {
             "contestant": asdict(contestant),
-            "workload": asdict(workload),
+            "workload": asdict(settings.workload()),
             "limit": settings.limit,
             "duration": settings.duration,
-            "start": start,
-            "backend_options": _backend_options(contestant, group),
+            "fill": settings.fill_bytes,
         }
         python = [sys.executable, "-m"]
         worker = subprocess.Popen(
             group.command([*python, "volcache.bench.worker", json.dumps(config)]),
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )
-        peak, duration = str(settings.competitor_peak), str(settings.duration)
-        rival = subprocess.Popen(
-            group.command([*python, "volcache.bench.competitor", peak, duration, str(start)])
         )
         lines: queue.Queue[str | None] = queue.Queue()
         reader = threading.Thread(target=_read_lines, args=(worker.stdout, lines), daemon=True)
         reader.start()
         last: dict[str, Any] = {}
-        deadline = start + settings.duration + GRACE
-        while worker.poll() is None and time.time() < deadline:
-            last = _drain(lines, last, result)
-            t = time.time() - start
-            rss = _rss(worker.pid)
-            if t >= 0 and rss:  # a process that is gone has nothing resident
-                result.samples.append(
-                    {
-                        "t": round(t, 3),
-                        "rss": rss,
-                        "competitor": _rss(rival.pid),
-                        "ops": last.get("ops", 0),
-                        "hits": last.get("hits", 0),
-                    }
-                )
-                progress(contestant, t, last)
-            time.sleep(SAMPLE)
+        rival = None
+        if _wait_ready(lines, result):
+            start = time.time() + 0.2  # both processes start their clocks together
+            worker.stdin.write(f"{start}\n")
+            worker.stdin.flush()
+            peak, duration = str(settings.competitor_peak), str(settings.duration)
+            rival = subprocess.Popen(
+                group.command([*python, "volcache.bench.competitor", peak, duration, str(start)])
+            )
+            last = _serve_and_sample(worker, rival, lines, result, settings, start, progress)
         if worker.poll() is None:
             worker.kill()
             result.status, result.note = "failed", "did not finish in time"
         worker.wait()
         reader.join(timeout=5)
         last = _drain(lines, last, result)
-        rival.kill()
-        rival.wait()
+        if rival is not None:
+            rival.kill()
+            rival.wait()
         oom_kills = group.oom_kills()
         errors = worker.stderr.read()
-    _finish(result, worker.returncode, rival.returncode, oom_kills, errors, settings, last)
+    rival_code = None if rival is None else rival.returncode
+    _finish(result, worker.returncode, rival_code, oom_kills, errors, settings, last)
     return result
+
+
+def _wait_ready(lines: queue.Queue[str | None], result: Result) -> bool:
+    """Wait for the worker's fill; False if it ended (or took too long) before it was ready."""
+    deadline = time.monotonic() + FILL_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if line is None:
+            result.note = "during the fill"
+            return False
+        sample = json.loads(line)
+        if sample.get("ready"):
+            result.fill_s = sample["fill_s"]
+            return True
+    result.note = "the fill did not finish in time"
+    return False
+
+
+def _serve_and_sample(
+    worker: subprocess.Popen[str],
+    rival: subprocess.Popen[bytes],
+    lines: queue.Queue[str | None],
+    result: Result,
+    settings: Settings,
+    start: float,
+    progress: Callable[[Contestant, float, dict[str, Any]], None],
+) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+    deadline = start + settings.duration + GRACE
+    while worker.poll() is None and time.time() < deadline:
+        last = _drain(lines, last, result)
+        t = time.time() - start
+        rss = _rss(worker.pid)
+        if t >= 0 and rss:  # a process that is gone has nothing resident
+            result.samples.append(
+                {
+                    "t": round(t, 3),
+                    "rss": rss,
+                    "competitor": _rss(rival.pid),
+                    "ops": last.get("ops", 0),
+                    "hits": last.get("hits", 0),
+                }
+            )
+            progress(result.contestant, t, last)
+        time.sleep(SAMPLE)
+    return last
 
 
 def _read_lines(stream: Any, lines: queue.Queue[str | None]) -> None:
@@ -201,7 +241,7 @@ def _finish(
     result.served = min(last.get("t", 0.0), settings.duration)
     if code == -9 and oom_kills:
         result.status = "killed"
-        result.killed_at = result.served
+        result.killed_at = result.served if result.fill_s is not None else 0.0
     elif code != 0 and result.status == "finished":
         result.status = "failed"
         result.note = (errors.strip().splitlines() or [f"exit status {code}"])[-1]

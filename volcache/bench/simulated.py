@@ -17,7 +17,7 @@ from typing import Any
 from . import competitor
 from .contestants import Contestant, Getter
 from .scenario import SAMPLE, Result, Settings, _returned
-from .worker import serve
+from .worker import fill, serve
 
 BASELINE = 40 << 20  # an interpreter with volcache and a workload loaded
 CHUNK = competitor.CHUNK
@@ -41,7 +41,6 @@ def run_simulated(
     regions: list[Any] = []  # the competitor's, in the sim backend
     state = {"competitor": 0, "next_sample": 0.0}
     counts: dict[str, int] = {}
-    start = time.time()
 
     def worker_memory() -> int:
         if backend is None:
@@ -68,6 +67,10 @@ def run_simulated(
             result.samples.append({**sample, "ops": counts["ops"], "hits": counts["hits"]})
             progress(contestant, t, counts)
 
+    began = time.perf_counter()
+    fill(getter, workload, settings.fill_bytes)
+    result.fill_s = round(time.perf_counter() - began, 3)
+    start = time.time()
     try:
         serve(
             getter,

@@ -1,8 +1,10 @@
 """The worker: one contestant serving the workload, reporting as it goes.
 
 Run by the scenario inside the memory cgroup as ``python -m volcache.bench.worker
-CONFIG_JSON``; prints a JSON line every ``interval`` seconds and a last one
-with ``"done": true``. :func:`serve` is also what the simulated run calls.
+CONFIG_JSON``: fills its cache, prints ``{"ready": true}``, reads the start
+time from standard input, then prints a JSON line every ``interval`` seconds
+and a last one with ``"done": true``. :func:`fill` and :func:`serve` are also
+what the simulated run calls.
 """
 
 from __future__ import annotations
@@ -54,6 +56,22 @@ def serve(
     return counts
 
 
+def fill(getter: Getter, workload: Workload, nbytes: int) -> int:
+    """Look up keys, the most popular first, until values worth ``nbytes`` were made.
+
+    Run before the clock starts, so that every cache starts as full as it
+    would become: whether a cache bounded near the limit meets it does not
+    depend on how fast this machine makes values. Returns the keys looked up.
+    """
+    made = 0
+    for n, key in enumerate(workload.by_popularity()):
+        if made >= nbytes:
+            return n
+        value, _ = getter.get(key)
+        made += len(value)
+    return workload.keys
+
+
 def main() -> None:
     config = json.loads(sys.argv[1])
     workload = Workload(**config["workload"])
@@ -63,9 +81,13 @@ def main() -> None:
     def report(sample: dict[str, Any]) -> None:
         print(json.dumps(sample), flush=True)
 
-    counts = serve(getter, workload, config["duration"], config["start"], report)
+    began = time.perf_counter()
+    filled = fill(getter, workload, config["fill"])
+    report({"ready": True, "filled": filled, "fill_s": round(time.perf_counter() - began, 3)})
+    start = float(sys.stdin.readline())  # the scenario starts the clock once all are ready
+    counts = serve(getter, workload, config["duration"], start, report)
     info = getter.cache.info().as_dict() if contestant.kind == "volcache" else {}
-    report({"done": True, "t": round(time.time() - config["start"], 3), **counts, "info": info})
+    report({"done": True, "t": round(time.time() - start, 3), **counts, "info": info})
     getter.close()
 
 

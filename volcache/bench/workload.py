@@ -54,11 +54,16 @@ class Workload:
         """The bytes of all values together (targets)."""
         return sum(self.size(k) for k in range(self.keys))
 
+    def by_popularity(self) -> list[int]:
+        """Every key, the most popular first (popularity is apart from size)."""
+        ranks = list(range(self.keys))
+        random.Random(f"{self.seed}/ranks").shuffle(ranks)
+        return ranks
+
     def stream(self, seed: int | None = None) -> Iterator[int]:
         """Keys in Zipf order of popularity, endlessly; the most popular is random."""
         rng = random.Random(self.seed if seed is None else seed)
-        ranks = list(range(self.keys))
-        random.Random(f"{self.seed}/ranks").shuffle(ranks)  # popularity apart from size
+        ranks = self.by_popularity()
         weights = [1 / (rank + 1) ** self.zipf for rank in range(self.keys)]
         cumulative = list(itertools.accumulate(weights))
         total = cumulative[-1]
