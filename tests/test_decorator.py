@@ -61,6 +61,67 @@ def test_caches_what_lru_cache_caches(backend_name, typed):
     ours.cache.close()
 
 
+def _agree(wrapper, hits: int, misses: int) -> None:
+    mine, its = wrapper.cache_info(), wrapper.cache.info()
+    assert (mine.hits, mine.misses) == (its.hits, its.misses) == (hits, misses)
+
+
+def test_the_wrapper_and_its_cache_count_each_call_once(backend_name):
+    """cache_info() and cache.info() agree: a miss is counted once, not again in its flight."""
+
+    @cached(backend=backend_name)
+    def double(x):
+        return x * 2
+
+    for x in range(10):
+        double(x)
+    for x in range(10):
+        double(x)
+    _agree(double, 10, 10)
+    purge_everything(double.cache)
+    double(0)  # found purged: one miss, regenerated
+    _agree(double, 10, 11)
+
+    class Thing:
+        @cached(backend=backend_name)
+        def triple(self, x):
+            return x * 3
+
+    thing = Thing()
+    for x in (1, 2, 1, 1):
+        thing.triple(x)
+    _agree(Thing.triple, 2, 2)
+
+    @cached(backend=backend_name)
+    async def fetch(x):
+        return x
+
+    async def main():
+        await asyncio.gather(*[fetch(x) for x in range(5)])
+        await asyncio.gather(*[fetch(x) for x in range(5)])
+
+    asyncio.run(main())
+    _agree(fetch, 5, 5)
+    for wrapper in (double, Thing.triple, fetch):
+        wrapper.cache.close()
+
+
+def test_waiters_of_one_flight_are_counted_once_each():
+    """Threads that pile up behind one computation: each counted once, as a miss."""
+    started, release = threading.Event(), threading.Event()
+
+    @cached(backend="sim")
+    def slow(x):
+        started.set()
+        release.wait(10)
+        return x
+
+    crowd(lambda: slow(1), 4, started, release)
+    info, its = slow.cache_info(), slow.cache.info()
+    assert info.hits + info.misses == 4 and (info.hits, info.misses) == (its.hits, its.misses)
+    slow.cache.close()
+
+
 def test_bare_and_with_options_and_lru_cache_attributes():
     @cached
     def bare(x):

@@ -565,21 +565,25 @@ class VolatileCache(MutableMapping):
                 self._maintain()
         return value
 
-    def _probe(self, key: Hashable) -> tuple[Any, bool]:
+    def _probe(self, key: Hashable, count: bool = True) -> tuple[Any, bool]:
         """(the value or ``_MISSING``, whether a stored entry was found purged).
 
         For memoizing wrappers, which recompute with the call's own arguments:
-        never calls ``__missing__``.
+        never calls ``__missing__``. ``count=False`` is a wrapper's second look
+        inside its single flight: the call was counted as a miss already.
         """
-        value = self._hot_value(key)
-        if value is not _MISSING:
-            return value, False
+        if count:
+            value = self._hot_value(key)
+            if value is not _MISSING:
+                return value, False
         with self._lock:
             self._check_open()
             entry = self._entries.get(key)
             value = _MISSING if entry is None else self._hit(entry)
             if value is _MISSING:
-                self._counts["misses"] += 1
+                self._counts["misses"] += count
+            elif not count:
+                self._counts["hits"] -= 1  # _hit counted it; this look is not a call
             return value, entry is not None and value is _MISSING
 
     def _can_regenerate(self) -> bool:

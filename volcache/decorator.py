@@ -151,7 +151,9 @@ class Memoized:
         self._count_miss(purged)
 
         def compute(_flight: Any) -> Any:
-            value, _ = _probe(cache, key)  # a flight that just ended may have stored it
+            value, _ = _probe(
+                cache, key, count=False
+            )  # a flight that just ended may have stored it
             if value is not _MISSING:
                 return value
             return self._store(cache, key, self._func(*args, **kwargs), purged, token)
@@ -181,7 +183,7 @@ class Memoized:
     async def _acompute(
         self, cache: Any, key: Any, args: tuple, kwargs: dict, purged: bool, token: int
     ) -> Any:
-        value, _ = _probe(cache, key)
+        value, _ = _probe(cache, key, count=False)
         if value is not _MISSING:
             return value
         return self._store(cache, key, await self._func(*args, **kwargs), purged, token)
@@ -346,8 +348,8 @@ def _no_hot_value(key: Any) -> Any:
     return _MISSING
 
 
-def _probe(cache: Any, key: Any) -> tuple[Any, bool]:
+def _probe(cache: Any, key: Any, count: bool = True) -> tuple[Any, bool]:
     if isinstance(cache, VolatileCache):
-        return cache._probe(key)
+        return cache._probe(key, count)
     value = cache.get(key, _MISSING)  # another mapping: no purges to tell apart
     return value, False
