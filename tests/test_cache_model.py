@@ -159,6 +159,13 @@ class CacheMachine(RuleBasedStateMachine):
     def fault(self, after, code):
         self.backend.inject_fault(after=after * PS, errno=code)
 
+    @precondition(lambda self: self.backend.stats()["faults_injected"] < 40)
+    @rule(after=st.integers(1, 3))
+    def short_then_fail(self, after):
+        """A call that stops short, then one that fails: the re-pin of finding 2."""
+        self.backend.inject_fault(after=after * PS)
+        self.backend.inject_fault(after=0)
+
     @invariant()
     def sizes_add_up(self):
         cache = self.cache

@@ -6,6 +6,7 @@ import errno
 
 import pytest
 
+from volcache import VolatileCache
 from volcache.backends import get_backend
 from volcache.slab import SlabAllocator, size_classes
 
@@ -162,3 +163,55 @@ def test_a_failed_mark_stays_pending_for_the_next_flush():
         assert slabs.flush() == 3
         assert slabs.stats()["mark_errors"] == 1
         slabs.close()
+
+
+def test_a_purge_found_by_a_repin_that_then_fails_is_not_forgotten():
+    """Review finding 2: the first vrange call re-pins a purged page, the second fails.
+
+    The purge it found is reported by the next activation, so the entry is
+    regenerated, never decoded from purged (poisoned) bytes.
+    """
+    with get_backend("sim") as sim:
+        ps = sim.page_size
+        cache = VolatileCache(
+            backend=sim, hot_bytes=0, mark_batch=1, regenerate=lambda key: b"made again"
+        )
+        value = bytes(range(256)) * (3 * ps // 256)  # 3 pages
+        cache["k"] = value
+        cache.maintain()  # all three pages volatile
+        assert sim.reclaim(ps) == ps  # the oldest: the entry's first page
+        sim.inject_fault(after=ps)  # the first re-pin call: one page, found purged
+        sim.inject_fault(after=0)  # the second: nothing, OSError
+        with pytest.raises(OSError):
+            cache["k"]
+        assert cache["k"] == b"made again"
+        assert cache.info().purged == 1
+        cache.close()
+
+
+@pytest.mark.parametrize("seed", range(0, 200, 40))
+def test_random_faults_never_return_wrong_bytes(seed):
+    """The sim backend's fault_rate: short counts and failures in any order, never a wrong byte."""
+    wrong = 0
+    for run in range(seed, seed + 40):
+        sim = get_backend("sim", fault_rate=0.3, seed=run)
+        ps = sim.page_size
+        cache = VolatileCache(backend=sim, hot_bytes=0, mark_batch=1)
+        value = b"\x42" * (8 * ps)
+        try:
+            cache["k"] = value
+            cache.maintain()
+        except OSError:
+            cache.close()
+            sim.close()
+            continue
+        sim.reclaim(2 * ps)
+        for _ in range(6):
+            try:
+                got = cache.get("k")
+            except OSError:
+                continue
+            wrong += got is not None and got != value
+        cache.close()
+        sim.close()
+    assert wrong == 0

@@ -100,6 +100,8 @@ class _Slab:
         "free_end",
         "free_start",
         "ident",
+        "lost",
+        "nlost",
         "npages",
         "npending",
         "owners",
@@ -116,6 +118,10 @@ class _Slab:
         self.volatile = bytearray(self.npages)  # marked volatile in the backend
         self.pending = bytearray(self.npages)  # idle, waiting to be marked
         self.used = bytearray(self.npages)  # holds an entry
+        # Found purged by a re-pin whose activation then failed: reported by the
+        # next activation, so that a purge once seen is never forgotten.
+        self.lost = bytearray(self.npages)
+        self.nlost = 0
         self.npending = 0
         self.owners: list[Extent | _SmallPage | None] = [None] * self.npages
         self.free_start: dict[int, int] = {0: self.npages}
@@ -316,7 +322,12 @@ class SlabAllocator:
     # -- pages ------------------------------------------------------------------
 
     def _activate_pages(self, slab: _Slab, first: int, npages: int) -> list[int]:
-        """Take pages off the pending list and re-pin the volatile ones: purged pages."""
+        """Take pages off the pending list and re-pin the volatile ones: purged pages.
+
+        A re-pin that fails part way leaves the pages it re-pinned non-volatile
+        and pending again, and the purges it found in ``slab.lost``: the next
+        activation reports them, so that purged bytes are never decoded.
+        """
         stop = first + npages
         pending = slab.pending.count(1, first, stop)
         if pending:
@@ -324,31 +335,39 @@ class SlabAllocator:
             slab.npending -= pending
             self.npending -= pending
         low = slab.volatile.find(1, first, stop)
-        if low < 0:
+        if low >= 0:
+            high = slab.volatile.rfind(1, first, stop) + 1
+            try:
+                self._repin(slab, low, high)
+            except BaseException:
+                # Put back what was taken off the pending list; re-pinned pages
+                # that are not volatile any more go back to pending too.
+                idle = bytes(slab.volatile[i] ^ 1 for i in range(first, stop))
+                slab.pending[first:stop] = idle
+                added = idle.count(1)
+                slab.npending += added
+                self.npending += added
+                raise
+        if not slab.nlost:
             return []
-        high = slab.volatile.rfind(1, first, stop) + 1
-        try:
-            return self._repin(slab, low, high)
-        except BaseException:
-            # Put back what was taken off the pending list; re-pinned pages
-            # that are not volatile any more go back to pending too.
-            idle = bytes(slab.volatile[i] ^ 1 for i in range(first, stop))
-            slab.pending[first:stop] = idle
-            added = idle.count(1)
-            slab.npending += added
-            self.npending += added
-            raise
+        lost = [i for i in range(first, stop) if slab.lost[i]]
+        if lost:
+            slab.lost[first:stop] = bytes(npages)
+            slab.nlost -= len(lost)
+        return lost
 
-    def _repin(self, slab: _Slab, low: int, high: int) -> list[int]:
+    def _repin(self, slab: _Slab, low: int, high: int) -> None:
+        """Re-pin pages, recording each purge in ``slab.lost`` as soon as a call reports it."""
         ps = self.page_size
-        purged: list[int] = []
         while low < high:
             result = self.backend.vrange(slab.region, low * ps, (high - low) * ps, NONVOLATILE)
             done = result.count // ps
             slab.volatile[low : low + done] = bytes(done)
-            purged.extend(result.purged_pages)
+            for page in result.purged_pages:
+                if not slab.lost[page]:
+                    slab.lost[page] = 1
+                    slab.nlost += 1
             low += done
-        return purged
 
     def _idle_pages(self, slab: _Slab, first: int, npages: int) -> None:
         stop = first + npages
@@ -402,10 +421,11 @@ class SlabAllocator:
             stop += after
         self._link(slab, first, stop - first)
         if stop - first == slab.npages:
+            # Released first: if the backend refuses, the slab stays ours, free and whole.
+            self.backend.release(slab.region)
             self._unlink(slab, 0, slab.npages)
             self.npending -= slab.npending
             del self._slabs[slab.ident]
-            self.backend.release(slab.region)
 
     def _link(self, slab: _Slab, start: int, length: int) -> None:
         slab.free_start[start] = length
