@@ -8,6 +8,7 @@ themselves unavailable; nothing else breaks.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 import os
@@ -75,6 +76,13 @@ def address_of(mapping: mmap.mmap) -> int:
 def madvise(address: int, length: int, advice: int) -> None:
     """``madvise(2)``; raises ``OSError`` on failure."""
     _check(lib.vc_madvise(address, length, advice), "madvise")
+
+
+def no_huge_pages(address: int, length: int) -> None:
+    """``MADV_NOHUGEPAGE``; a kernel without transparent huge pages (EINVAL) has none to refuse."""
+    result = lib.vc_madvise(address, length, mmap.MADV_NOHUGEPAGE)
+    if result < 0 and -result != errno.EINVAL:
+        _check(result, "madvise(MADV_NOHUGEPAGE)")
 
 
 class Counters:

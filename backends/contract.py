@@ -19,6 +19,7 @@ import mmap
 import operator
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from errno import ENOMEM
@@ -190,6 +191,19 @@ class Region:
         return f"<Region {self._backend.name}#{self.ident} at {self.address:#x}, {state}>"
 
 
+_ALL: weakref.WeakSet[Backend] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    # A lock held at fork() by another thread stays held in the child, where
+    # that thread does not exist: every later call (and close at exit) would hang.
+    for backend in list(_ALL):
+        backend._lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_locks_in_child)
+
+
 class Backend(abc.ABC):
     """Hands out regions and sets their volatility with vrange semantics.
 
@@ -213,6 +227,7 @@ class Backend(abc.ABC):
             )
         self.page_size: int = page_size
         self._lock = threading.RLock()
+        _ALL.add(self)
         self._book = PageBook()
         self._regions: dict[int, Region] = {}
         self._next_ident = 1

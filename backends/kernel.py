@@ -24,6 +24,7 @@ from .pages import PURGED, VOL
 TAG = int.from_bytes(b"volcache", "little")
 
 MADV_PAGEOUT = 21  # Linux 5.4; Python's mmap module does not name it
+_PURGE_PASSES = 8  # walks past pages the kernel keeps, per reclaim() call
 
 
 def try_advice(advice: int) -> tuple[str | None, bytes]:
@@ -130,7 +131,11 @@ class KernelBackend(Backend):
         address = clib.address_of(mapping)
         self._native.count_syscalls()
         if not self._huge_pages:
-            clib.madvise(address, nbytes, mmap.MADV_NOHUGEPAGE)
+            try:
+                clib.no_huge_pages(address, nbytes)
+            except BaseException:
+                mapping.close()
+                raise
             self._native.count_syscalls()
         return mapping, address
 
@@ -165,12 +170,31 @@ class KernelBackend(Backend):
         return npages, purged, 0
 
     def _purge(self, npages: int) -> int:
+        """Page out the oldest volatile pages; pages the kernel keeps are made young.
+
+        ``MADV_PAGEOUT`` skips pages it will not drop (shared with a forked
+        child, say): renewed, they stop standing in front of the private pages
+        behind them, and the walk goes on for what is still asked.
+        """
         total = 0
-        for ident, first, count in self._book.oldest(npages):
-            gone = self._tagged[ident].pageout(first, count, self._use_dontneed, self._native)
-            for run_first, run_pages in _runs(gone):
-                self._book.set_purged(ident, run_first, run_pages)
-            total += len(gone)
+        for _ in range(_PURGE_PASSES):
+            spans = self._book.oldest(npages - total)
+            if not spans:
+                break
+            dropped = 0  # pages renewed in this pass are the youngest: the next pass is new pages
+            for ident, first, count in spans:
+                tagged = self._tagged[ident]
+                gone = tagged.pageout(first, count, self._use_dontneed, self._native)
+                for run_first, run_pages in _runs(gone):
+                    self._book.set_purged(ident, run_first, run_pages)
+                if len(gone) < count:
+                    kept = sorted(set(range(first, first + count)) - set(gone))
+                    for run_first, run_pages in _runs(kept):
+                        self._book.renew(ident, run_first, run_pages)
+                dropped += len(gone)
+            total += dropped
+            if total >= npages:
+                break
         return total
 
     def _unmap(self, region: Region) -> None:

@@ -91,6 +91,20 @@ class PageBook:
         if len(self._runs) >= self._sweep_at:
             self._sweep()
 
+    def renew(self, ident: int, first: int, npages: int) -> None:
+        """Volatile pages that could not be purged now: as young as a new marking.
+
+        So that the next walk for the oldest pages moves on to others instead
+        of trying the same pages again (pages the kernel will not page out,
+        pages whose purge failed).
+        """
+        run = self._next_run
+        self._next_run += 1
+        self._runs[run] = (ident, first, npages)
+        self._stamps[ident][first : first + npages] = array("Q", [run]) * npages
+        if len(self._runs) >= self._sweep_at:
+            self._sweep()
+
     def set_nonvolatile(self, ident: int, first: int, npages: int) -> None:
         """Make pages non-volatile, whatever they were."""
         states = self._states[ident]

@@ -173,6 +173,7 @@ class PressureWatcher:
         else:
             self._on_pressure = lambda: on_pressure
         self._stop = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="volcache-pressure", daemon=True)
         self._thread.start()
 
@@ -212,7 +213,10 @@ class PressureWatcher:
             del on_pressure
 
     def stop(self) -> None:
-        """Stop and join the thread, close the source."""
+        """Stop and join the thread, close the source. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         os.eventfd_write(self._stop, 1)
         if self._thread is not threading.current_thread():
             self._thread.join()
@@ -221,5 +225,8 @@ class PressureWatcher:
 
     def forget(self) -> None:
         """In a forked child (the thread did not come along): close the descriptors."""
+        if self._closed:
+            return
+        self._closed = True
         os.close(self._stop)
         self.source.close()

@@ -161,7 +161,13 @@ class UffdBackend(Backend):
         self._seen_total = 0
         self._pid = os.getpid()
         self._forked = False  # set in a child after fork(): the handler thread is not there
-        self._own = {"budget_purged_bytes": 0, "pressure_events": 0, "pressure_purged_bytes": 0}
+        self._own = {
+            "budget_purged_bytes": 0,
+            "pressure_events": 0,
+            "pressure_purged_bytes": 0,
+            "purge_errors": 0,
+        }
+        self._last_purge_error: str | None = None
         self._reactions: deque[float] = deque(maxlen=256)
         self._pressure_fraction = pressure_purge
         self._watcher: PressureWatcher | None = None
@@ -177,7 +183,15 @@ class UffdBackend(Backend):
             if isinstance(source, MemoryLimit):
                 self._memory_limit = source
                 self._own.update(limit_purges=0, limit_purged_bytes=0)
-            self._watcher = PressureWatcher(source, self._on_pressure)
+            try:
+                self._watcher = PressureWatcher(source, self._on_pressure)
+            except BaseException:
+                source.close()
+                self._uffd.close()
+                raise
+        # A backend dropped without close() must not leave its handler thread,
+        # its pressure thread and their descriptors behind.
+        self._finalizer = weakref.finalize(self, _release_native, self._uffd, self._watcher)
         _LIVE.add(self)
 
     @staticmethod
@@ -229,7 +243,7 @@ class UffdBackend(Backend):
         mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         address = clib.address_of(mapping)
         try:
-            clib.madvise(address, nbytes, mmap.MADV_NOHUGEPAGE)
+            clib.no_huge_pages(address, nbytes)
             self._uffd.register(address, nbytes)
         except BaseException:
             mapping.close()
@@ -256,12 +270,25 @@ class UffdBackend(Backend):
         return npages, purged, 0
 
     def _purge(self, npages: int) -> int:
+        """Drop the oldest volatile pages; never raises.
+
+        It runs after a call has changed page states (and from the pressure
+        thread): an error here must not undo a committed change. A span that
+        ``madvise`` refuses (mlocked memory: EINVAL) is counted and made young,
+        so that the next purge moves on to other pages.
+        """
         ps = self.page_size
         total = 0
         for ident, first, count in self._book.oldest(npages):
             address = self._regions[ident].address + first * ps
-            clib.madvise(address, count * ps, mmap.MADV_DONTNEED)
             self._native.count_syscalls()
+            try:
+                clib.madvise(address, count * ps, mmap.MADV_DONTNEED)
+            except OSError as exc:
+                self._own["purge_errors"] += 1
+                self._last_purge_error = f"madvise(MADV_DONTNEED): {exc.strerror}"
+                self._book.renew(ident, first, count)
+                continue
             self._book.set_purged(ident, first, count)
             total += count
         return total
@@ -284,6 +311,7 @@ class UffdBackend(Backend):
 
     def _close(self) -> None:
         _LIVE.discard(self)
+        self._finalizer.detach()
         self._uffd.forget() if self._forked else self._uffd.close()
 
     # -- purging ----------------------------------------------------------------------
@@ -340,17 +368,21 @@ class UffdBackend(Backend):
         total = self._uffd.faults
         if total == self._seen_total:
             return
-        self._seen_total = total
         for region in self._regions.values():
             faults, last = self._uffd.range_faults(region.address)
             new = faults - self._seen.get(region.ident, 0)
             if new:
+                # One region a call: the total is taken as seen only once every
+                # region's touches were reported, so the next call finds the next.
                 self._seen[region.ident] = faults
                 raise PurgedAccessError(region, (last - region.address) // self.page_size, new)
+        self._seen_total = total
 
     def touches(self, region: Region) -> int:
         """How many touches of purged pages were caught in a region."""
         with self._lock:
+            if self._forked:
+                self._before_call()  # raises: the handler is not in this process
             self._check_region(region)
             return self._uffd.range_faults(region.address)[0]
 
@@ -378,6 +410,12 @@ class UffdBackend(Backend):
             "limit_bytes": self._memory_limit.limit,
             "headroom_bytes": self._memory_limit.headroom,
         }
+
+
+def _release_native(uffd: clib.Userfaultfd, watcher: PressureWatcher | None) -> None:
+    if watcher is not None:
+        watcher.stop()
+    uffd.close()
 
 
 def _close_all() -> None:

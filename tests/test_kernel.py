@@ -264,3 +264,34 @@ def test_real_pressure_in_a_memory_cgroup():
     assert counts["wrong_intact"] == 0
     assert counts["purged_not_gone"] == 0
     assert counts["purged"] > 0 and counts["intact"] > 0
+
+
+def test_reclaim_moves_past_pages_the_kernel_will_not_page_out(kernel):
+    """Review finding 9: pages shared with a forked child are skipped by MADV_PAGEOUT.
+
+    They are made young, and reclaim() reaches the private pages behind them.
+    """
+    ps = kernel.page_size
+    shared = kernel.allocate(64 * ps)
+    shared.view[:] = b"s" * shared.size
+    kernel.vrange(shared, 0, shared.size, VOLATILE)  # the oldest volatile pages
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a pre-forked worker: holds the pages shared until told to go
+        os.close(write_end)
+        os.read(read_end, 1)
+        os._exit(0)
+    os.close(read_end)
+    try:
+        private = kernel.allocate(64 * ps)
+        private.view[:] = b"p" * private.size
+        kernel.vrange(private, 0, private.size, VOLATILE)
+        purged = [kernel.reclaim(16 * ps) // ps for _ in range(4)]
+        assert purged == [16, 16, 16, 16]
+        result = kernel.vrange(private, 0, private.size, NONVOLATILE)
+        assert len(result.purged_pages) == 64
+        assert kernel.vrange(shared, 0, shared.size, NONVOLATILE).purged_pages == ()
+        assert shared.view == b"s" * shared.size
+    finally:
+        os.close(write_end)
+        os.waitpid(pid, 0)

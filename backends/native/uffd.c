@@ -12,6 +12,7 @@
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,9 +65,13 @@ static int open_uffd(int user_mode_only)
         return -errno;
     {
         struct uffdio_api api = {.api = UFFD_API, .features = 0};
-        if (ioctl(fd, UFFDIO_API, &api) < 0 ||
-            !(api.ioctls & ((uint64_t)1 << _UFFDIO_REGISTER))) {
-            int err = errno ? errno : ENOSYS;
+        int err = 0;
+
+        if (ioctl(fd, UFFDIO_API, &api) < 0)
+            err = errno;
+        else if (!(api.ioctls & ((uint64_t)1 << _UFFDIO_REGISTER)))
+            err = ENOSYS; /* not a stale errno from the attempts above */
+        if (err) {
             close(fd);
             return -err;
         }
@@ -177,7 +182,15 @@ long vc_uffd_open(int user_mode_only, size_t page_size, struct vc_uffd **out)
         return -err;
     }
     pthread_mutex_init(&u->lock, NULL);
-    err = pthread_create(&u->thread, NULL, handle_faults, u);
+    {
+        /* The handler inherits the creating thread's mask: block every signal
+         * first, so that process signals go to the interpreter's threads. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        err = pthread_create(&u->thread, NULL, handle_faults, u);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
     if (err != 0) {
         close(u->stop_fd);
         close(fd);
@@ -188,6 +201,23 @@ long vc_uffd_open(int user_mode_only, size_t page_size, struct vc_uffd **out)
     return 0;
 }
 
+/* Room for one more range; the lock is held. */
+static long reserve_range(struct vc_uffd *u)
+{
+    size_t capacity;
+    struct vc_range *grown;
+
+    if (u->nranges < u->capacity)
+        return 0;
+    capacity = u->capacity ? 2 * u->capacity : 16;
+    grown = realloc(u->ranges, capacity * sizeof(*grown));
+    if (grown == NULL)
+        return -ENOMEM;
+    u->ranges = grown;
+    u->capacity = capacity;
+    return 0;
+}
+
 long vc_uffd_register(struct vc_uffd *u, uintptr_t addr, size_t length)
 {
     struct uffdio_register reg = {
@@ -195,17 +225,10 @@ long vc_uffd_register(struct vc_uffd *u, uintptr_t addr, size_t length)
     long err;
 
     pthread_mutex_lock(&u->lock);
-    if (u->nranges == u->capacity) {
-        size_t capacity = u->capacity ? 2 * u->capacity : 16;
-        struct vc_range *grown = realloc(u->ranges, capacity * sizeof(*grown));
-        if (grown == NULL) {
-            pthread_mutex_unlock(&u->lock);
-            return -ENOMEM;
-        }
-        u->ranges = grown;
-        u->capacity = capacity;
-    }
+    err = reserve_range(u);
     pthread_mutex_unlock(&u->lock);
+    if (err < 0)
+        return err;
     if (ioctl(u->fd, UFFDIO_REGISTER, &reg) < 0)
         return -errno;
     /* Fresh pages are missing too: map the zero page over them now, so that
@@ -218,9 +241,16 @@ long vc_uffd_register(struct vc_uffd *u, uintptr_t addr, size_t length)
         return err;
     }
     pthread_mutex_lock(&u->lock);
-    u->ranges[u->nranges++] = (struct vc_range){.start = addr, .length = length};
+    /* Checked again: another register may have taken the slot reserved above. */
+    err = reserve_range(u);
+    if (err == 0)
+        u->ranges[u->nranges++] = (struct vc_range){.start = addr, .length = length};
     pthread_mutex_unlock(&u->lock);
-    return 0;
+    if (err < 0) {
+        struct uffdio_range range = {.start = addr, .len = length};
+        ioctl(u->fd, UFFDIO_UNREGISTER, &range);
+    }
+    return err;
 }
 
 long vc_uffd_unregister(struct vc_uffd *u, uintptr_t addr, size_t length)

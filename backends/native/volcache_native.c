@@ -107,20 +107,35 @@ static long count_gone(uintptr_t addr, size_t npages, size_t page_size, uint8_t 
  * freed (seen on 6.18). So before a page out, visit every CPU and drain its
  * batches with a MADV_PAGEOUT of a page of our own, then restore the mask
  * (the mask is not a limit, the cpuset is: a CPU it forbids is skipped). */
+static char *drain_page_of_process(unsigned long *syscalls)
+{
+    /* Backends reclaim from several threads at once (cffi lets go of the GIL):
+     * one page for the process, published with a compare-and-swap. */
+    static char *drain_page;
+    char *page = __atomic_load_n(&drain_page, __ATOMIC_ACQUIRE), *expected = NULL;
+
+    if (page != NULL)
+        return page;
+    (*syscalls)++;
+    page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED)
+        return NULL;
+    if (!__atomic_compare_exchange_n(&drain_page, &expected, page, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE)) {
+        munmap(page, 4096);
+        page = expected; /* another thread's won */
+    }
+    return page;
+}
+
 static void drain_all_cpus(unsigned long *syscalls)
 {
-    static char *drain_page;
+    char *drain_page = drain_page_of_process(syscalls);
     cpu_set_t allowed, one;
     long ncpus, cpu;
 
-    if (drain_page == NULL) {
-        (*syscalls)++;
-        drain_page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (drain_page == MAP_FAILED) {
-            drain_page = NULL;
-            return;
-        }
-    }
+    if (drain_page == NULL)
+        return;
     drain_page[0] = 1;
     (*syscalls)++;
     if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
@@ -136,7 +151,15 @@ static void drain_all_cpus(unsigned long *syscalls)
         madvise(drain_page, 4096, MADV_PAGEOUT);
     }
     (*syscalls)++;
-    sched_setaffinity(0, sizeof(allowed), &allowed);
+    if (sched_setaffinity(0, sizeof(allowed), &allowed) != 0) {
+        /* The cpuset shrank meanwhile: rather every CPU the cpuset allows
+         * than this thread pinned to the last one visited. */
+        CPU_ZERO(&allowed);
+        for (cpu = 0; cpu < CPU_SETSIZE; cpu++)
+            CPU_SET(cpu, &allowed);
+        (*syscalls)++;
+        sched_setaffinity(0, sizeof(allowed), &allowed);
+    }
 }
 
 long vc_pageout(uintptr_t addr, size_t npages, size_t page_size, int use_dontneed,
