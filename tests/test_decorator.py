@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import os
 import pickle
+import subprocess
+import sys
 import threading
+import time
+import weakref
 
 import pytest
 
@@ -386,3 +391,121 @@ def test_async_methods():
     assert asyncio.run(service.lookup(1)) == 2
     assert asyncio.run(service.lookup(1)) == 2
     assert Service.lookup.cache_info().hits == 1
+
+
+# -- what the correctness review found --------------------------------------------------------
+
+
+def test_instances_dying_in_cycles_never_deadlock_a_call():
+    """Review finding 1: the cyclic GC may free an instance inside any allocation,
+    even one made under the wrapper's lock; its finalizer must not wait for that lock.
+
+    A low GC threshold makes collections run inside nearly every call.
+    """
+    script = """
+import faulthandler, gc
+from volcache import cached
+faulthandler.dump_traceback_later(60, exit=True)
+gc.set_threshold(7)
+
+class Node:
+    def __init__(self):
+        self.parent = self  # a cycle: only the cyclic GC frees it
+
+    @cached(backend="sim")
+    def value(self, x):
+        return x * 2
+
+for i in range(20_000):
+    assert Node().value(i) == i * 2
+    Node.value.cache_info()
+print("ok")
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+def test_a_live_instance_keeps_no_arguments_past_the_caches_bound():
+    """Review finding 6: the cache's bound is the bound; nothing else remembers the keys."""
+
+    class Arg:
+        def __init__(self, n):
+            self.n = n
+
+        def __hash__(self):
+            return self.n
+
+        def __eq__(self, other):
+            return self.n == other.n
+
+    class Service:
+        @cached(backend="sim", maxsize=10)
+        def handle(self, arg):
+            return arg.n
+
+    service = Service()
+    refs = []
+    for i in range(2000):
+        arg = Arg(i)
+        refs.append(weakref.ref(arg))
+        assert service.handle(arg) == i
+        del arg
+    gc.collect()
+    assert len(Service.handle.cache) == 10
+    assert sum(ref() is not None for ref in refs) <= 10
+    Service.handle.cache.close()
+
+
+def test_entries_of_dead_instances_are_swept_from_the_shared_cache():
+    """What dies goes: the shared cache does not keep many dead instances' entries."""
+
+    class Thing:
+        @cached(backend="sim")
+        def get(self, x):
+            return x
+
+    for i in range(3000):
+        assert Thing().get(i) == i  # each instance dies at once
+    gc.collect()
+    Thing().get(-1)  # a call drains what the finalizers queued
+    assert len(Thing.get.cache) <= 2 * 64  # swept at most every 64 deaths (or a 64th)
+    Thing.get.cache.close()
+
+
+def test_a_fork_while_a_thread_computes_leaves_the_child_a_working_wrapper():
+    """The wrapper's lock and flights, held at fork by another thread, are the child's anew."""
+    started, release = threading.Event(), threading.Event()
+
+    @cached(backend="sim")
+    def slow(x):
+        if x == "slow":
+            started.set()
+            release.wait(10)
+        return x
+
+    thread = threading.Thread(target=slow, args=("slow",))
+    thread.start()
+    started.wait(10)
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            status = 0 if slow("slow") == "slow" and slow(2) == 2 else 2
+        finally:
+            os._exit(status)
+    release.set()
+    thread.join()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the child hung on the wrapper's flight")
+    assert os.waitstatus_to_exitcode(status) == 0
+    slow.cache.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import pickle
 import threading
 import time
@@ -68,6 +69,23 @@ class _Entry:
         self.touched = False
         self.detached = False  # removed from the mapping while pinned: freed at the last unpin
         self.purged = False  # its bytes are gone: a placeholder until regenerated
+
+
+_POP_TRIES = 3  # rounds of regenerating a purged entry in pop() before returning the value
+
+# By id: a mapping is unhashable, so it cannot be in a WeakSet.
+_ALL: weakref.WeakValueDictionary[int, VolatileCache] = weakref.WeakValueDictionary()
+
+
+def _new_locks_in_child() -> None:
+    # Locks and flights held at fork() by other threads: those threads do not
+    # exist in the child, and waiting for them would hang it.
+    for cache in list(_ALL.values()):
+        cache._lock = threading.RLock()
+        cache._flight = SingleFlight()
+
+
+os.register_at_fork(after_in_child=_new_locks_in_child)
 
 
 class VolatileCache(MutableMapping):
@@ -158,6 +176,8 @@ class VolatileCache(MutableMapping):
                 f"backend must be a backend name or a volcache.backends.Backend, got {backend!r}"
             )
         if not isinstance(slab_bytes, int) or slab_bytes < self._backend.page_size:
+            if self._owns_backend:  # made here, for a cache that will not be
+                self._backend.close()
             raise ValueError(f"slab_bytes must be at least a page, got {slab_bytes!r}")
         self._config = {
             "maxsize": maxsize,
@@ -181,6 +201,7 @@ class VolatileCache(MutableMapping):
         self._clock = clock
         self._lock = threading.RLock()
         self._flight = SingleFlight()
+        _ALL[id(self)] = self
         self._slabs = SlabAllocator(self._backend, slab_bytes)
         self._entries: dict[Hashable, _Entry] = {}
         # Exact LRU order, needed only to evict past a finite maxsize.
@@ -306,7 +327,9 @@ class VolatileCache(MutableMapping):
             if self._lru is not None:
                 self._lru[key] = None
             self._currsize += size
-            self._promote(entry, value)
+            # A buffer the caller may change or release (bytearray, memoryview,
+            # arrays) is not what a hit returns: its stored copy is.
+            self._promote(entry, value if not raw or type(value) is bytes else _COLD)
             self._maintain()
 
     def __delitem__(self, key: Hashable) -> None:
@@ -342,24 +365,50 @@ class VolatileCache(MutableMapping):
         return self._get_slow(key, default)
 
     def pop(self, key: Hashable, default: Any = _MISSING) -> Any:
-        """Remove ``key`` and return its value (regenerated if purged and possible)."""
-        value = self._get_slow(key, _MISSING)
-        if value is _MISSING:
-            if default is _MISSING:
-                raise KeyError(key)
-            return default
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._remove(entry)
-        return value
+        """Remove ``key`` and return its value (regenerated if purged and possible).
+
+        Atomic: the entry removed is the one whose value is returned, whatever
+        other threads store meanwhile.
+        """
+        value = _MISSING
+        for _ in range(_POP_TRIES):
+            with self._lock:
+                entry, value = self._lookup(key)
+                if value is not _MISSING:
+                    self._remove(entry)
+                    return value
+                if entry is None or not self._can_regenerate():
+                    break
+            # Regenerated values are stored; the next round takes what is there then.
+            value = self._regenerate_key(key)
+        if value is not _MISSING:
+            return value  # regenerated each round and purged again: returned, not kept
+        if default is _MISSING:
+            raise KeyError(key)
+        return default
 
     def setdefault(self, key: Hashable, default: Any = None) -> Any:
-        """The value for ``key``; if absent (or purged beyond regeneration) store ``default``."""
-        value = self._get_slow(key, _MISSING)
+        """The value for ``key``; if absent (or purged beyond regeneration) store ``default``.
+
+        Atomic: ``default`` is stored only where no value is.
+        """
+        with self._lock:
+            entry, value = self._lookup(key)
+            if value is not _MISSING:
+                return value
+            if entry is None or not self._can_regenerate():
+                self[key] = default
+                return default
+        return self._regenerate_key(key)
+
+    def _lookup(self, key: Hashable) -> tuple[_Entry | None, Any]:
+        """Under the lock: (the entry or None, its value or ``_MISSING`` if absent or purged)."""
+        self._check_open()
+        entry = self._entries.get(key)
+        value = _MISSING if entry is None else self._hit(entry)
         if value is _MISSING:
-            self[key] = value = default
-        return value
+            self._counts["misses"] += 1
+        return entry, value
 
     def popitem(self) -> tuple[Hashable, Any]:
         """Remove and return the least recently used ``(key, value)`` pair.
@@ -507,13 +556,9 @@ class VolatileCache(MutableMapping):
         regenerated if the cache can, else as absent.
         """
         with self._lock:
-            self._check_open()
-            entry = self._entries.get(key)
-            if entry is not None:
-                value = self._hit(entry)
-                if value is not _MISSING:
-                    return value
-            self._counts["misses"] += 1
+            entry, value = self._lookup(key)
+            if value is not _MISSING:
+                return value
         if default is _GETITEM or (entry is not None and self._can_regenerate()):
             return self._regenerate_key(key)
         return default
@@ -665,13 +710,16 @@ class VolatileCache(MutableMapping):
                 self._remove(entry)
 
     def _promote(self, entry: _Entry, value: Any) -> None:
-        """Keep the decoded value, pages pinned, in the hot set (if it fits at all)."""
+        """Keep the decoded value, pages pinned, in the hot set (if it fits at all).
+
+        ``_COLD`` for ``value``: decode it from the stored bytes.
+        """
         nbytes = entry.extent.nbytes
         if nbytes > self._hot_limit:
             if entry.pins == 0:
                 self._deactivate(entry)
             return
-        entry.value = value
+        entry.value = _decode(entry) if value is _COLD else value
         entry.hot_since = self._now
         entry.touched = False
         self._hot[entry.key] = entry

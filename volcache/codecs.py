@@ -142,6 +142,12 @@ class NumpyCodec(Codec):
         numpy = _numpy()
         if numpy is None or not isinstance(value, numpy.ndarray):
             raise TypeError(f"NumpyCodec stores numpy arrays, not {type(value).__name__}")
+        if type(value) is not numpy.ndarray:
+            # Raw data would drop what the subclass adds (a mask, matrix semantics).
+            raise TypeError(
+                f"NumpyCodec stores plain numpy arrays, not the subclass {type(value).__name__}: "
+                "use the default codec, which pickles it whole"
+            )
         if value.dtype.hasobject:
             raise TypeError("NumpyCodec cannot store arrays of Python objects")
         flat = numpy.ascontiguousarray(value)
@@ -193,7 +199,8 @@ class DefaultCodec(Codec):
             return _as_bytes(value), partial(_array_decode, value.typecode), True
         # Whoever holds a numpy array has imported numpy: no import for the others.
         numpy = sys.modules.get("numpy")
-        if numpy is not None and isinstance(value, numpy.ndarray) and not value.dtype.hasobject:
+        # Exactly ndarray: a subclass (a masked array, a matrix) is pickled whole.
+        if numpy is not None and kind is numpy.ndarray and not value.dtype.hasobject:
             if self._numpy is None:
                 self._numpy = NumpyCodec()
             return self._numpy.encode_with_decoder(value)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import itertools
 import math
+import os
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable, MutableMapping
 from typing import Any, NamedTuple
 
@@ -15,6 +18,8 @@ from cachetools import keys as cachekeys
 
 from .cache import _MISSING, VolatileCache, _count_of
 from .flight import SingleFlight
+
+_SWEEP_AFTER = 64  # dead instances, or a 64th of the shared cache, before their entries go
 
 
 class CacheInfo(NamedTuple):
@@ -84,6 +89,19 @@ def cached(
     return decorator
 
 
+_ALL: weakref.WeakSet[Memoized] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    # As the cache's: a lock or flight held at fork() by another thread would hang the child.
+    for memoized in list(_ALL):
+        memoized._lock = threading.Lock()
+        memoized._flight = SingleFlight()
+
+
+os.register_at_fork(after_in_child=_new_locks_in_child)
+
+
 class Memoized:
     """A memoized callable; also a descriptor, so that it works as a method."""
 
@@ -110,14 +128,19 @@ class Memoized:
         hot = getattr(self.cache, "_hot_value", None)
         self._hot_value: Callable[[Any], Any] = hot if hot is not None else _no_hot_value
         self._lock = threading.Lock()
+        _ALL.add(self)
         self._hits = itertools.count(1)  # next() is atomic: hits counted without the lock
         self._misses = self._purged = self._regenerated = 0
         self._flight = SingleFlight()
         self._tasks: dict[tuple[int, int, Any], Any] = {}  # asyncio tasks
         self._tokens: dict[int, int] = {}  # id(instance) -> token, while it lives
         self._next_token = itertools.count(1)
-        self._instance_keys: dict[int, set[Any]] = {}  # token -> keys in the shared cache
         self._instance_caches: dict[int, VolatileCache] = {}  # token -> cache (per_instance)
+        # Tokens of instances that died, appended by their finalizers (which
+        # may run inside any allocation, even one made under self._lock, so
+        # they take no lock and touch no cache) and drained by the next call.
+        self._dead: deque[int] = deque()
+        self._dead_tokens: set[int] = set()  # their entries still in the shared cache
 
     # -- calling ------------------------------------------------------------------------
 
@@ -137,13 +160,13 @@ class Memoized:
         return _BoundMemoized(self, instance)
 
     def _call_method(self, instance: Any, args: tuple, kwargs: dict) -> Any:
-        cache, key, token = self._for_instance(instance, args, kwargs)
+        cache, key = self._for_instance(instance, args, kwargs)
         full = (instance, *args)
         if self._is_async:
-            return self._acall(cache, key, full, kwargs, token)
-        return self._call(cache, key, full, kwargs, token)
+            return self._acall(cache, key, full, kwargs)
+        return self._call(cache, key, full, kwargs)
 
-    def _call(self, cache: Any, key: Any, args: tuple, kwargs: dict, token: int = 0) -> Any:
+    def _call(self, cache: Any, key: Any, args: tuple, kwargs: dict) -> Any:
         value, purged = _probe(cache, key)
         if value is not _MISSING:
             next(self._hits)
@@ -156,11 +179,11 @@ class Memoized:
             )  # a flight that just ended may have stored it
             if value is not _MISSING:
                 return value
-            return self._store(cache, key, self._func(*args, **kwargs), purged, token)
+            return self._store(cache, key, self._func(*args, **kwargs), purged)
 
         return self._flight.run((id(cache), key), compute)
 
-    async def _acall(self, cache: Any, key: Any, args: tuple, kwargs: dict, token: int = 0) -> Any:
+    async def _acall(self, cache: Any, key: Any, args: tuple, kwargs: dict) -> Any:
         value, purged = _probe(cache, key)
         if value is not _MISSING:
             next(self._hits)
@@ -174,19 +197,17 @@ class Memoized:
         if task is None:
             # The computation is a task of its own: a caller that is cancelled
             # does not cancel it for the others, and its result is still stored.
-            compute = self._acompute(cache, key, args, kwargs, purged, token)
+            compute = self._acompute(cache, key, args, kwargs, purged)
             task = loop.create_task(compute)
             self._tasks[flight] = task
             task.add_done_callback(functools.partial(self._task_done, flight))
         return await asyncio.shield(task)
 
-    async def _acompute(
-        self, cache: Any, key: Any, args: tuple, kwargs: dict, purged: bool, token: int
-    ) -> Any:
+    async def _acompute(self, cache: Any, key: Any, args: tuple, kwargs: dict, purged: bool) -> Any:
         value, _ = _probe(cache, key, count=False)
         if value is not _MISSING:
             return value
-        return self._store(cache, key, await self._func(*args, **kwargs), purged, token)
+        return self._store(cache, key, await self._func(*args, **kwargs), purged)
 
     def _task_done(self, flight: tuple[int, int, Any], task: Any) -> None:
         if self._tasks.get(flight) is task:
@@ -194,17 +215,14 @@ class Memoized:
         if not task.cancelled():
             task.exception()  # retrieved: every waiter got it already
 
-    def _store(self, cache: Any, key: Any, value: Any, purged: bool, token: int) -> Any:
+    def _store(self, cache: Any, key: Any, value: Any, purged: bool) -> Any:
         try:
             cache[key] = value
         except ValueError:
             return value  # too large for maxsize: returned, not cached (as cachetools does)
-        if purged or token:
+        if purged:
             with self._lock:
-                self._regenerated += purged
-                keys = self._instance_keys.get(token)
-                if keys is not None:  # a method's entry in the shared cache: its instance's
-                    keys.add(key)
+                self._regenerated += 1
         return value
 
     def _count_miss(self, purged: bool) -> None:
@@ -214,7 +232,9 @@ class Memoized:
 
     # -- methods: instances are not kept alive ---------------------------------------------
 
-    def _for_instance(self, instance: Any, args: tuple, kwargs: dict) -> tuple[Any, Any, int]:
+    def _for_instance(self, instance: Any, args: tuple, kwargs: dict) -> tuple[Any, Any]:
+        if self._dead:
+            self._bury()
         token = self._tokens.get(id(instance))
         if token is None:
             token = self._register(instance)
@@ -226,8 +246,8 @@ class Memoized:
                     cache = self._instance_caches.get(token)
                     if cache is None:
                         cache = self._instance_caches[token] = VolatileCache(**self._options)
-            return cache, key, 0
-        return self.cache, (token, key), token
+            return cache, key
+        return self.cache, (token, key)
 
     def _register(self, instance: Any) -> int:
         with self._lock:
@@ -245,20 +265,41 @@ class Memoized:
                     f"of {type(instance).__name__}"
                 ) from None
             self._tokens[id(instance)] = token
-            if not self._per_instance:
-                self._instance_keys[token] = set()
             return token
 
     def _forget(self, ident: int, token: int) -> None:
+        # A finalizer: no lock, no cache. The id may be reused as soon as the
+        # instance is gone, so its mapping goes now (one atomic dict operation).
+        self._tokens.pop(ident, None)
+        self._dead.append(token)
+
+    def _bury(self, force: bool = False) -> None:
+        """Drop what dead instances left: their caches, or their shared entries in a sweep.
+
+        A sweep reads every key, so calls sweep once per many deaths (O(1) a
+        death); ``cache_info()`` sweeps whenever one died, to count what is left.
+        """
+        caches = []
         with self._lock:
-            self._tokens.pop(ident, None)
-            keys = self._instance_keys.pop(token, set())
-            cache = self._instance_caches.pop(token, None)
-        if cache is not None:
+            while self._dead:
+                token = self._dead.popleft()
+                cache = self._instance_caches.pop(token, None)
+                if cache is not None:
+                    caches.append(cache)
+                elif not self._per_instance:
+                    self._dead_tokens.add(token)
+            dead = self._dead_tokens
+            many = max(_SWEEP_AFTER, len(self.cache or ()) // _SWEEP_AFTER)
+            sweep = len(dead) >= (1 if force else many)
+            if sweep:
+                self._dead_tokens = set()
+        for cache in caches:
             cache.close()
-        elif self.cache is not None and not getattr(self.cache, "closed", False):
-            for key in keys:
-                self.cache.pop(key, None)
+        if sweep and self.cache is not None and not getattr(self.cache, "closed", False):
+            for key in list(self.cache):
+                if type(key) is tuple and len(key) == 2 and key[0] in dead:
+                    with contextlib.suppress(KeyError):  # del: a removal is not a lookup
+                        del self.cache[key]
 
     # -- what lru_cache users reach for --------------------------------------------------------
 
@@ -269,6 +310,7 @@ class Memoized:
 
     def cache_info(self) -> CacheInfo:
         """Hits, misses, maxsize (None if unbounded), currsize, purged, regenerated."""
+        self._bury(force=True)
         caches = self._caches()
         if caches:
             maxsize = getattr(caches[0], "maxsize", math.inf)
@@ -291,8 +333,7 @@ class Memoized:
         with self._lock:
             self._hits = itertools.count(1)
             self._misses = self._purged = self._regenerated = 0
-            for keys in self._instance_keys.values():
-                keys.clear()
+            self._dead_tokens.clear()
 
     def cache_parameters(self) -> dict[str, Any]:
         """The settings: maxsize, typed, per_instance and the backend."""
