@@ -192,6 +192,7 @@ class UffdBackend(Backend):
         # A backend dropped without close() must not leave its handler thread,
         # its pressure thread and their descriptors behind.
         self._finalizer = weakref.finalize(self, _release_native, self._uffd, self._watcher)
+        self._finalizer.atexit = False  # at exit, _close_all closes it whole, regions first
         _LIVE.add(self)
 
     @staticmethod

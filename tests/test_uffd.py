@@ -220,7 +220,7 @@ def test_exiting_without_close_is_clean():
         """
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 0 and not run.stderr, run.stderr
     assert run.stdout.strip() == "1"
 
 
