@@ -81,6 +81,19 @@ def faulty_backend(request: pytest.FixtureRequest):
         yield b
 
 
+def wait_child(pid: int, seconds: float = 20) -> int | None:
+    """A forked child's exit code, or None if it had not ended in time (it is killed)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return None
+
+
 def crowd(call: Callable[[], object], threads: int, started: threading.Event,
           release: threading.Event) -> None:  # fmt: skip
     """Run ``call`` in several threads that pile up behind the first one.

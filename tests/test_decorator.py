@@ -10,14 +10,13 @@ import pickle
 import subprocess
 import sys
 import threading
-import time
 import weakref
 
 import pytest
 
 from volcache import VolatileCache, cached
 
-from .conftest import crowd
+from .conftest import crowd, wait_child
 
 
 def purge_everything(cache: VolatileCache) -> None:
@@ -497,15 +496,5 @@ def test_a_fork_while_a_thread_computes_leaves_the_child_a_working_wrapper():
             os._exit(status)
     release.set()
     thread.join()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.01)
-    else:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        pytest.fail("the child hung on the wrapper's flight")
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_child(pid) == 0  # None: the child hung on the wrapper's flight
     slow.cache.close()

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ import pytest
 from volcache import cgroups
 from volcache.backends import NONVOLATILE, VOLATILE, BackendUnavailable, get_backend
 
-from .conftest import need_backend, require
+from .conftest import need_backend, require, wait_child
 
 PS = os.sysconf("SC_PAGE_SIZE")
 HERE = Path(__file__).resolve().parent
@@ -238,16 +237,7 @@ def test_after_fork_the_child_neither_hangs_nor_uses_the_backend(uffd):
             uffd.close()
         finally:
             os._exit(status)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.01)
-    else:
-        os.kill(pid, 9)
-        pytest.fail("the child hung")
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_child(pid) == 0  # None: the child hung
     assert region.view[PS] == 0 and uffd.touches(region) == 1  # the parent still catches
 
 

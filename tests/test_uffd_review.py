@@ -27,7 +27,7 @@ from volcache.backends import NONVOLATILE, VOLATILE, get_backend
 from volcache.backends.pressure import PressureSource, PressureWatcher
 from volcache.backends.uffd import PurgedAccessError
 
-from .conftest import need_backend
+from .conftest import need_backend, wait_child
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 PS = os.sysconf("SC_PAGE_SIZE")
@@ -92,18 +92,6 @@ def test_a_cache_on_mlocked_memory_returns_no_zeros():
     assert cache.get("a") in (small, None) and cache.get("big") in (big, None)
     cache.close()
     backend.close()
-
-
-def _wait(pid: int, seconds: float) -> int | None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    return None
 
 
 def test_fork_while_a_thread_is_inside_a_backend_call_leaves_no_hang():
@@ -179,7 +167,7 @@ def test_a_cache_locked_by_another_thread_at_fork_works_in_the_child():
             os._exit(status)
     release.set()
     thread.join()
-    assert _wait(pid, 20) == 0
+    assert wait_child(pid) == 0
     cache.close()
 
 
