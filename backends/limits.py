@@ -283,9 +283,8 @@ def cgroup_limit(cgroup: str | os.PathLike[str], headroom: int | None = None) ->
     )
 
 
-def find_limit(headroom: int | None = None) -> MemoryLimit:
-    """The limit this process runs under: its memory cgroup's (the tightest up the tree), else
-    the machine's."""
+def _where_bounded() -> tuple[str, Path, int]:
+    """("v1" | "v2" | "machine", the group or /proc/meminfo, the limit in bytes)."""
     v1, v2 = _own_cgroup_paths()
     total = _meminfo()["MemTotal"]
     if v1 is not None and (CGROUP_V1_MEMORY / "memory.limit_in_bytes").exists():
@@ -293,13 +292,30 @@ def find_limit(headroom: int | None = None) -> MemoryLimit:
             CGROUP_V1_MEMORY / v1.lstrip("/"), CGROUP_V1_MEMORY, ("memory.limit_in_bytes",)
         )
         if found is not None and found[1] < total:
-            return CgroupV1Limit(found[0], found[1], headroom)
+            return "v1", *found
     if v2 is not None:
         for root in CGROUP_V2_ROOTS:
             leaf = root / v2.lstrip("/")
             if (leaf / "memory.current").exists():
                 found = _tightest(leaf, root, ("memory.max", "memory.high"))
                 if found is not None and found[1] < total:
-                    return CgroupV2Limit(found[0], found[1], headroom)
+                    return "v2", *found
                 break
+    return "machine", MEMINFO, total
+
+
+def process_limit() -> int:
+    """The bytes this process may use: its memory cgroup's limit (the tightest up the
+    tree), else the machine's memory. Reads a few files; opens nothing that stays open."""
+    return _where_bounded()[2]
+
+
+def find_limit(headroom: int | None = None) -> MemoryLimit:
+    """The limit this process runs under, to follow: its memory cgroup's (the tightest up
+    the tree), else the machine's."""
+    kind, where, limit = _where_bounded()
+    if kind == "v1":
+        return CgroupV1Limit(where, limit, headroom)
+    if kind == "v2":
+        return CgroupV2Limit(where, limit, headroom)
     return MachineLimit(headroom)

@@ -189,7 +189,7 @@ def test_backends_and_caches_dropped_without_close_leave_nothing_behind():
     deadline = time.monotonic() + 10
     while _tasks() - tasks and time.monotonic() < deadline:
         time.sleep(0.01)  # joined by the finalizer; the kernel reaps the task a moment later
-    assert not _tasks() - tasks and _fds() == fds
+    assert not _tasks() - tasks and _fds() <= fds  # nothing new left open
 
 
 def test_strict_mode_reports_touches_in_every_region():

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import os
 import pickle
+import sys
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import (
     Callable,
     Hashable,
@@ -25,6 +27,7 @@ from typing import Any
 import cachetools
 
 from .backends import Backend, get_backend
+from .backends.limits import process_limit
 from .codecs import Codec, Decoder, check_codec
 from .flight import SingleFlight
 from .info import CacheInfo
@@ -71,6 +74,9 @@ class _Entry:
         self.purged = False  # its bytes are gone: a placeholder until regenerated
 
 
+_ENTRY_BYTES = 430  # an entry's own objects besides its key (benchmarks/test_footprint.py)
+_BUDGET_SHARE = 8  # the default memory_budget: an eighth of the process's memory limit
+_COMPACT_AFTER = 1024  # stale queue items past the live entries before the queue is rebuilt
 _POP_TRIES = 3  # rounds of regenerating a purged entry in pop() before returning the value
 
 # By id: a mapping is unhashable, so it cannot be in a WeakSet.
@@ -86,6 +92,13 @@ def _new_locks_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_new_locks_in_child)
+
+
+@functools.cache
+def default_memory_budget() -> int:
+    """An eighth of the memory this process may use (its cgroup's limit, else the
+    machine's memory), read once per process."""
+    return process_limit() // _BUDGET_SHARE
 
 
 class VolatileCache(MutableMapping):
@@ -117,6 +130,11 @@ class VolatileCache(MutableMapping):
         slab_bytes: the size of the regions taken from the backend.
         mark_batch: idle pages gathered before they are marked volatile.
         clock: the time source, in seconds (injectable for tests).
+        memory_budget: bytes the entries' own objects (keys included, values
+            not: those are volatile) may take; past it the oldest entries are
+            evicted whole (least recently used with a ``maxsize``, else stored
+            first). Default: an eighth of the memory limit the process runs
+            under (its cgroup's, else the machine's).
 
     ``key in cache`` and ``len(cache)`` count the entries stored and not
     deleted or evicted. A purge is found only when an entry's pages are
@@ -142,6 +160,7 @@ class VolatileCache(MutableMapping):
         slab_bytes: int = 4 << 20,
         mark_batch: int = 64,
         clock: Callable[[], float] = time.monotonic,
+        memory_budget: int | None = None,
     ) -> None:
         if not isinstance(maxsize, int | float) or math.isnan(maxsize) or maxsize < 0:
             raise ValueError(f"maxsize must be a non-negative number, got {maxsize!r}")
@@ -161,6 +180,9 @@ class VolatileCache(MutableMapping):
             raise ValueError(f"idle_interval must be positive or None, got {idle_interval!r}")
         if not isinstance(mark_batch, int) or mark_batch < 1:
             raise ValueError(f"mark_batch must be a positive int, got {mark_batch!r}")
+        budget_ok = type(memory_budget) is int and memory_budget >= 1
+        if memory_budget is not None and not budget_ok:
+            raise ValueError(f"memory_budget must be a positive int or None, got {memory_budget!r}")
         self._codec = check_codec(codec)
         if isinstance(backend, Backend):
             if backend_options:
@@ -192,8 +214,11 @@ class VolatileCache(MutableMapping):
             "slab_bytes": slab_bytes,
             "mark_batch": mark_batch,
             "clock": clock,
+            "memory_budget": memory_budget,
         }
         self._maxsize = maxsize
+        self._budget = memory_budget if memory_budget is not None else default_memory_budget()
+        self._index_nbytes = 0  # estimated: the entries' own objects, keys included
         self._regenerate = regenerate
         self._hot_limit = hot_bytes
         self._hot_seconds = hot_seconds
@@ -209,6 +234,11 @@ class VolatileCache(MutableMapping):
             None if maxsize == math.inf else OrderedDict()
         )
         self._hot: OrderedDict[Hashable, _Entry] = OrderedDict()  # in order of promotion
+        # Without a maxsize there is no LRU order; the budget evicts in order of
+        # storing, from a queue of entries with lazy deletion (compacted when
+        # more than half of it is stale).
+        self._order: deque[_Entry] | None = deque() if self._lru is None else None
+        self._stale = 0
         self._hot_nbytes = 0
         self._active_nbytes = 0
         self._currsize: float = 0
@@ -324,12 +354,17 @@ class VolatileCache(MutableMapping):
                 self._remove(old)
             self._make_room(size)
             self._entries[key] = entry
+            self._index_nbytes += _ENTRY_BYTES + sys.getsizeof(key)
             if self._lru is not None:
                 self._lru[key] = None
+            else:
+                self._order.append(entry)
             self._currsize += size
             # A buffer the caller may change or release (bytearray, memoryview,
             # arrays) is not what a hit returns: its stored copy is.
             self._promote(entry, value if not raw or type(value) is bytes else _COLD)
+            if self._index_nbytes > self._budget:
+                self._fit_budget(entry)
             self._maintain()
 
     def __delitem__(self, key: Hashable) -> None:
@@ -418,12 +453,10 @@ class VolatileCache(MutableMapping):
         while True:
             with self._lock:
                 self._check_open()
-                order = self._lru if self._lru is not None else self._entries
-                try:
-                    key = next(iter(order))
-                except StopIteration:
-                    raise KeyError(f"{type(self).__name__} is empty") from None
-                entry = self._entries[key]
+                entry = self._oldest()
+                if entry is None:
+                    raise KeyError(f"{type(self).__name__} is empty")
+                key = entry.key
                 value = self._read(entry)
                 if self._entries.get(key) is entry:
                     self._remove(entry)
@@ -503,6 +536,8 @@ class VolatileCache(MutableMapping):
                 slab_bytes=slabs["slab_bytes"],
                 wasted_bytes=slabs["wasted_bytes"],
                 backend=self._backend.name,
+                nonvolatile_bytes=self._index_nbytes + self._hot_nbytes,
+                memory_budget=self._budget,
             )
 
     def close(self) -> None:
@@ -516,6 +551,10 @@ class VolatileCache(MutableMapping):
             self._hot.clear()
             if self._lru is not None:
                 self._lru.clear()
+            else:
+                self._order.clear()
+                self._stale = 0
+            self._index_nbytes = 0
             self._currsize = 0
             self._hot_nbytes = self._active_nbytes = 0
             self._slabs.close()
@@ -737,8 +776,15 @@ class VolatileCache(MutableMapping):
     def _remove(self, entry: _Entry) -> None:
         """Take an entry out of the mapping; its memory goes when no pin holds it."""
         del self._entries[entry.key]
+        self._index_nbytes -= _ENTRY_BYTES + sys.getsizeof(entry.key)
         if self._lru is not None:
             self._lru.pop(entry.key, None)
+        else:
+            self._stale += 1
+            if self._stale > len(self._entries) + _COMPACT_AFTER:
+                entries = self._entries
+                self._order = deque(e for e in self._order if entries.get(e.key) is e)
+                self._stale = 0
         self._currsize -= entry.size
         self._demote(entry)
         self._release(entry)
@@ -749,6 +795,32 @@ class VolatileCache(MutableMapping):
             return
         self._deactivate(entry)
         self._slabs.free(entry.extent)
+
+    def _oldest(self) -> _Entry | None:
+        """The entry to evict first: least recently used with a maxsize, else stored first."""
+        if self._lru is not None:
+            return self._entries[next(iter(self._lru))] if self._lru else None
+        order, entries = self._order, self._entries
+        while order:
+            entry = order[0]
+            if entries.get(entry.key) is entry:
+                return entry
+            order.popleft()
+            self._stale -= 1
+        return None
+
+    def _fit_budget(self, keep: _Entry) -> None:
+        """Evict whole entries until their own memory is within ``memory_budget``."""
+        custom = type(self).popitem is not VolatileCache.popitem
+        while self._index_nbytes > self._budget:
+            victim = self._oldest()
+            if victim is None or victim is keep:
+                return
+            if custom:
+                self.popitem()  # a subclass watching evictions, as with cachetools
+            else:
+                self._remove(victim)
+            self._counts["evictions"] += 1
 
     def _make_room(self, size: float) -> None:
         """Evict least recently used entries until ``size`` more fits in ``maxsize``."""

@@ -16,7 +16,7 @@ class CacheInfo:
         purged: entries lost to purges (found when re-pinning their pages).
         regenerated: values produced by ``regenerate`` or ``__missing__``.
         regeneration_seconds: time spent producing them.
-        evictions: entries removed to stay within ``maxsize``.
+        evictions: entries removed to stay within ``maxsize`` or ``memory_budget``.
 
     Sizes (``*_bytes`` are bytes of memory; ``currsize`` is in ``getsizeof`` units):
         entries, currsize, maxsize: as the mapping sees them.
@@ -29,6 +29,9 @@ class CacheInfo:
         stored_bytes: bytes of all stored values.
         slab_bytes: memory taken from the backend.
         wasted_bytes: stored capacity beyond the values' bytes (page and slot rounding).
+        nonvolatile_bytes: the cache's own memory no purge can take: the entries'
+            objects, keys included (estimated), and the hot values.
+        memory_budget: the bound on the entries' own memory; past it the oldest are evicted.
     """
 
     hits: int
@@ -51,6 +54,8 @@ class CacheInfo:
     slab_bytes: int
     wasted_bytes: int
     backend: str
+    nonvolatile_bytes: int = 0
+    memory_budget: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict (for JSON)."""

@@ -1,0 +1,99 @@
+"""The cache's own memory is bounded: memory_budget, and many small entries under a limit.
+
+The values are volatile; the entries' own objects are not, so an unbounded
+cache of many small values used to die where a bounded LRU survives. The
+budget (an eighth of the memory limit by default) evicts whole entries past
+it. Under a real 128 MiB memory cgroup, many small entries finish with every
+value right; with the budget out of the way, the same run meets the OOM
+killer.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from volcache import VolatileCache, cached, cgroups
+from volcache.backends.limits import process_limit
+from volcache.cache import default_memory_budget
+
+from .conftest import need_backend, require
+
+HERE = Path(__file__).resolve().parent
+LIMIT = 128 << 20
+
+
+def test_the_budget_evicts_the_entries_stored_first(backend_name):
+    cache = VolatileCache(backend=backend_name, memory_budget=64 << 10)
+    for n in range(1000):
+        cache[f"key-{n}"] = bytes([n % 251]) * 100
+    info = cache.info()
+    assert 0 < len(cache) < 1000 and info.evictions == 1000 - len(cache)
+    assert info.nonvolatile_bytes - info.hot_bytes <= info.memory_budget == 64 << 10
+    assert "key-0" not in cache and "key-999" in cache  # the oldest went first
+    assert all(cache[k] == bytes([int(k[4:]) % 251]) * 100 for k in list(cache))
+    cache.close()
+
+
+def test_with_a_maxsize_the_budget_evicts_the_least_recently_used(backend_name):
+    cache = VolatileCache(10_000, backend=backend_name, memory_budget=32 << 10)
+    cache["first"] = b"kept"
+    for n in range(400):
+        cache[f"key-{n}"] = b"x" * 50
+        assert cache["first"] == b"kept"  # used all along: never the one evicted
+    assert "first" in cache and "key-0" not in cache and cache.info().evictions > 0
+    cache.close()
+
+
+def test_the_default_budget_is_an_eighth_of_the_process_limit_and_bad_ones_are_refused():
+    assert default_memory_budget() == process_limit() // 8
+    cache = VolatileCache(backend="sim")
+    assert cache.info().memory_budget == default_memory_budget()
+    cache.close()
+    for bad in (0, -1, 1.5, True, "1M"):
+        with pytest.raises(ValueError, match="memory_budget"):
+            VolatileCache(backend="sim", memory_budget=bad)
+    wrapper = cached(backend="sim", memory_budget=1 << 20)(lambda x: x)
+    assert wrapper.cache.info().memory_budget == 1 << 20
+    wrapper.cache.close()
+
+
+def _run(kind: str, calls: int, budget: int | None = None):
+    with cgroups.MemoryCgroup(LIMIT, name="volcache-test") as group:
+        argv = [sys.executable, str(HERE / "many_small_child.py"), kind, str(calls)]
+        if budget is not None:
+            argv.append(str(budget))
+        run = subprocess.run(group.command(argv), capture_output=True, text=True, timeout=300)
+        kills = group.oom_kills()
+    return run, kills
+
+
+def test_many_small_memoized_results_finish_under_a_128_mib_limit():
+    """300,000 distinct calls returning 256 B (with revisits): 0 wrong, nobody killed.
+
+    The control: with the budget out of the way, the same run is killed.
+    """
+    need_backend("kernel")
+    require("kernel", cgroups.unavailable_reason())
+    run, kills = _run("cached", 300_000)
+    assert run.returncode == 0 and kills == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert result["wrong"] == 0 and result["checked"] == 300_000
+    assert result["info"]["evictions"] > 0
+    assert result["info"]["nonvolatile_bytes"] <= LIMIT // 8 + result["info"]["hot_bytes"]
+    run, kills = _run("cached", 300_000, budget=1 << 60)
+    assert run.returncode == -9 and kills >= 1
+
+
+def test_many_4_kib_entries_with_str_keys_finish_under_a_128_mib_limit():
+    """250,000 entries of 4 KiB (about 1 GiB of values), read back now and then: 0 wrong."""
+    need_backend("kernel")
+    require("kernel", cgroups.unavailable_reason())
+    run, kills = _run("mapping", 250_000)
+    assert run.returncode == 0 and kills == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert result["wrong"] == 0 and result["checked"] > 10_000
