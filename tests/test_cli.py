@@ -16,12 +16,27 @@ from .conftest import need_backend, require
 
 
 def volcache(*args: str, timeout: float = 300, prefix: list[str] | None = None):
-    return subprocess.run(
+    """Run the command; the result has ``pid`` too (its groups are named after it)."""
+    with subprocess.Popen(
         [*(prefix or []), sys.executable, "-m", "volcache", *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-    )
+    ) as process:
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    run = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    run.pid = process.pid
+    return run
+
+
+def leftover_groups(pid: int) -> list[str]:
+    """Memory cgroups that the command with this pid made and did not remove."""
+    root = cgroups.memory_controller()[1]
+    return [p for p in os.listdir(root) if p.startswith(f"volcache-bench-{pid}-")]
 
 
 def test_info_lists_backends_and_what_the_machine_offers():
@@ -80,8 +95,7 @@ def test_bench_quick_under_real_pressure(tmp_path):
     lru = results["LRUCache-100%"]
     assert lru["status"] == "killed" and lru["fill_s"] is None and lru["ops"] == 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    leftovers = [p for p in os.listdir(cgroups.memory_controller()[1]) if "volcache-bench" in p]
-    assert not leftovers
+    assert not leftover_groups(run.pid)
 
 
 def test_bench_simulated_says_so():
@@ -102,3 +116,21 @@ def test_without_cgroups_bench_runs_simulated_and_says_why_first():
     assert run.returncode == 0, run.stderr[-2000:]
     first = run.stdout.splitlines()[0]
     assert first.startswith("no writable memory cgroup here") and "sim backend" in first
+
+
+def test_bench_many_small_entries_under_a_limit(tmp_path):
+    """--scenario many-small --quick: volcache finishes with every value right; the
+    unbounded lru_cache and dict are certain to pass 128 MiB, and are killed."""
+    require("kernel", cgroups.unavailable_reason())
+    report = tmp_path / "many.json"
+    run = volcache("bench", "--scenario", "many-small", "--quick", "--json", str(report))
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = {
+        (r["workload"], r["contestant"]): r for r in json.loads(report.read_text())["results"]
+    }
+    assert all(r.get("wrong", 0) == 0 for r in results.values())
+    for key in [("memoize", "volcache @cached"), ("mapping", "volcache VolatileCache")]:
+        assert results[key]["status"] == "finished" and results[key]["ops"] == results[key]["calls"]
+    assert results[("memoize", "lru_cache(maxsize=None)")]["status"] == "killed"
+    assert results[("mapping", "dict")]["status"] == "killed"
+    assert "many small entries" in run.stdout and not leftover_groups(run.pid)

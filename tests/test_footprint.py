@@ -13,17 +13,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from volcache import VolatileCache, cached, cgroups
 from volcache.backends.limits import process_limit
+from volcache.bench.many_small import CONTESTANTS
 from volcache.cache import default_memory_budget
 
 from .conftest import need_backend, require
 
-HERE = Path(__file__).resolve().parent
 LIMIT = 128 << 20
 
 
@@ -62,14 +61,18 @@ def test_the_default_budget_is_an_eighth_of_the_process_limit_and_bad_ones_are_r
     wrapper.cache.close()
 
 
-def _run(kind: str, calls: int, budget: int | None = None):
+def _run(workload: str, calls: int, budget: int | None = None):
+    """The bench's many-small worker, volcache's contestant, in a 128 MiB cgroup."""
+    contestant = next(n for n in CONTESTANTS[workload] if n.startswith("volcache"))
     with cgroups.MemoryCgroup(LIMIT, name="volcache-test") as group:
-        argv = [sys.executable, str(HERE / "many_small_child.py"), kind, str(calls)]
+        argv = [sys.executable, "-m", "volcache.bench.many_small", workload, contestant,
+                str(calls), str(LIMIT)]  # fmt: skip
         if budget is not None:
             argv.append(str(budget))
         run = subprocess.run(group.command(argv), capture_output=True, text=True, timeout=300)
         kills = group.oom_kills()
-    return run, kills
+    lines = run.stdout.splitlines()
+    return run, kills, json.loads(lines[-1]) if run.returncode == 0 else None
 
 
 def test_many_small_memoized_results_finish_under_a_128_mib_limit():
@@ -79,13 +82,12 @@ def test_many_small_memoized_results_finish_under_a_128_mib_limit():
     """
     need_backend("kernel")
     require("kernel", cgroups.unavailable_reason())
-    run, kills = _run("cached", 300_000)
+    run, kills, result = _run("memoize", 300_000)
     assert run.returncode == 0 and kills == 0, run.stderr[-2000:]
-    result = json.loads(run.stdout)
-    assert result["wrong"] == 0 and result["checked"] == 300_000
-    assert result["info"]["evictions"] > 0
-    assert result["info"]["nonvolatile_bytes"] <= LIMIT // 8 + result["info"]["hot_bytes"]
-    run, kills = _run("cached", 300_000, budget=1 << 60)
+    assert result["done"] and result["wrong"] == 0 and result["checked"] == 300_000
+    assert result["evictions"] > 0 and result["memory_budget"] == LIMIT // 8
+    assert result["nonvolatile_bytes"] <= LIMIT // 8 + result["hot_bytes"]
+    run, kills, _ = _run("memoize", 300_000, budget=1 << 60)
     assert run.returncode == -9 and kills >= 1
 
 
@@ -93,7 +95,7 @@ def test_many_4_kib_entries_with_str_keys_finish_under_a_128_mib_limit():
     """250,000 entries of 4 KiB (about 1 GiB of values), read back now and then: 0 wrong."""
     need_backend("kernel")
     require("kernel", cgroups.unavailable_reason())
-    run, kills = _run("mapping", 250_000)
+    run, kills, result = _run("mapping", 250_000)
     assert run.returncode == 0 and kills == 0, run.stderr[-2000:]
-    result = json.loads(run.stdout)
-    assert result["wrong"] == 0 and result["checked"] > 10_000
+    assert result["done"] and result["wrong"] == 0 and result["checked"] > 10_000
+    assert result["hits"] > 0

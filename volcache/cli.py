@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from datetime import date
@@ -43,10 +44,12 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.scenario == "many-small":
+        return _many_small(args)
     from .bench import report, scenario
     from .bench.contestants import lineup
 
-    limit = parse_size(args.limit)
+    limit = parse_size(args.limit if args.limit is not None else "256M")
     if limit < MIN_LIMIT:
         raise UsageError(f"--limit: {args.limit} is too small; at least {MIN_LIMIT >> 20}M")
     duration = args.duration if args.duration is not None else (5.0 if args.quick else 20.0)
@@ -104,6 +107,39 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _many_small(args: argparse.Namespace) -> int:
+    from .bench import many_small
+    from .bench.scenario import machine_line
+
+    limit = parse_size(args.limit if args.limit is not None else "128M")
+    if limit < MIN_LIMIT:
+        raise UsageError(f"--limit: {args.limit} is too small; at least {MIN_LIMIT >> 20}M")
+    reason = cgroups.unavailable_reason()
+    if reason is not None:
+        raise UsageError(f"--scenario many-small needs a writable memory cgroup: {reason}")
+    if backend_class("kernel").unavailable_reason() is not None:
+        raise UsageError("--scenario many-small runs volcache on the kernel backend, "
+                         "unavailable here")  # fmt: skip
+    scale = 10 if args.quick else 1
+    calls = {"memoize": 5_000_000 // scale, "mapping": 1_000_000 // scale}
+    print(f"volcache bench, many small entries: {limit >> 20} MiB memory limit; memoize: "
+          f"{calls['memoize']:,} calls returning 256 B; mapping: {calls['mapping']:,} "
+          f"str keys with 4 KiB values; {machine_line()}", flush=True)  # fmt: skip
+    results = many_small.compete(limit, calls, lambda line: print(f"  {line}", file=sys.stderr))
+    print()
+    print(many_small.table(results))
+    print(f"\n{date.today().isoformat()}, volcache {__version__}.")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"scenario": "many-small", "limit": limit, "results": results}, out, indent=1)
+        print(f"JSON: {args.json}")
+    wrong = sum(r.get("wrong", 0) for r in results)
+    if wrong:
+        print(f"ERROR: {wrong} values came back wrong", file=sys.stderr)
+        return 1
+    return 0
+
+
 class _Progress:
     """A progress bar per contestant on stderr (one line each when not a terminal)."""
 
@@ -143,7 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench.add_argument("--quick", action="store_true", help="5 s per contestant (under a minute)")
     bench.add_argument("--duration", type=float, help="seconds per contestant (default 20)")
-    bench.add_argument("--limit", default="256M", help="the memory limit (default 256M)")
+    bench.add_argument(
+        "--scenario",
+        choices=("pressure", "many-small"),
+        default="pressure",
+        help="pressure (default): Zipf lookups beside a competitor; many-small: millions of "
+        "small entries under a limit",
+    )
+    bench.add_argument(
+        "--limit", help="the memory limit (default 256M; 128M for --scenario many-small)"
+    )
     bench.add_argument("--backend", help="only this volcache backend (sim: simulated memory)")
     bench.add_argument("--json", metavar="PATH", help="write the results, samples included")
     bench.add_argument("--plot", metavar="PATH", help="a PNG of hit ratio and memory over time")
