@@ -332,7 +332,10 @@ class UffdBackend(Backend):
         """Purge first if charging ``nbytes`` more would cross the limit's watermark."""
         if self._memory_limit is None or self._closed:
             return
-        excess = self._memory_limit.excess(nbytes)
+        try:
+            excess = self._memory_limit.excess(nbytes)
+        except OSError:  # the group went away: nothing to keep under, the call goes on
+            return
         if excess > 0:
             self._purge_for_limit(excess, None)
 
@@ -398,6 +401,7 @@ class UffdBackend(Backend):
             "budget": None if self._budget_pages is None else self._budget_pages * self.page_size,
             "pressure": None if self._watcher is None else self._watcher.source.name,
             "pressure_errors": 0 if self._watcher is None else self._watcher.errors,
+            "last_purge_error": self._last_purge_error,
             **self._limit_stats(),
             **self._own,
             "pressure_reaction_ms": None if not reactions else round(median(reactions) * 1e3, 3),

@@ -262,3 +262,21 @@ def test_the_pressure_thread_survives_an_exception_and_counts_it():
         assert watcher.errors == 1 and "Invalid argument" in watcher.last_error
     finally:
         watcher.stop()
+
+
+def test_a_followed_group_that_goes_away_does_not_fail_allocations(tmp_path):
+    """The limit's files vanish with its cgroup: allocations go on, unguarded."""
+    from volcache import cgroups
+
+    from .conftest import require
+
+    require("uffd", cgroups.unavailable_reason())
+    group = cgroups.MemoryCgroup(256 << 20, name="volcache-test")
+    with group:
+        backend = get_backend("uffd", pressure_path=str(group.path))
+    try:  # the group is removed now
+        region = backend.allocate(4 * PS)
+        region.view[:] = b"z" * region.size
+        assert backend.vrange(region, 0, region.size, VOLATILE).count == region.size
+    finally:
+        backend.close()
