@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 #: The version of the C declarations this module was written against.
-NATIVE_VERSION = 2
+NATIVE_VERSION = 3
 
 _SOURCES = Path(__file__).resolve().parent / "native"
 
@@ -156,6 +156,16 @@ class TaggedPages:
             counters._mismatched,
         )
         return [first + i for i in self._purged[0:n]]
+
+    def gone(self, first: int, npages: int, counters: Counters) -> list[int]:
+        """Pages not resident now (one ``mincore``), as region page indexes; none re-pinned."""
+        address = self._span(first, npages)
+        n = _check(lib.vc_gone(address, npages, self.page_size, self._gone, counters._syscalls),
+                   "mincore")  # fmt: skip
+        if n == 0:
+            return []
+        gone = bytes(ffi.buffer(self._gone, npages))
+        return [first + i for i in range(npages) if gone[i]]
 
     def pageout(self, first: int, npages: int, use_dontneed: bool, counters: Counters) -> list[int]:
         """Drop pages now; those no longer resident, as region page indexes."""

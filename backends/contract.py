@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from errno import ENOMEM
 from typing import Any, ClassVar
 
-from .pages import NONVOL, PageBook
+from .pages import NONVOL, PURGED, PageBook
 
 
 class Mode(enum.IntEnum):
@@ -379,6 +379,26 @@ class Backend(abc.ABC):
             purged = self._purge(-(-nbytes // self.page_size)) * self.page_size
             self._counters["reclaimed_bytes"] += purged
         return purged
+
+    def purged_pages(self, region: Region) -> tuple[int, ...]:
+        """Volatile pages of a region known to be purged now, without re-pinning any.
+
+        A page listed stays volatile (re-pinning it reports it purged); a page
+        not listed may still be purged a moment later. For sweeping what a
+        purge took before anyone asks for it.
+        """
+        with self._lock:
+            self._check_open()
+            self._check_region(region)
+            return tuple(self._purged_now(region))
+
+    def _purged_now(self, region: Region) -> list[int]:
+        """The pages the book knows purged; a backend that can see more adds them."""
+        return [
+            page
+            for first, count in self._book.spans(region.ident, 0, region.pages, bytes([PURGED]))
+            for page in range(first, first + count)
+        ]
 
     def release(self, region: Region) -> None:
         """Give a region's memory back. Using it afterwards is a ``ValueError``."""

@@ -197,6 +197,16 @@ class KernelBackend(Backend):
                 break
         return total
 
+    def _purged_now(self, region: Region) -> list[int]:
+        # The kernel drops lazily freed pages without telling: a volatile page
+        # that is not resident was purged (every page was written before it
+        # was marked, and a dropped one reads as zeros until written).
+        found = super()._purged_now(region)
+        tagged = self._pages_of(region)
+        for first, count in self._book.spans(region.ident, 0, region.pages, bytes([VOL])):
+            found.extend(tagged.gone(first, count, self._native))
+        return sorted(found)
+
     def _unmap(self, region: Region) -> None:
         self._tagged.pop(region.ident, None)
         self._native.count_syscalls()  # munmap, when the last view of the map is gone

@@ -99,3 +99,56 @@ def test_many_4_kib_entries_with_str_keys_finish_under_a_128_mib_limit():
     assert run.returncode == 0 and kills == 0, run.stderr[-2000:]
     assert result["done"] and result["wrong"] == 0 and result["checked"] > 10_000
     assert result["hits"] > 0
+
+
+def test_purged_pages_are_known_without_repinning(backend_name):
+    """The contract: what a purge took is listed, and stays volatile until re-pinned."""
+    from volcache.backends import NONVOLATILE, VOLATILE, get_backend
+
+    options = {"pressure": None} if backend_name == "uffd" else {}
+    with get_backend(backend_name, **options) as backend:
+        ps = backend.page_size
+        region = backend.allocate(8 * ps)
+        region.view[:] = b"p" * region.size
+        backend.vrange(region, 0, region.size, VOLATILE)
+        assert backend.purged_pages(region) == ()
+        assert backend.reclaim(3 * ps) == 3 * ps
+        assert backend.purged_pages(region) == (0, 1, 2)
+        assert backend.vrange(region, 0, region.size, NONVOLATILE).purged_pages == (0, 1, 2)
+        assert backend.purged_pages(region) == ()
+
+
+def test_the_kernel_backend_sees_pages_the_kernel_dropped_on_its_own():
+    """No reclaim() of ours: the page is gone from the page tables, mincore says so."""
+    import mmap
+
+    from volcache.backends import NONVOLATILE, VOLATILE, clib, get_backend
+
+    need_backend("kernel")
+    with get_backend("kernel") as backend:
+        ps = backend.page_size
+        region = backend.allocate(4 * ps)
+        region.view[:] = b"k" * region.size
+        backend.vrange(region, 0, region.size, VOLATILE)
+        clib.madvise(region.address + 2 * ps, ps, mmap.MADV_DONTNEED)  # as reclaim would
+        assert backend.purged_pages(region) == (2,)
+        assert backend.vrange(region, 0, region.size, NONVOLATILE).purged_pages == (2,)
+
+
+def test_the_idle_work_drops_entries_whose_pages_were_purged(backend_name):
+    """Without regenerate they leave the mapping before anyone asks; with it, they stay
+    as placeholders and their pages are freed."""
+    for regenerate in (None, lambda key: b"again"):
+        cache = VolatileCache(backend=backend_name, hot_bytes=0, regenerate=regenerate)
+        for n in range(64):
+            cache[f"k{n}"] = bytes([n]) * 5000  # two pages each
+        cache.volatilize()
+        cache.backend.reclaim(1 << 40)
+        cache.maintain()
+        info = cache.info()
+        assert info.purged == 64 and info.stored_bytes == 0
+        if regenerate is None:
+            assert len(cache) == 0 and info.nonvolatile_bytes == 0
+        else:
+            assert len(cache) == 64 and cache["k3"] == b"again"
+        cache.close()

@@ -76,6 +76,7 @@ class _Entry:
 
 _ENTRY_BYTES = 430  # an entry's own objects besides its key (benchmarks/test_footprint.py)
 _BUDGET_SHARE = 8  # the default memory_budget: an eighth of the process's memory limit
+_SWEEP_SECONDS = 1.0  # the idle work looks for purged pages at most this often
 _COMPACT_AFTER = 1024  # stale queue items past the live entries before the queue is rebuilt
 _POP_TRIES = 3  # rounds of regenerating a purged entry in pop() before returning the value
 
@@ -239,6 +240,7 @@ class VolatileCache(MutableMapping):
         # more than half of it is stale).
         self._order: deque[_Entry] | None = deque() if self._lru is None else None
         self._stale = 0
+        self._last_sweep = clock()
         self._hot_nbytes = 0
         self._active_nbytes = 0
         self._currsize: float = 0
@@ -505,10 +507,22 @@ class VolatileCache(MutableMapping):
             return self._slabs.flush() * self._backend.page_size
 
     def maintain(self) -> None:
-        """Do the idle work now: demote idle hot entries, mark pending pages volatile."""
+        """Do the idle work now: demote idle hot entries, mark pending pages volatile,
+        and drop the entries whose pages were purged."""
         with self._lock:
             self._check_open()
             self._maintain(flush=True)
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Entries on pages the backend knows purged go now, not when asked for.
+
+        Their objects are memory no purge takes back: without a way to
+        regenerate they leave the mapping (as a purge found on access makes
+        them), with one they stay as placeholders, their pages freed.
+        """
+        self._last_sweep = self._now
+        self._lose(self._slabs.purged_owners())
 
     def info(self) -> CacheInfo:
         """Counters and sizes, as a :class:`CacheInfo`."""
@@ -837,6 +851,8 @@ class VolatileCache(MutableMapping):
     def _maintain(self, flush: bool = False) -> None:
         """Demote hot entries past the byte budget or idle too long; mark idle pages."""
         self._now = now = self._clock()
+        if now - self._last_sweep >= _SWEEP_SECONDS:
+            self._sweep()
         hot = self._hot
         oldest_use = -math.inf if self._hot_seconds is None else now - self._hot_seconds
         for _ in range(len(hot)):

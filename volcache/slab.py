@@ -319,6 +319,23 @@ class SlabAllocator:
                 marked += count
         return marked
 
+    def purged_owners(self) -> list[Any]:
+        """Owners of idle entries whose pages the backend knows purged, found without
+        re-pinning; their extents stay allocated and volatile until freed."""
+        owners: dict[int, Any] = {}
+        for slab in self._slabs.values():
+            if not slab.volatile.count(1):
+                continue
+            for page in self.backend.purged_pages(slab.region):
+                if not (slab.volatile[page] and slab.used[page]):
+                    continue
+                holder = slab.owners[page]
+                extents = [holder] if isinstance(holder, Extent) else holder.owners
+                for extent in extents:
+                    if extent is not None and not extent.active:
+                        owners[id(extent.owner)] = extent.owner
+        return list(owners.values())
+
     # -- pages ------------------------------------------------------------------
 
     def _activate_pages(self, slab: _Slab, first: int, npages: int) -> list[int]:

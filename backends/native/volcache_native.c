@@ -173,6 +173,12 @@ long vc_pageout(uintptr_t addr, size_t npages, size_t page_size, int use_dontnee
     return count_gone(addr, npages, page_size, gone, syscalls);
 }
 
+long vc_gone(uintptr_t addr, size_t npages, size_t page_size, uint8_t *gone,
+             unsigned long *syscalls)
+{
+    return count_gone(addr, npages, page_size, gone, syscalls);
+}
+
 long vc_madvise(uintptr_t addr, size_t length, int advice)
 {
     return madvise((void *)addr, length, advice) == 0 ? 0 : -errno;

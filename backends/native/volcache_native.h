@@ -5,7 +5,7 @@
  * Bump VC_NATIVE_VERSION with any change here; backends/clib.py checks it.
  */
 
-#define VC_NATIVE_VERSION 2
+#define VC_NATIVE_VERSION 3
 
 /* sha256 of the .h and .c files beside this one, stamped by build.py. */
 extern const char vc_source_hash[];
@@ -28,6 +28,9 @@ long vc_unmark(uintptr_t addr, size_t npages, size_t page_size, uint64_t tag,
  * gone[i] for each page no longer resident; returns how many. */
 long vc_pageout(uintptr_t addr, size_t npages, size_t page_size, int use_dontneed,
                 uint8_t *gone, unsigned long *syscalls);
+/* Which pages are not resident (gone[i] = 1), with one mincore; returns how many. */
+long vc_gone(uintptr_t addr, size_t npages, size_t page_size, uint8_t *gone,
+             unsigned long *syscalls);
 
 /* madvise(addr, length, advice): 0 or -errno. */
 long vc_madvise(uintptr_t addr, size_t length, int advice);
