@@ -616,8 +616,11 @@ class VolatileCache(MutableMapping):
             return self._regenerate_key(key)
         return default
 
-    def _hit(self, entry: _Entry) -> Any:
-        """The value of a stored entry, promoted to hot; ``_MISSING`` if purged."""
+    def _hit(self, entry: _Entry, count: bool = True) -> Any:
+        """The value of a stored entry, promoted to hot; ``_MISSING`` if purged.
+
+        ``count=False``: a look that is not a lookup of its own (counted already).
+        """
         if entry.purged:
             return _MISSING
         value = entry.value
@@ -637,7 +640,7 @@ class VolatileCache(MutableMapping):
             entry.touched = True
         if self._lru is not None:
             self._lru.move_to_end(entry.key)
-        self._counts["hits"] += 1
+        self._counts["hits"] += count
         return value
 
     def _hot_value(self, key: Hashable) -> Any:
@@ -677,11 +680,9 @@ class VolatileCache(MutableMapping):
         with self._lock:
             self._check_open()
             entry = self._entries.get(key)
-            value = _MISSING if entry is None else self._hit(entry)
+            value = _MISSING if entry is None else self._hit(entry, count)
             if value is _MISSING:
                 self._counts["misses"] += count
-            elif not count:
-                self._counts["hits"] -= 1  # _hit counted it; this look is not a call
             return value, entry is not None and value is _MISSING
 
     def _can_regenerate(self) -> bool:
