@@ -98,6 +98,34 @@ class PsiSource(PressureSource):
         os.close(self._fd)
 
 
+class ManualSource(PressureSource):
+    """A source the program fires itself: :meth:`fire` wakes the watcher (an eventfd).
+
+    For a program that knows better than the kernel when to give memory back
+    (before a large allocation of its own, on a signal from a supervisor).
+    """
+
+    name = "manual"
+    events = select.POLLIN
+
+    def __init__(self) -> None:
+        self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def fire(self) -> None:
+        """Wake the watcher once."""
+        os.eventfd_write(self._fd, 1)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def consume(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
 def own_memory_cgroup_v1() -> Path:
     """The cgroup v1 memory group this process is in."""
     for line in Path("/proc/self/cgroup").read_text().splitlines():

@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from volcache.backends import NONVOLATILE, VOLATILE, available_backends, get_backend
-from volcache.backends.pressure import PressureSource, PressureWatcher
+from volcache.backends.pressure import ManualSource, PressureWatcher
 
 PS = mmap.PAGESIZE
 pytestmark = pytest.mark.skipif(
@@ -72,31 +72,12 @@ def test_kernel_fault_on_a_dropped_page(benchmark):
     benchmark.pedantic(plain.__getitem__, args=(0,), setup=drop, rounds=1000)
 
 
-class _Event(PressureSource):
-    """A pressure source fired by hand: an eventfd, as cgroup v1 uses."""
-
-    name = "event"
-    events = 1  # POLLIN
-
-    def __init__(self) -> None:
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def consume(self) -> None:
-        os.eventfd_read(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 @pytest.mark.parametrize("mib", [1, 64])
 def test_purger_reaction(benchmark, mib):
     """From a pressure event to ``mib`` MiB of volatile memory given back."""
     benchmark.group = "purger reaction"
     backend = get_backend("uffd", pressure=None, pressure_purge=1.0)
-    source = _Event()
+    source = ManualSource()
     done = threading.Event()
     react = backend._on_pressure
 
@@ -114,7 +95,7 @@ def test_purger_reaction(benchmark, mib):
         done.clear()
 
     def fire_and_wait():
-        os.eventfd_write(source.fd, 1)
+        source.fire()
         done.wait(10)
 
     try:

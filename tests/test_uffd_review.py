@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
-import select
 import subprocess
 import sys
 import textwrap
@@ -24,7 +23,7 @@ import pytest
 
 from volcache import VolatileCache
 from volcache.backends import NONVOLATILE, VOLATILE, get_backend
-from volcache.backends.pressure import PressureSource, PressureWatcher
+from volcache.backends.pressure import ManualSource, PressureWatcher
 from volcache.backends.uffd import PurgedAccessError
 
 from .conftest import need_backend, wait_child
@@ -222,23 +221,6 @@ def test_the_fault_handler_thread_blocks_every_signal():
     assert [s for s in range(1, 32) if not blocked >> (s - 1) & 1] == [9, 19]
 
 
-class _Event(PressureSource):
-    name = "test"
-    events = select.POLLIN
-
-    def __init__(self) -> None:
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def consume(self) -> None:
-        os.eventfd_read(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 def test_the_pressure_thread_survives_an_exception_and_counts_it():
     """Finding 14: a purge that raised once does not end the purges after it."""
     calls = []
@@ -250,14 +232,14 @@ def test_the_pressure_thread_survives_an_exception_and_counts_it():
             raise OSError(22, "madvise: Invalid argument")
         done.set()
 
-    source = _Event()
+    source = ManualSource()
     watcher = PressureWatcher(source, on_pressure)
     try:
-        os.eventfd_write(source.fd, 1)
+        source.fire()
         deadline = time.monotonic() + 10
         while watcher.errors == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
-        os.eventfd_write(source.fd, 1)
+        source.fire()
         assert done.wait(10) and watcher.alive
         assert watcher.errors == 1 and "Invalid argument" in watcher.last_error
     finally:
