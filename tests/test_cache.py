@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import copy
 import gc
+import marshal
 import math
 import pickle
 import threading
@@ -46,6 +47,11 @@ def make(backend_name):
     yield make
     for cache in made:
         cache.close()
+
+
+def stored(nbytes: int, key) -> int:
+    """The bytes an entry takes in volatile memory: value, key (marshalled) and trailer."""
+    return nbytes + len(marshal.dumps(key, 2)) + 12
 
 
 def purge_everything(cache: VolatileCache) -> None:
@@ -194,20 +200,22 @@ def test_a_hot_hit_does_not_decode_again(make):
     cache["k"] = {"big": "object"}
     for _ in range(100):
         assert cache["k"] == {"big": "object"}
-    assert codec.decodes == 0
+    assert codec.decodes == 1  # the first read made it hot
     cache.volatilize()
-    assert cache["k"] == {"big": "object"} and codec.decodes == 1
-    assert cache["k"] == {"big": "object"} and codec.decodes == 1  # hot again
+    assert cache["k"] == {"big": "object"} and codec.decodes == 2
+    assert cache["k"] == {"big": "object"} and codec.decodes == 2  # hot again
 
 
 def test_idle_entries_leave_the_hot_set_and_become_volatile(make):
     clock = Clock()
     cache = make(hot_seconds=10, clock=clock)
-    cache["a"] = b"a" * 8192
-    cache["b"] = b"b" * 8192
+    cache["a"] = b"a" * 8000  # two pages with its key
+    cache["b"] = b"b" * 8000
+    assert cache.info().hot_entries == 0  # a store leaves an entry idle; a read makes it hot
+    assert cache["a"] == b"a" * 8000 and cache["b"] == b"b" * 8000
     assert cache.info().hot_entries == 2 and cache.info().volatile_bytes == 0
     clock.advance(5)
-    assert cache["a"] == b"a" * 8192
+    assert cache["a"] == b"a" * 8000
     cache.maintain()  # "a" was used since it was placed: it stays
     clock.advance(6)
     cache.maintain()
@@ -221,10 +229,11 @@ def test_idle_entries_leave_the_hot_set_and_become_volatile(make):
 def test_the_hot_set_is_bounded_by_bytes(make):
     cache = make(hot_bytes=3 * 4096, hot_seconds=None)
     for key in "abcde":
-        cache[key] = key.encode() * 4096
+        cache[key] = key.encode() * 4000
+        assert cache[key] == key.encode() * 4000
     info = cache.info()
-    assert info.hot_entries == 3 and info.hot_bytes == 3 * 4096
-    assert cache.get("a") == b"a" * 4096  # from volatile memory, now hot again
+    assert info.hot_entries == 3 and info.hot_bytes == 3 * stored(4000, "a")
+    assert cache.get("a") == b"a" * 4000  # from volatile memory, now hot again
     assert cache.info().hot_entries == 3
 
 
@@ -243,13 +252,13 @@ def test_volatilize_marks_everything_not_pinned(make):
         marked = cache.volatilize()
         info = cache.info()
         assert info.hot_entries == 0 and marked == info.volatile_bytes == 3 * 4096
-        assert info.pinned_entries == 1 and info.pinned_bytes == 10_000
+        assert info.pinned_entries == 1 and info.pinned_bytes == stored(10_000, "b")
 
 
 def test_a_background_timer_makes_idle_entries_volatile():
     cache = VolatileCache(backend="sim", hot_seconds=0.05, idle_interval=0.02)
     try:
-        cache["a"] = b"a" * 8192
+        cache["a"] = b"a" * 8000
         deadline = time.monotonic() + 10
         while cache.info().volatile_bytes < 8192 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -264,33 +273,42 @@ def test_purged_entries_are_regenerated(make):
 
     def regenerate(key):
         calls.append(key)
-        return f"value of {key}".encode() * 100
+        return f"value of {key}".encode() * 500
 
-    cache = make(regenerate=regenerate)
+    cache = make(regenerate=regenerate, hot_bytes=0)
     for key in "abc":
-        cache[key] = f"value of {key}".encode() * 100
+        cache[key] = f"value of {key}".encode() * 500  # a page each
+    cache["d"] = b"small"  # on a shared page with "e"
+    cache["e"] = b"small"
     purge_everything(cache)
-    assert cache["b"] == b"value of b" * 100
+    assert cache["b"] == b"value of b" * 500
     assert calls == ["b"]
     info = cache.info()
-    assert info.purged >= 1 and info.regenerated == 1 and info.regeneration_seconds > 0
-    assert cache.get("c") == b"value of c" * 100  # get() regenerates a purged entry
-    assert cache["zz"] == b"value of zz" * 100  # and cache[key] an absent one
+    assert info.purged == 1 and info.regenerated == 1 and info.regeneration_seconds > 0
+    assert cache.get("c") == b"value of c" * 500  # get() regenerates a purge it finds
+    assert cache["zz"] == b"value of zz" * 500  # and cache[key] an absent one
     assert cache.get("yy") is None and "yy" not in calls  # get() does not for absent keys
+    # The lookup of "d" finds its page purged, and "e" with it: "e" is gone from
+    # the mapping, as its key was on that page too; cache["e"] regenerates it.
+    assert cache["d"] == b"value of d" * 500
+    assert "e" not in cache and cache.get("e") is None
+    assert cache["e"] == b"value of e" * 500
 
 
 def test_purged_entries_without_regenerate_are_misses(make):
     cache = make()
     cache["a"] = b"a" * 5000
     cache["b"] = b"b" * 5000
+    cache["c"] = b"c" * 5000
     purge_everything(cache)
-    assert "a" in cache and len(cache) == 2  # not known to be purged yet
+    assert len(cache) == 3  # not known to be purged yet
+    assert "a" not in cache and len(cache) == 2  # "in" re-pins to read the key back
     with pytest.raises(KeyError):
-        cache["a"]
-    assert "a" not in cache and len(cache) == 1
-    assert cache.get("b", "gone") == "gone"
+        cache["b"]
+    assert "b" not in cache and len(cache) == 1
+    assert cache.get("c", "gone") == "gone"
     info = cache.info()
-    assert info.purged == 2 and info.misses == 2 and info.purged_bytes == 10_000
+    assert info.purged == 3 and info.misses == 2 and info.purged_bytes == 3 * stored(5000, "a")
     cache["a"] = b"new"
     assert cache["a"] == b"new"
 
@@ -315,7 +333,7 @@ def test_hits_misses_and_sizes_in_info(make):
     info = cache.info()
     assert isinstance(info, CacheInfo)
     assert (info.hits, info.misses, info.entries, info.currsize) == (1, 1, 1, 1)
-    assert info.stored_bytes == 5000 and info.wasted_bytes == 8192 - 5000
+    assert info.stored_bytes == stored(5000, "a") and info.wasted_bytes == 8192 - stored(5000, "a")
     assert info.slab_bytes >= 8192 and info.backend == cache.backend.name
     assert info.as_dict()["hits"] == 1
 
@@ -355,7 +373,7 @@ def test_an_entry_deleted_while_pinned_keeps_its_memory_until_unpinned(make):
         del cache["a"]
         cache["b"] = b"b" * 5000
         assert "a" not in cache and view[:3] == b"aaa"
-    assert cache.info().stored_bytes == 5000
+    assert cache.info().stored_bytes == stored(5000, "b")
 
 
 def test_pin_regenerates_a_purged_entry_first(make):

@@ -123,7 +123,7 @@ def test_a_slab_the_backend_refuses_to_release_stays_known():
     regions = backend.stats()["regions"]
     with pytest.raises(OSError, match="refused"):
         del cache["big"]
-    assert cache._slabs.stats()["slabs"] == regions  # still the cache's
+    assert cache._entries.store.slabs.stats()["slabs"] == regions  # still the cache's
     cache["other"] = b"y" * (8 * ps)  # the slab is reused, or released now
     assert cache["other"] == b"y" * (8 * ps)
     cache.close()

@@ -81,7 +81,8 @@ def test_a_cache_on_mlocked_memory_returns_no_zeros():
     cache.maintain()
     big = b"B" * (16 * PS)
     cache["big"] = big
-    region = next(s.region for s in cache._slabs._slabs.values() if s.npages >= 16)
+    slabs = cache._entries.store.slabs._slabs
+    region = next(s.region for s in slabs if s is not None and s.npages >= 16)
     _lock(region.address, region.size)
     try:
         cache.maintain()

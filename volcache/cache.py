@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import math
 import os
-import pickle
-import sys
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
 from collections.abc import (
     Callable,
     Hashable,
@@ -28,56 +24,21 @@ import cachetools
 
 from .backends import Backend, get_backend
 from .backends.limits import process_limit
-from .codecs import Codec, Decoder, check_codec
+from .codecs import Codec, check_codec
+from .entries import COLD, HASH_MASK, MISSING, Entries, Entry
 from .flight import SingleFlight
 from .info import CacheInfo
-from .pins import Pin
-from .slab import Extent, SlabAllocator
+from .pins import Pin, pin_views
+from .records import NONE
+from .store import OWN_DECODER, key_bytes
 
-_COLD = object()  # entry.value when the decoded value is not kept (the entry is not hot)
-_MISSING = object()
+_COLD = COLD
+_MISSING = MISSING
 _GETITEM = object()  # "no default": a lookup as cache[key]
-_NO_EXTENT = Extent(None, 0, 0, 0, 0, 0, None)  # a purged placeholder's: no memory
 _MAINTAIN_EVERY = 1024  # hot hits between maintenance passes (a power of two)
-
-
-class _Entry:
-    __slots__ = (
-        "decode",
-        "detached",
-        "extent",
-        "hot_since",
-        "key",
-        "pins",
-        "purged",
-        "raw",
-        "size",
-        "touched",
-        "value",
-    )
-
-    def __init__(
-        self, key: Hashable, extent: Extent, decode: Decoder, raw: bool, size: float
-    ) -> None:
-        self.key = key
-        self.extent = extent
-        self.decode = decode
-        self.raw = raw
-        self.size = size
-        self.value: Any = _COLD
-        self.pins = 0
-        # In the hot set: when it was last known used (set when it is promoted
-        # or found touched by maintenance), and whether a hit touched it since.
-        self.hot_since = 0.0
-        self.touched = False
-        self.detached = False  # removed from the mapping while pinned: freed at the last unpin
-        self.purged = False  # its bytes are gone: a placeholder until regenerated
-
-
-_ENTRY_BYTES = 430  # an entry's own objects besides its key (benchmarks/test_footprint.py)
 _BUDGET_SHARE = 8  # the default memory_budget: an eighth of the process's memory limit
 _SWEEP_SECONDS = 1.0  # the idle work looks for purged pages at most this often
-_COMPACT_AFTER = 1024  # stale queue items past the live entries before the queue is rebuilt
+_SWEEP_OVER_BUDGET = 0.05  # over the budget, purged records are dropped first, this often
 _POP_TRIES = 3  # rounds of regenerating a purged entry in pop() before returning the value
 
 # By id: a mapping is unhashable, so it cannot be in a WeakSet.
@@ -123,7 +84,8 @@ class VolatileCache(MutableMapping):
         backend_options: options for a backend given by name.
         regenerate: ``regenerate(key) -> value`` for purged or absent keys.
         codec: how values become bytes (default: buffers raw, the rest pickled).
-        hot_bytes: stored bytes kept hot at most.
+        hot_bytes: stored bytes kept hot at most (and at most half the
+            ``memory_budget``; the hot entries' objects at most a quarter).
         hot_seconds: a hot entry idle this long goes volatile (None: never by time).
         idle_interval: if set, a background thread does the idle work every
             this many seconds, so that a program that stops calling the cache
@@ -131,19 +93,23 @@ class VolatileCache(MutableMapping):
         slab_bytes: the size of the regions taken from the backend.
         mark_batch: idle pages gathered before they are marked volatile.
         clock: the time source, in seconds (injectable for tests).
-        memory_budget: bytes the entries' own objects (keys included, values
-            not: those are volatile) may take; past it the oldest entries are
-            evicted whole (least recently used with a ``maxsize``, else stored
-            first). Default: an eighth of the memory limit the process runs
-            under (its cgroup's, else the machine's).
+        memory_budget: bytes of the cache's own memory that no purge takes
+            back (records, books, Python objects, hot values; see
+            ``info().nonvolatile_bytes``); past it the least recently used
+            entries are evicted whole. Default: an eighth of the memory limit
+            the process runs under (its cgroup's, else the machine's).
 
-    ``key in cache`` and ``len(cache)`` count the entries stored and not
-    deleted or evicted. A purge is found only when an entry's pages are
-    re-pinned; a cache that can regenerate (``regenerate``, or a subclass's
-    ``__missing__``) then keeps the key and regenerates its value on the next
-    access, so purges cost time but change nothing you can see. Without a way
-    to regenerate, a purged entry leaves the mapping when its purge is found,
-    like an eviction found late: until then it is counted.
+    An idle entry is a record of a few machine words; its key is stored
+    beside its value in volatile memory (keys of exact built-in types:
+    ``int``, ``str``, ``bytes``, ``tuple``, ...; other keys stay Python objects).
+    A purge takes key and value together: ``key in cache`` and ``len(cache)``
+    count the entries stored and not deleted, evicted or found purged. Purges
+    are found when an entry's pages are re-pinned (a lookup, ``in``,
+    iteration) and by the idle work, which asks the backend which volatile
+    pages are gone. A purged key is then absent: ``cache[key]`` regenerates it
+    through ``__missing__`` if the cache can (``regenerate``, or a subclass's
+    ``__missing__``), and ``get`` or ``pin`` regenerate a key whose purge they
+    find themselves.
     """
 
     def __init__(
@@ -219,36 +185,29 @@ class VolatileCache(MutableMapping):
         }
         self._maxsize = maxsize
         self._budget = memory_budget if memory_budget is not None else default_memory_budget()
-        self._index_nbytes = 0  # estimated: the entries' own objects, keys included
         self._regenerate = regenerate
-        self._hot_limit = hot_bytes
+        self._hot_limit = min(hot_bytes, self._budget // 2)
         self._hot_seconds = hot_seconds
         self._mark_batch = mark_batch
         self._clock = clock
         self._lock = threading.RLock()
         self._flight = SingleFlight()
         _ALL[id(self)] = self
-        self._slabs = SlabAllocator(self._backend, slab_bytes)
-        self._entries: dict[Hashable, _Entry] = {}
-        # Exact LRU order, needed only to evict past a finite maxsize.
-        self._lru: OrderedDict[Hashable, None] | None = (
-            None if maxsize == math.inf else OrderedDict()
-        )
-        self._hot: OrderedDict[Hashable, _Entry] = OrderedDict()  # in order of promotion
-        # Without a maxsize there is no LRU order; the budget evicts in order of
-        # storing, from a queue of entries with lazy deletion (compacted when
-        # more than half of it is stale).
-        self._order: deque[_Entry] | None = deque() if self._lru is None else None
-        self._stale = 0
+        sized = getsizeof is not None or type(self).getsizeof is not VolatileCache.getsizeof
+        self._entries = Entries(self._backend, slab_bytes, sized, exact=maxsize != math.inf)
+        # The lock-free hot hit reads these two directly.
+        self._objects = self._entries.objects
+        self._hot = self._entries.hot
+        # With a maxsize, the order is exact: hot hits keep the hot set in LRU
+        # order, idle entries are in a list, older than every hot one, and
+        # eviction takes the least recently used. Without one, a hot hit only
+        # marks the entry and idle records are ordered by a CLOCK: no memory
+        # spent on an exact order that only the budget would use.
+        self._exact_lru = maxsize != math.inf
         self._last_sweep = clock()
-        self._hot_nbytes = 0
-        self._active_nbytes = 0
-        self._currsize: float = 0
-        self._now = clock()
+        self._now = self._entries.now = clock()
         self._hot_hits = itertools.count(1)  # next() is atomic: counts hits taken without the lock
-        self._counts = dict.fromkeys(
-            ("hits", "misses", "purged", "purged_bytes", "regenerated", "evictions"), 0
-        )
+        self._counts = dict.fromkeys(("hits", "misses", "regenerated", "evictions"), 0)
         self._regen_seconds = 0.0
         self._lingering: list[Pin] = []
         self._closed = False
@@ -272,7 +231,7 @@ class VolatileCache(MutableMapping):
     @property
     def currsize(self) -> float:
         """The sum of ``getsizeof`` over the entries."""
-        return self._currsize
+        return self._entries.currsize
 
     @property
     def backend(self) -> Backend:
@@ -289,16 +248,16 @@ class VolatileCache(MutableMapping):
         # atomic under the GIL. A racing demotion or delete is harmless: the
         # value read is still the value stored. Anything else takes the lock.
         try:
-            entry = self._entries[key]
+            entry = self._objects[key]
         except KeyError:
             return self._get_slow(key, _GETITEM)
         value = entry.value
-        if value is _COLD:
+        if value is COLD:
             return self._get_slow(key, _GETITEM)
         entry.touched = True
-        if self._lru is not None:
+        if self._exact_lru:
             try:  # noqa: SIM105 - contextlib.suppress costs 100 ns on the hot hit
-                self._lru.move_to_end(key)
+                self._hot.move_to_end(key)
             except KeyError:
                 pass
         if not next(self._hot_hits) & 1023:  # every 1024 hot hits (_MAINTAIN_EVERY)
@@ -328,65 +287,71 @@ class VolatileCache(MutableMapping):
         return value
 
     def __setitem__(self, key: Hashable, value: Any) -> None:
-        hash(key)  # an unhashable key fails here, before anything changes
+        h = hash(key) & HASH_MASK  # an unhashable key fails here, before anything changes
         size = self.getsizeof(value)
         if size > self._maxsize:
             raise ValueError("value too large")
         if size < 0:
             raise ValueError("value size must be non-negative")
         data, decode, raw = self._codec.encode_with_decoder(value)
+        serialized = key_bytes(key)
         with self._lock:
             self._check_open()
-            extent, lost = self._slabs.allocate(data.nbytes, None)
+            entries = self._entries
+            store = entries.store
+            tag, spec, flags = store.decoders.tag(decode, raw)
+            rid, lost = store.put(h, data, serialized or b"", tag, spec, flags)
             try:
-                if data.nbytes:
-                    view = extent.view()
-                    view[:] = data
-                    view.release()
+                entries.lose(lost)
+                old, old_rid, _, _ = entries.find(key)
+                if old_rid != NONE:
+                    entries.remove(old, old_rid)
+                self._make_room(size)
             except BaseException:
-                self._slabs.free(extent)
+                store.free(rid)
                 raise
-            finally:
-                self._lose(lost)
-            entry = _Entry(key, extent, decode, raw, size)
-            extent.owner = entry
-            self._active_nbytes += data.nbytes
-            old = self._entries.get(key)
-            if old is not None:
-                self._remove(old)
-            self._make_room(size)
-            self._entries[key] = entry
-            self._index_nbytes += _ENTRY_BYTES + sys.getsizeof(key)
-            if self._lru is not None:
-                self._lru[key] = None
-            else:
-                self._order.append(entry)
-            self._currsize += size
-            # A buffer the caller may change or release (bytearray, memoryview,
-            # arrays) is not what a hit returns: its stored copy is.
-            self._promote(entry, value if not raw or type(value) is bytes else _COLD)
-            if self._index_nbytes > self._budget:
-                self._fit_budget(entry)
+            entries.insert(rid, key, size, serialized is None or tag == OWN_DECODER, decode)
+            # Idle from the start: an entry becomes hot when it is read. A store
+            # makes no Python object to keep, so that many stores of entries
+            # never read again leave no garbage behind them.
+            entries.promote(entries.by_rid.get(rid), rid, key, COLD, -1)
+            if entries.nonvolatile_bytes() > self._budget:
+                self._fit_budget(rid)
             self._maintain()
 
     def __delitem__(self, key: Hashable) -> None:
         with self._lock:
             self._check_open()
-            self._remove(self._entries[key])
+            entry, rid, _, _ = self._entries.find(key)
+            if rid == NONE:
+                raise KeyError(key)
+            self._entries.remove(entry, rid)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._entries
+        if key in self._objects:
+            return True
+        with self._lock:
+            if self._closed:
+                return False
+            entry, rid, _, _ = self._entries.find(key)
+            if rid == NONE:
+                return False
+            self._entries.settle(entry, rid)
+            return True
 
     def __iter__(self) -> Iterator[Hashable]:
-        return iter(list(self._entries))
+        with self._lock:
+            if self._closed:
+                return iter(())
+            return iter(self._keys())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._entries.count
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._entries)} entries"
+        state = "closed" if self._closed else f"{len(self)} entries"
         return (
-            f"{type(self).__name__}({state}, currsize={self._currsize}, maxsize={self._maxsize}, "
+            f"{type(self).__name__}({state}, currsize={self.currsize}, maxsize={self._maxsize}, "
             f"backend={self._backend.name!r})"
         )
 
@@ -396,13 +361,13 @@ class VolatileCache(MutableMapping):
     def get(self, key: Hashable, default: Any = None) -> Any:
         """The value for ``key``, or ``default``; never calls ``__missing__`` for an absent key.
 
-        A stored entry found purged is regenerated if the cache can (``regenerate``
-        or a subclass's ``__missing__``), else ``default`` is returned.
+        A stored entry this lookup finds purged is regenerated if the cache can
+        (``regenerate`` or a subclass's ``__missing__``), else ``default`` is returned.
         """
         return self._get_slow(key, default)
 
     def pop(self, key: Hashable, default: Any = _MISSING) -> Any:
-        """Remove ``key`` and return its value (regenerated if purged and possible).
+        """Remove ``key`` and return its value (regenerated if found purged and possible).
 
         Atomic: the entry removed is the one whose value is returned, whatever
         other threads store meanwhile.
@@ -410,11 +375,18 @@ class VolatileCache(MutableMapping):
         value = _MISSING
         for _ in range(_POP_TRIES):
             with self._lock:
-                entry, value = self._lookup(key)
-                if value is not _MISSING:
-                    self._remove(entry)
-                    return value
-                if entry is None or not self._can_regenerate():
+                self._check_open()
+                entries = self._entries
+                entry, rid, _, purged = entries.find(key)
+                if rid != NONE:
+                    found = entries.value(entry, rid)
+                    if found is not _MISSING:
+                        entries.remove(entry, rid)
+                        self._counts["hits"] += 1
+                        return found
+                    purged = True
+                self._counts["misses"] += 1
+                if not purged or not self._can_regenerate():
                     break
             # Regenerated values are stored; the next round takes what is there then.
             value = self._regenerate_key(key)
@@ -430,47 +402,39 @@ class VolatileCache(MutableMapping):
         Atomic: ``default`` is stored only where no value is.
         """
         with self._lock:
-            entry, value = self._lookup(key)
+            self._check_open()
+            value, purged = self._hit(key)
             if value is not _MISSING:
                 return value
-            if entry is None or not self._can_regenerate():
+            if not purged or not self._can_regenerate():
                 self[key] = default
                 return default
         return self._regenerate_key(key)
 
-    def _lookup(self, key: Hashable) -> tuple[_Entry | None, Any]:
-        """Under the lock: (the entry or None, its value or ``_MISSING`` if absent or purged)."""
-        self._check_open()
-        entry = self._entries.get(key)
-        value = _MISSING if entry is None else self._hit(entry)
-        if value is _MISSING:
-            self._counts["misses"] += 1
-        return entry, value
-
     def popitem(self) -> tuple[Hashable, Any]:
         """Remove and return the least recently used ``(key, value)`` pair.
 
-        Entries found purged on the way are dropped (and counted as purged).
+        Exactly so with a finite ``maxsize``; without one, the order is a
+        CLOCK's approximation. Entries found purged on the way are dropped
+        (and counted as purged).
         """
         while True:
             with self._lock:
                 self._check_open()
-                entry = self._oldest()
-                if entry is None:
+                entries = self._entries
+                _, rid = entries.oldest()
+                if rid == NONE:
                     raise KeyError(f"{type(self).__name__} is empty")
-                key = entry.key
-                value = self._read(entry)
-                if self._entries.get(key) is entry:
-                    self._remove(entry)
-                if value is not _MISSING:
-                    return key, value
+                item = entries.item(rid)
+                if item is not _MISSING:
+                    entries.remove(None, rid)
+                    return item
 
     def clear(self) -> None:
         """Remove every entry (pinned ones are freed when their pins end)."""
         with self._lock:
             self._check_open()
-            for entry in list(self._entries.values()):
-                self._remove(entry)
+            self._entries.clear()
 
     def items(self) -> ItemsView:
         """Items of the entries that are intact (or regenerated) when iterated."""
@@ -486,14 +450,14 @@ class VolatileCache(MutableMapping):
         """A context manager: a read-only, zero-copy view of a buffer value.
 
         The entry stays non-volatile inside the block (pins are counted, and
-        nest); the view is released at its end. A purged entry is regenerated
-        first if the cache can, else it is a ``KeyError``.
+        nest); the view is released at its end. An absent key, or one found
+        purged, is regenerated first if the cache can, else it is a ``KeyError``.
 
         Raises:
             KeyError: no such key (or purged and not regenerable).
             TypeError: the value is not stored as raw bytes (it was pickled).
         """
-        return Pin(self, key)
+        return Pin(key, self._acquire_pin, self._release_pin, self._linger)
 
     def volatilize(self) -> int:
         """Make every entry that is not pinned volatile now, hot ones included.
@@ -502,9 +466,10 @@ class VolatileCache(MutableMapping):
         """
         with self._lock:
             self._check_open()
+            entries = self._entries
             while self._hot:
-                self._demote(next(iter(self._hot.values())))
-            return self._slabs.flush() * self._backend.page_size
+                entries.demote(next(iter(self._hot.values())))
+            return entries.store.slabs.flush() * self._backend.page_size
 
     def maintain(self) -> None:
         """Do the idle work now: demote idle hot entries, mark pending pages volatile,
@@ -514,44 +479,38 @@ class VolatileCache(MutableMapping):
             self._maintain(flush=True)
             self._sweep()
 
-    def _sweep(self) -> None:
-        """Entries on pages the backend knows purged go now, not when asked for.
-
-        Their objects are memory no purge takes back: without a way to
-        regenerate they leave the mapping (as a purge found on access makes
-        them), with one they stay as placeholders, their pages freed.
-        """
-        self._last_sweep = self._now
-        self._lose(self._slabs.purged_owners())
-
     def info(self) -> CacheInfo:
         """Counters and sizes, as a :class:`CacheInfo`."""
         with self._lock:
-            slabs = self._slabs.stats()
+            entries = self._entries
+            store = entries.store
+            slabs = store.slabs.stats()
             counts = self._counts
             return CacheInfo(
                 hits=counts["hits"] + _count_of(self._hot_hits),
                 misses=counts["misses"],
-                purged=counts["purged"],
+                purged=entries.purged,
                 regenerated=counts["regenerated"],
                 regeneration_seconds=self._regen_seconds,
                 evictions=counts["evictions"],
-                entries=len(self._entries),
-                currsize=self._currsize,
+                entries=entries.count,
+                currsize=entries.currsize,
                 maxsize=self._maxsize,
                 hot_entries=len(self._hot),
-                hot_bytes=self._hot_nbytes,
-                pinned_entries=sum(1 for e in self._entries.values() if e.pins),
-                pinned_bytes=self._active_nbytes,
+                hot_bytes=entries.hot_nbytes,
+                pinned_entries=sum(1 for e in self._objects.values() if e.pins),
+                pinned_bytes=store.active_nbytes,
                 volatile_bytes=slabs["volatile_bytes"],
                 pending_bytes=slabs["pending_bytes"],
-                purged_bytes=counts["purged_bytes"],
+                purged_bytes=entries.purged_bytes,
                 stored_bytes=slabs["stored_bytes"],
                 slab_bytes=slabs["slab_bytes"],
                 wasted_bytes=slabs["wasted_bytes"],
                 backend=self._backend.name,
-                nonvolatile_bytes=self._index_nbytes + self._hot_nbytes,
+                nonvolatile_bytes=entries.nonvolatile_bytes(),
                 memory_budget=self._budget,
+                idle_entries=entries.count - len(self._objects),
+                index_bytes=store.nbytes(),
             )
 
     def close(self) -> None:
@@ -561,17 +520,7 @@ class VolatileCache(MutableMapping):
                 return
             self._closed = True
             self._stop.set()
-            self._entries.clear()
-            self._hot.clear()
-            if self._lru is not None:
-                self._lru.clear()
-            else:
-                self._order.clear()
-                self._stale = 0
-            self._index_nbytes = 0
-            self._currsize = 0
-            self._hot_nbytes = self._active_nbytes = 0
-            self._slabs.close()
+            self._entries.close()
             if self._owns_backend:
                 self._backend.close()
         timer = self._timer
@@ -585,15 +534,18 @@ class VolatileCache(MutableMapping):
         self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # A copy holds the live values; purged ones are dropped, not regenerated.
+        # A copy holds the live values, least recently used first; purged ones are dropped.
         with self._lock:
             self._check_open()
-            order = list(self._lru if self._lru is not None else self._entries)
+            entries = self._entries
+            rids = list(entries.records.listed_ids()) + [e.rid for e in self._hot.values()]
             items = []
-            for key in order:
-                value = self._read(self._entries[key]) if key in self._entries else _MISSING
-                if value is not _MISSING:
-                    items.append((key, value))
+            flags = entries.records.flags
+            for rid in rids:
+                if rid < len(flags) and flags[rid]:  # not dropped by a purge found meanwhile
+                    item = entries.item(rid)
+                    if item is not _MISSING:
+                        items.append(item)
         return _rebuild, (type(self), self._config, items)
 
     # -- internals (the lock is held) -----------------------------------------------------
@@ -602,46 +554,57 @@ class VolatileCache(MutableMapping):
         if self._closed:
             raise ValueError(f"{type(self).__name__} is closed")
 
+    def _keys(self) -> list[Hashable]:
+        """The keys, least recently used first (reading idle ones back from their pages)."""
+        entries = self._entries
+        flags = entries.records.flags
+        keys = []
+        for rid in list(entries.records.listed_ids()):
+            if rid < len(flags) and flags[rid]:  # not dropped by a purge found meanwhile
+                key = entries.key(rid)
+                if key is not _MISSING:
+                    keys.append(key)
+        keys.extend(self._hot)
+        return keys
+
     def _get_slow(self, key: Hashable, default: Any) -> Any:
         """A lookup under the lock; ``default is _GETITEM`` means ``cache[key]``.
 
-        Absent: ``__missing__`` for ``cache[key]``, else ``default``. Purged:
-        regenerated if the cache can, else as absent.
+        Absent: ``__missing__`` for ``cache[key]``, else ``default``. Found
+        purged: regenerated if the cache can, else as absent.
         """
         with self._lock:
-            entry, value = self._lookup(key)
+            self._check_open()
+            value, purged = self._hit(key)
             if value is not _MISSING:
                 return value
-        if default is _GETITEM or (entry is not None and self._can_regenerate()):
+        if default is _GETITEM or (purged and self._can_regenerate()):
             return self._regenerate_key(key)
         return default
 
-    def _hit(self, entry: _Entry, count: bool = True) -> Any:
-        """The value of a stored entry, promoted to hot; ``_MISSING`` if purged.
+    def _hit(self, key: Hashable, count: bool = True) -> tuple[Any, bool]:
+        """(the value, promoted to hot, or ``_MISSING``; whether a purge of it was found).
 
         ``count=False``: a look that is not a lookup of its own (counted already).
         """
-        if entry.purged:
-            return _MISSING
-        value = entry.value
-        if value is _COLD:
-            lost = self._activate(entry)
-            if entry in lost:
-                return _MISSING
-            try:
-                value = _decode(entry)
-            except BaseException:
-                if entry.pins == 0:
-                    self._deactivate(entry)
-                raise
-            self._promote(entry, value)
-            self._maintain()
-        else:
-            entry.touched = True
-        if self._lru is not None:
-            self._lru.move_to_end(entry.key)
-        self._counts["hits"] += count
-        return value
+        entries = self._entries
+        entry, rid, stored, purged = entries.find(key)
+        if rid != NONE:
+            hot = entry is not None and entry.value is not COLD
+            value = entries.value(entry, rid)
+            if value is not _MISSING:
+                if hot:
+                    entry.touched = True
+                    if self._exact_lru:
+                        self._hot.move_to_end(entry.key)
+                else:
+                    entries.promote(entry, rid, stored, value, self._hot_limit)
+                    self._maintain()
+                self._counts["hits"] += count
+                return value, False
+            purged = True
+        self._counts["misses"] += count
+        return _MISSING, purged
 
     def _hot_value(self, key: Hashable) -> Any:
         """A hot entry's value without the lock, else ``_MISSING``.
@@ -649,16 +612,16 @@ class VolatileCache(MutableMapping):
         ``__getitem__`` has the same lines inline: a call more would cost its
         hot hit a quarter of its time.
         """
-        entry = self._entries.get(key)
+        entry = self._objects.get(key)
         if entry is None:
             return _MISSING
         value = entry.value
-        if value is _COLD:
+        if value is COLD:
             return _MISSING
         entry.touched = True
-        if self._lru is not None:
+        if self._exact_lru:
             try:  # noqa: SIM105 - contextlib.suppress costs 100 ns here
-                self._lru.move_to_end(key)
+                self._hot.move_to_end(key)
             except KeyError:
                 pass
         if not next(self._hot_hits) & 1023:
@@ -679,11 +642,7 @@ class VolatileCache(MutableMapping):
                 return value, False
         with self._lock:
             self._check_open()
-            entry = self._entries.get(key)
-            value = _MISSING if entry is None else self._hit(entry, count)
-            if value is _MISSING:
-                self._counts["misses"] += count
-            return value, entry is not None and value is _MISSING
+            return self._hit(key, count)
 
     def _can_regenerate(self) -> bool:
         return (
@@ -696,10 +655,10 @@ class VolatileCache(MutableMapping):
         def compute(key: Hashable) -> Any:
             with self._lock:  # a flight that just ended may have stored it
                 self._check_open()
-                entry = self._entries.get(key)
-                value = _MISSING if entry is None else self._hit(entry)
-            if value is not _MISSING:
-                return value
+                value, _ = self._hit(key, count=False)
+                if value is not _MISSING:
+                    self._counts["hits"] += 1
+                    return value
             start = time.perf_counter()
             value = self.__missing__(key)
             with self._lock:
@@ -709,153 +668,58 @@ class VolatileCache(MutableMapping):
 
         return self._flight.run(key, compute)
 
-    def _read(self, entry: _Entry) -> Any:
-        """The entry's value, re-pinning and decoding it if cold; ``_MISSING`` if purged."""
-        if entry.purged:
-            return _MISSING
-        value = entry.value
-        if value is not _COLD:
-            return value
-        lost = self._activate(entry)
-        if entry in lost:
-            return _MISSING
-        try:
-            value = _decode(entry)
-        finally:
-            if entry.pins == 0:
-                self._deactivate(entry)
-        return value
+    def _sweep(self) -> None:
+        """Entries on pages the backend knows purged leave now, not when asked for:
+        their records are memory no purge takes back."""
+        self._last_sweep = self._clock()
+        self._entries.sweep()
 
-    def _activate(self, entry: _Entry) -> list[_Entry]:
-        """Pin an entry's pages; returns the entries a purge took (removed already)."""
-        if entry.extent.active:
-            return []
-        lost = self._slabs.activate(entry.extent)
-        self._active_nbytes += entry.extent.nbytes
-        self._lose(lost)
-        return lost
+    def _fit_budget(self, keep: int) -> None:
+        """Evict least recently used entries until the non-volatile memory is within budget.
 
-    def _deactivate(self, entry: _Entry) -> None:
-        if entry.extent.active:
-            self._active_nbytes -= entry.extent.nbytes
-            self._slabs.deactivate(entry.extent)
-
-    def _lose(self, lost: list[Any]) -> None:
-        """Entries whose bytes a purge took: their memory is freed.
-
-        A cache that can regenerate keeps them in the mapping as placeholders,
-        regenerated on their next access; otherwise they leave it, like an
-        eviction found late.
+        Records already purged go first (a sweep, at most every 50 ms); hot
+        entries are demoted before they are evicted; ``keep`` (just stored) stays.
         """
-        for entry in lost:
-            if entry is None or entry.purged:
-                continue
-            self._counts["purged"] += 1
-            self._counts["purged_bytes"] += entry.extent.nbytes
-            if self._entries.get(entry.key) is not entry:
-                self._release(entry)
-            elif self._can_regenerate():
-                self._demote(entry)
-                self._deactivate(entry)
-                self._slabs.free(entry.extent)
-                entry.extent = _NO_EXTENT
-                entry.purged = True
-            else:
-                self._remove(entry)
-
-    def _promote(self, entry: _Entry, value: Any) -> None:
-        """Keep the decoded value, pages pinned, in the hot set (if it fits at all).
-
-        ``_COLD`` for ``value``: decode it from the stored bytes.
-        """
-        nbytes = entry.extent.nbytes
-        if nbytes > self._hot_limit:
-            if entry.pins == 0:
-                self._deactivate(entry)
-            return
-        entry.value = _decode(entry) if value is _COLD else value
-        entry.hot_since = self._now
-        entry.touched = False
-        self._hot[entry.key] = entry
-        self._hot_nbytes += nbytes
-
-    def _demote(self, entry: _Entry) -> None:
-        if self._hot.get(entry.key) is entry:
-            del self._hot[entry.key]
-        if entry.value is not _COLD:
-            entry.value = _COLD
-            self._hot_nbytes -= entry.extent.nbytes
-        if entry.pins == 0:
-            self._deactivate(entry)
-
-    def _remove(self, entry: _Entry) -> None:
-        """Take an entry out of the mapping; its memory goes when no pin holds it."""
-        del self._entries[entry.key]
-        self._index_nbytes -= _ENTRY_BYTES + sys.getsizeof(entry.key)
-        if self._lru is not None:
-            self._lru.pop(entry.key, None)
-        else:
-            self._stale += 1
-            if self._stale > len(self._entries) + _COMPACT_AFTER:
-                entries = self._entries
-                self._order = deque(e for e in self._order if entries.get(e.key) is e)
-                self._stale = 0
-        self._currsize -= entry.size
-        self._demote(entry)
-        self._release(entry)
-
-    def _release(self, entry: _Entry) -> None:
-        if entry.pins:
-            entry.detached = True
-            return
-        self._deactivate(entry)
-        self._slabs.free(entry.extent)
-
-    def _oldest(self) -> _Entry | None:
-        """The entry to evict first: least recently used with a maxsize, else stored first."""
-        if self._lru is not None:
-            return self._entries[next(iter(self._lru))] if self._lru else None
-        order, entries = self._order, self._entries
-        while order:
-            entry = order[0]
-            if entries.get(entry.key) is entry:
-                return entry
-            order.popleft()
-            self._stale -= 1
-        return None
-
-    def _fit_budget(self, keep: _Entry) -> None:
-        """Evict whole entries until their own memory is within ``memory_budget``."""
+        entries = self._entries
+        if self._clock() - self._last_sweep >= _SWEEP_OVER_BUDGET:
+            self._sweep()
         custom = type(self).popitem is not VolatileCache.popitem
-        while self._index_nbytes > self._budget:
-            victim = self._oldest()
-            if victim is None or victim is keep:
+        while entries.nonvolatile_bytes() > self._budget:
+            entry, rid = entries.oldest()
+            if rid in (NONE, keep):
                 return
+            if entry is not None and entry.value is not COLD:
+                entries.demote(entry)  # the hot set is younger than every idle entry
+                continue
             if custom:
                 self.popitem()  # a subclass watching evictions, as with cachetools
             else:
-                self._remove(victim)
+                entries.remove(entry, rid)
             self._counts["evictions"] += 1
 
     def _make_room(self, size: float) -> None:
         """Evict least recently used entries until ``size`` more fits in ``maxsize``."""
-        if self._lru is None:
+        if not self._exact_lru:
             return
+        entries = self._entries
         custom = type(self).popitem is not VolatileCache.popitem
-        while self._currsize + size > self._maxsize and self._entries:
+        while entries.currsize + size > self._maxsize and entries.count:
             if custom:
                 self.popitem()  # a subclass watching evictions, as with cachetools
             else:
-                self._remove(self._entries[next(iter(self._lru))])
+                entry, rid = entries.oldest()
+                entries.remove(entry, rid)
             self._counts["evictions"] += 1
 
     def _maintain(self, flush: bool = False) -> None:
-        """Demote hot entries past the byte budget or idle too long; mark idle pages."""
-        self._now = now = self._clock()
+        """Demote hot entries past their bounds or idle too long; mark idle pages."""
+        entries = self._entries
+        self._now = entries.now = now = self._clock()
         if now - self._last_sweep >= _SWEEP_SECONDS:
             self._sweep()
         hot = self._hot
         oldest_use = -math.inf if self._hot_seconds is None else now - self._hot_seconds
+        objects_limit = self._budget // 4
         for _ in range(len(hot)):
             entry = next(iter(hot.values()))
             if entry.touched:
@@ -864,47 +728,62 @@ class VolatileCache(MutableMapping):
                 entry.hot_since = now
                 hot.move_to_end(entry.key)
                 continue
-            if self._hot_nbytes > self._hot_limit or entry.hot_since <= oldest_use:
-                self._demote(entry)
+            if (
+                entries.hot_nbytes > self._hot_limit
+                or entries.object_nbytes > objects_limit
+                or entry.hot_since <= oldest_use
+            ):
+                entries.demote(entry)
                 continue
             break
         self._retry_lingering()
-        if flush or self._slabs.npending >= self._mark_batch:
-            self._slabs.flush()
+        slabs = entries.store.slabs
+        if flush or slabs.npending >= self._mark_batch:
+            slabs.flush()
 
-    def _pin(self, key: Hashable) -> tuple[_Entry, tuple[Any, ...]] | None:
+    def _acquire_pin(self, key: Hashable) -> tuple[Entry, tuple[Any, ...]]:
+        """Pin the entry of ``key`` (regenerated first if absent or purged, and possible)."""
+        while True:
+            pinned = self._pin(key)
+            if pinned is not None:
+                return pinned
+            if not self._can_regenerate():
+                raise KeyError(key)
+            self._regenerate_key(key)  # stores the value; then pin what was stored
+
+    def _pin(self, key: Hashable) -> tuple[Entry, tuple[Any, ...]] | None:
         """Pin a stored entry and make its views; None if absent or purged."""
         with self._lock:
             self._check_open()
-            entry = self._entries.get(key)
-            if entry is not None and not entry.purged:
-                if not entry.raw:
+            entries = self._entries
+            store = entries.store
+            entry, rid, stored, _ = entries.find(key)
+            if rid != NONE and entry is not None:
+                lost = store.activate(rid)  # an Entry's record may be idle
+                if lost:
+                    entries.lose(lost)
+                    if rid in lost:
+                        rid = NONE
+            if rid != NONE:
+                if not store.raw(rid):
+                    entries.settle(entry, rid)
                     raise TypeError(
                         f"pin() gives the bytes of buffer values; {key!r} holds a pickled object"
                     )
-                if entry not in self._activate(entry):
-                    entry.pins += 1
-                    self._counts["hits"] += 1
-                    # The PickleBuffer between the user's view and ours makes every
-                    # buffer derived from the user's view (a slice, a numpy array)
-                    # an export of ours: we can tell when one outlives the pin.
-                    base = entry.extent.view()
-                    inner = base.toreadonly()
-                    shield = pickle.PickleBuffer(inner)
-                    return entry, (memoryview(shield), shield, inner, base)
+                if entry is None:
+                    entry = entries.adopt(rid, stored)
+                entry.pins += 1
+                self._counts["hits"] += 1
+                return entry, pin_views(store.value_view(rid))
             self._counts["misses"] += 1
             return None
 
-    def _unpin(self, entry: _Entry) -> None:
+    def _release_pin(self, entry: Entry) -> None:
         with self._lock:
-            entry.pins -= 1
-            if entry.pins or self._closed:
+            if self._closed:
+                entry.pins -= 1
                 return
-            if entry.detached:
-                self._deactivate(entry)
-                self._slabs.free(entry.extent)
-            elif entry.value is _COLD:
-                self._deactivate(entry)
+            self._entries.unpin(entry)
 
     def _linger(self, pin: Pin) -> None:
         with self._lock:
@@ -931,17 +810,6 @@ class VolatileCache(MutableMapping):
         self._timer = threading.Thread(target=run, name="volcache-idle", daemon=True)
         self._timer.start()
         weakref.finalize(self, stop.set)
-
-
-def _decode(entry: _Entry) -> Any:
-    view = entry.extent.view().toreadonly()
-    try:
-        return entry.decode(view)
-    finally:
-        # Harmless after a guarded decoder released it; if a guarded decoder
-        # found a leak, its TypeError is what the caller must see.
-        with contextlib.suppress(BufferError):
-            view.release()
 
 
 def _count_of(counter: itertools.count) -> int:

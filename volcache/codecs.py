@@ -207,6 +207,31 @@ class DefaultCodec(Codec):
         return memoryview(self._pickle.encode(value)), self._pickle.decode, False
 
 
+#: Tags of the parametrized decoders below, whose parameters are stored with the bytes.
+ARRAY_TAG, NUMPY_TAG = 2, 3
+
+
+def decoder_spec(decode: Decoder) -> tuple[int, bytes] | None:
+    """(tag, parameters as bytes) for a decoder made per value here, else None.
+
+    An array's typecode, a numpy array's dtype and shape: stored beside the
+    bytes, so that an idle entry needs no decoder object of its own.
+    """
+    if type(decode) is partial:
+        if decode.func is _array_decode:
+            return ARRAY_TAG, decode.args[0].encode()
+        if decode.func is _numpy_decode:
+            return NUMPY_TAG, pickle.dumps(decode.args, pickle.HIGHEST_PROTOCOL)
+    return None
+
+
+def decoder_from_spec(tag: int, spec: bytes | memoryview) -> Decoder:
+    """The decoder that :func:`decoder_spec` described."""
+    if tag == ARRAY_TAG:
+        return partial(_array_decode, bytes(spec).decode())
+    return partial(_numpy_decode, *pickle.loads(spec))
+
+
 def check_codec(codec: Any) -> Codec:
     """The codec to use for the ``codec`` argument, or a ``TypeError`` naming it."""
     if codec is None:

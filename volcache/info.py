@@ -29,9 +29,13 @@ class CacheInfo:
         stored_bytes: bytes of all stored values.
         slab_bytes: memory taken from the backend.
         wasted_bytes: stored capacity beyond the values' bytes (page and slot rounding).
-        nonvolatile_bytes: the cache's own memory no purge can take: the entries'
-            objects, keys included (estimated), and the hot values.
-        memory_budget: the bound on the entries' own memory; past it the oldest are evicted.
+        nonvolatile_bytes: the cache's own memory no purge can take: the records
+            and allocator books, the Python objects of hot, pinned and
+            kept-as-object entries (estimated, keys included), and the hot values.
+        memory_budget: the bound on ``nonvolatile_bytes``; past it the least
+            recently used entries are evicted.
+        idle_entries: entries held as a record only (their key is in volatile memory).
+        index_bytes: the records, their hash index and the allocator's books.
     """
 
     hits: int
@@ -56,6 +60,8 @@ class CacheInfo:
     backend: str
     nonvolatile_bytes: int = 0
     memory_budget: int = 0
+    idle_entries: int = 0
+    index_bytes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict (for JSON)."""

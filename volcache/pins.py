@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
-from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Hashable
+from typing import Any
 
-if TYPE_CHECKING:
-    from .cache import VolatileCache, _Entry
+#: Pins the entry of a key: (a handle for ``release``, the views, the user's first), or KeyError.
+Acquire = Callable[[Hashable], tuple[Any, tuple[Any, ...]]]
+
+
+def pin_views(base: memoryview) -> tuple[Any, ...]:
+    """The views a pin hands out and releases: the user's read-only view first.
+
+    The PickleBuffer between the user's view and ours makes every buffer
+    derived from the user's view (a slice, a numpy array) an export of ours:
+    a pin can tell when one outlives it.
+    """
+    inner = base.toreadonly()
+    shield = pickle.PickleBuffer(inner)
+    return memoryview(shield), shield, inner, base
 
 
 class Pin:
@@ -20,26 +33,27 @@ class Pin:
     the entry stays pinned until that is gone, with a ``ResourceWarning``.
     """
 
-    __slots__ = ("_cache", "_entry", "_key", "_views")
+    __slots__ = ("_acquire", "_handle", "_key", "_linger", "_release", "_views")
 
-    def __init__(self, cache: VolatileCache, key: Hashable) -> None:
-        self._cache = cache
+    def __init__(
+        self,
+        key: Hashable,
+        acquire: Acquire,
+        release: Callable[[Any], None],
+        linger: Callable[[Pin], None],
+    ) -> None:
         self._key = key
-        self._entry: _Entry | None = None
+        self._acquire = acquire
+        self._release = release  # unpins a handle
+        self._linger = linger  # keeps a pin whose views are still in use, to retry later
+        self._handle: Any = None
         self._views: tuple[Any, ...] | None = None  # the user's view first
 
     def __enter__(self) -> memoryview:
         if self._views is not None:
             raise RuntimeError("this pin is already held; call cache.pin(key) again to nest")
-        cache = self._cache
-        while True:
-            pinned = cache._pin(self._key)
-            if pinned is not None:
-                self._entry, self._views = pinned
-                return self._views[0]
-            if not cache._can_regenerate():
-                raise KeyError(self._key)
-            cache._regenerate_key(self._key)  # stores the value; then pin what was stored
+        self._handle, self._views = self._acquire(self._key)
+        return self._views[0]
 
     def __exit__(self, *exc_info: object) -> None:
         if self._views is not None and not self._try_finish():
@@ -49,7 +63,7 @@ class Pin:
                 ResourceWarning,
                 stacklevel=2,
             )
-            self._cache._linger(self)
+            self._linger(self)
 
     def _try_finish(self) -> bool:
         """Release the views and unpin; False if a buffer made from them is still alive."""
@@ -58,7 +72,7 @@ class Pin:
                 view.release()
         except BufferError:
             return False
-        self._cache._unpin(self._entry)
+        self._release(self._handle)
         self._views = None
-        self._entry = None
+        self._handle = None
         return True

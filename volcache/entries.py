@@ -1,0 +1,353 @@
+"""The entries of one cache: records for all, Python objects for the few in use.
+
+Every entry has a record in the :class:`~volcache.store.Store` (its key and
+value in volatile memory). An entry also has a Python :class:`Entry` while it
+is *hot* (decoded and pinned, so that a hit is a dict lookup), while a
+:meth:`~volcache.VolatileCache.pin` holds it, or for good if its key or decoder
+cannot be kept in volatile memory. Idle entries are records only, in the
+recency list, least recently used first; hot ones are in the hot set, all more
+recent than any idle one.
+
+Not thread safe: the cache holds its lock around every call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from array import array
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
+
+from .backends import Backend
+from .codecs import Decoder
+from .records import INDEXED, LISTED, NONE, OBJECT
+from .store import OWN_DECODER, Store
+
+COLD = object()  # Entry.value when the decoded value is not kept (the entry is not hot)
+MISSING = object()
+HASH_MASK = 0xFFFFFFFF
+#: An Entry's objects besides its key: itself, its slots in three dicts (measured).
+OBJECT_BYTES = 360
+
+
+class Entry:
+    """The Python side of an entry that is hot, pinned, or keeps its key as an object."""
+
+    __slots__ = ("decode", "detached", "hot_since", "key", "own", "pins", "rid", "touched", "value")
+
+    def __init__(self, rid: int, key: Hashable) -> None:
+        self.rid = rid
+        self.key = key
+        self.value: Any = COLD
+        self.pins = 0
+        # In the hot set: when it was last known used (set when it is promoted
+        # or found touched by maintenance), and whether a hit touched it since.
+        self.hot_since = 0.0
+        self.touched = False
+        self.own = False  # kept as an object for good: its key or decoder has no record form
+        self.decode: Decoder | None = None  # its decoder, if the record has no tag for it
+        self.detached = False  # removed from the mapping while pinned: freed at the last unpin
+
+
+def object_cost(key: Hashable) -> int:
+    """The estimated bytes of an entry's Python objects, its key included."""
+    return OBJECT_BYTES + sys.getsizeof(key)
+
+
+class Entries:
+    """Records, objects and the hot set of one cache, and the sizes that go with them."""
+
+    def __init__(self, backend: Backend, slab_bytes: int, sized: bool, exact: bool) -> None:
+        self.store = Store(backend, slab_bytes, exact)
+        self.records = self.store.records
+        self.objects: dict[Hashable, Entry] = {}  # by key: hot, pinned or own entries
+        self.by_rid: dict[int, Entry] = {}
+        self.hot: OrderedDict[Hashable, Entry] = OrderedDict()  # least recently used first
+        self.sizes: array | None = array("d") if sized else None  # by record id
+        self.count = 0  # entries in the mapping
+        self.currsize: float = 0
+        self.hot_nbytes = 0  # stored bytes of the hot entries
+        self.object_nbytes = 0  # estimated bytes of the entries' Python objects
+        self.purged = 0
+        self.purged_bytes = 0
+        self.now = 0.0  # the cache's clock at its last maintenance: a promotion's time
+
+    # -- finding ---------------------------------------------------------------------
+
+    def find(self, key: Hashable) -> tuple[Entry | None, int, Any, bool]:
+        """(its Entry or None, its record id or NONE, the stored key, whether a purge was met).
+
+        A record found without an Entry is left active: the caller promotes
+        it or calls :meth:`settle`. A candidate record found purged is
+        dropped, and reported: it may have been this key's.
+
+        Raises:
+            OSError: a candidate could not be re-pinned.
+        """
+        entry = self.objects.get(key)
+        if entry is not None:
+            return entry, entry.rid, entry.key, False
+        flags = self.records.flags
+        store = self.store
+        purged = False
+        for rid in self.records.candidates(hash(key) & HASH_MASK):
+            # A record dropped by an earlier candidate's purge, or one with an
+            # Entry (whose key objects.get compared already) is not this key's.
+            if rid >= len(flags) or flags[rid] & (INDEXED | OBJECT) != INDEXED:
+                continue
+            lost = store.activate(rid)
+            if lost:
+                self.lose(lost)
+                if rid in lost:
+                    purged = True
+                    continue
+            try:
+                match, stored = store.key_matches(rid, key, None)
+            except BaseException:
+                store.deactivate(rid)
+                raise
+            if match:
+                return None, rid, stored, purged
+            store.deactivate(rid)
+        return None, NONE, None, purged
+
+    def value(self, entry: Entry | None, rid: int) -> Any:
+        """The entry's value, its record left active; ``MISSING`` if purged (then dropped).
+
+        Raises:
+            OSError: the record could not be re-pinned; nothing changed.
+        """
+        if entry is not None and entry.value is not COLD:
+            return entry.value
+        lost = self.store.activate(rid)
+        if lost:
+            self.lose(lost)
+            if rid in lost:
+                return MISSING
+        try:
+            return self.decode(entry, rid)
+        except BaseException:
+            self.settle(entry, rid)
+            raise
+
+    def decode(self, entry: Entry | None, rid: int) -> Any:
+        """Decode an active record's value."""
+        decode = self.store.decoder(rid)
+        if decode is None:
+            decode = entry.decode
+        view = self.store.value_view(rid)
+        readonly = view.toreadonly()
+        try:
+            return decode(readonly)
+        finally:
+            # Harmless after a guarded decoder released it; if a guarded decoder
+            # found a leak, its TypeError is what the caller must see.
+            with contextlib.suppress(BufferError):
+                readonly.release()
+            with contextlib.suppress(BufferError):
+                view.release()
+
+    def settle(self, entry: Entry | None, rid: int) -> None:
+        """An active record that is neither hot nor pinned goes idle."""
+        if entry is None:
+            self.store.deactivate(rid)
+        elif entry.pins == 0 and entry.value is COLD:
+            self.store.deactivate(rid)
+            self.disown(entry)
+
+    def item(self, rid: int) -> tuple[Any, Any]:
+        """(key, value) of a listed or hot record, left as it was; ``MISSING`` if purged."""
+        entry = self.by_rid.get(rid)
+        if entry is not None and entry.value is not COLD:
+            return entry.key, entry.value
+        lost = self.store.activate(rid)
+        if lost:
+            self.lose(lost)
+            if rid in lost:
+                return MISSING
+        try:
+            key = entry.key if entry is not None else self.store.key(rid)
+            return key, self.decode(entry, rid)
+        finally:
+            self.settle(entry, rid)
+
+    def key(self, rid: int) -> Any:
+        """The key of a listed record, ``MISSING`` if purged (then dropped)."""
+        entry = self.by_rid.get(rid)
+        if entry is not None:
+            return entry.key
+        lost = self.store.activate(rid)
+        if lost:
+            self.lose(lost)
+            if rid in lost:
+                return MISSING
+        try:
+            return self.store.key(rid)
+        finally:
+            self.store.deactivate(rid)
+
+    def oldest(self) -> tuple[Entry | None, int]:
+        """The entry to evict first: the least recently used idle one (approximately,
+        unless the order is exact), else the oldest hot one."""
+        rid = self.records.victim()
+        if rid != NONE:
+            return self.by_rid.get(rid), rid
+        if self.hot:
+            entry = next(iter(self.hot.values()))
+            return entry, entry.rid
+        return None, NONE
+
+    # -- changing ----------------------------------------------------------------------
+
+    def insert(self, rid: int, key: Hashable, size: float, own: bool, decode: Decoder) -> None:
+        """A new active record joins the mapping (not yet hot, not listed)."""
+        if own:
+            entry = self.adopt(rid, key)
+            entry.own = True
+            if self.store.decoder(rid) is None:
+                entry.decode = decode
+        else:
+            self.records.index(rid)
+        self.count += 1
+        self.currsize += size
+        sizes = self.sizes
+        if sizes is not None:
+            if len(sizes) <= rid:
+                sizes.extend(array("d", bytes(8 * max(64, rid + 1 - len(sizes)))))
+            sizes[rid] = size
+
+    def adopt(self, rid: int, key: Hashable) -> Entry:
+        """An Entry for a record in the mapping that has none."""
+        entry = Entry(rid, key)
+        self.objects[key] = entry
+        self.by_rid[rid] = entry
+        self.records.flags[rid] |= OBJECT
+        self.object_nbytes += object_cost(key)
+        return entry
+
+    def disown(self, entry: Entry) -> None:
+        """Drop an idle entry's Python objects: it is a record only."""
+        if entry.own or entry.pins or entry.detached or entry.value is not COLD:
+            return
+        del self.objects[entry.key]
+        del self.by_rid[entry.rid]
+        self.records.flags[entry.rid] &= ~OBJECT
+        self.object_nbytes -= object_cost(entry.key)
+
+    def promote(self, entry: Entry | None, rid: int, key: Hashable, value: Any, limit: int) -> None:
+        """An active record was just used: hot with ``value``, or the most recently
+        used idle entry if it is larger than ``limit`` (-1: stays idle)."""
+        length = self.store.length(rid)
+        records = self.records
+        if length > limit:
+            if records.flags[rid] & LISTED:
+                records.unlist(rid)
+            records.append(rid)  # the most recently used idle entry
+            self.settle(entry, rid)
+            return
+        if entry is None:
+            entry = self.adopt(rid, key)
+        if entry.value is COLD:
+            self.hot_nbytes += length
+            self.hot[entry.key] = entry
+            if records.flags[rid] & LISTED:
+                records.unlist(rid)
+        entry.value = value
+        entry.hot_since = self.now
+        entry.touched = False
+
+    def demote(self, entry: Entry) -> None:
+        """A hot entry goes idle: its pages may become volatile, its objects go."""
+        if self.hot.get(entry.key) is entry:
+            del self.hot[entry.key]
+        if entry.value is not COLD:
+            entry.value = COLD
+            self.hot_nbytes -= self.store.length(entry.rid)
+            if not entry.detached:
+                self.records.append(entry.rid)
+        if entry.pins == 0 and not entry.detached:
+            self.store.deactivate(entry.rid)
+            self.disown(entry)
+
+    def remove(self, entry: Entry | None, rid: int) -> None:
+        """Take an entry out of the mapping; its memory goes when no pin holds it."""
+        records = self.records
+        self.count -= 1
+        self.currsize -= self.sizes[rid] if self.sizes is not None else 1
+        flags = records.flags[rid]
+        if flags & INDEXED:
+            records.unindex(rid)
+        if flags & LISTED:
+            records.unlist(rid)
+        if entry is None:
+            entry = self.by_rid.get(rid)
+        if entry is not None:
+            if self.hot.get(entry.key) is entry:
+                del self.hot[entry.key]
+            if entry.value is not COLD:
+                entry.value = COLD
+                self.hot_nbytes -= self.store.length(rid)
+            del self.objects[entry.key]
+            del self.by_rid[rid]
+            records.flags[rid] &= ~OBJECT
+            self.object_nbytes -= object_cost(entry.key)
+            if entry.pins:
+                entry.detached = True
+                return
+        self.store.free(rid)
+
+    def unpin(self, entry: Entry) -> None:
+        """A pin ended; the last one frees a detached entry or lets an idle one go."""
+        entry.pins -= 1
+        if entry.pins:
+            return
+        if entry.detached:
+            self.store.free(entry.rid)
+        elif entry.value is COLD:
+            self.store.deactivate(entry.rid)
+            self.disown(entry)
+
+    def lose(self, lost: list[int]) -> None:
+        """Records whose bytes a purge took leave the mapping; their memory is freed."""
+        flags = self.records.flags
+        for rid in lost:
+            if rid >= len(flags) or not flags[rid]:
+                continue  # freed already
+            self.purged += 1
+            self.purged_bytes += self.store.length(rid)
+            if flags[rid] & INDEXED or rid in self.by_rid:
+                self.remove(None, rid)
+            else:
+                self.store.free(rid)
+
+    def sweep(self) -> None:
+        """Drop the records whose pages the backend knows purged, without re-pinning."""
+        self.lose(self.store.purged_ids())
+
+    def clear(self) -> None:
+        """Every entry leaves the mapping (pinned ones are freed when their pins end)."""
+        for entry in list(self.objects.values()):
+            self.remove(entry, entry.rid)
+        for rid in list(self.records.listed_ids()):
+            self.remove(None, rid)
+
+    def nonvolatile_bytes(self) -> int:
+        """Memory no purge takes back: records, books, objects and hot values."""
+        sized = 8 * self.count if self.sizes is not None else 0
+        return self.store.nbytes() + self.object_nbytes + self.hot_nbytes + sized
+
+    def close(self) -> None:
+        """Give all memory back."""
+        self.objects.clear()
+        self.by_rid.clear()
+        self.hot.clear()
+        self.store.close()
+        self.records = self.store.records
+        self.count = 0
+        self.currsize = 0
+        self.hot_nbytes = self.object_nbytes = 0
+
+
+__all__ = ["COLD", "MISSING", "OWN_DECODER", "Entries", "Entry"]

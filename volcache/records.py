@@ -1,0 +1,240 @@
+"""The record table: every stored entry as a few machine words in arrays.
+
+A record is what the cache keeps of an entry that nothing in Python holds:
+the low 32 bits of its key's hash, where its bytes are, how many, a few
+flags, and its place in the hash index. They live in parallel ``array``
+columns indexed by record id, so an idle entry costs no Python object at all.
+The hash index chains records of one bucket through a column, with between
+one and two records a bucket; the key itself is in volatile memory beside
+the value, and whoever looks a key up compares it there.
+
+Idle records are in a recency order. With ``exact=True`` it is a doubly
+linked list (two more columns): the least recently used comes first, as a
+cache with a ``maxsize`` promises. Otherwise it is a CLOCK over the ids: a
+listed record has a reference bit, cleared as the hand passes it, and the
+first listed record found without one is the one to evict.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterator
+
+NONE = -1  # no record: an empty bucket, the end of a chain or list
+
+# Flags.
+ACTIVE = 1  # its pages are pinned (counted active by the allocator)
+OBJECT = 2  # a Python entry holds it (hot, pinned, or a key kept as an object)
+INDEXED = 4  # in the hash index (its key is in volatile memory)
+LISTED = 8  # in the recency order (idle, or pinned without being hot)
+_REFERENCED = 16  # CLOCK: listed since the hand last passed
+
+_MULTIPLIER = 0x9E3779B1  # Fibonacci hashing: a bucket is the product's high bits
+_MIN_BITS = 3
+
+#: Bytes per record in the columns, without and with the exact recency list
+#: (the buckets, one or two records each, are counted apart).
+RECORD_BYTES = 4 + 8 + 4 + 1 + 4
+EXACT_RECORD_BYTES = RECORD_BYTES + 8
+
+
+class RecordTable:
+    """Records by id, a hash index over them, and a recency order.
+
+    Not thread safe: the cache holds its lock around every call. Ids of
+    removed records are reused; the columns keep their high-water mark until
+    the table is empty.
+    """
+
+    def __init__(self, exact: bool = False) -> None:
+        self.exact = exact
+        self.hash = array("I")  # low 32 bits of hash(key)
+        self.loc = array("q")  # where the bytes are (the allocator's address)
+        self.length = array("I")  # how many bytes (the store keeps longer ones apart)
+        self.flags = array("B")
+        self.chain = array("i")  # the next id in its bucket; free ids are chained here too
+        self.prev = array("i") if exact else None  # the exact recency list
+        self.next = array("i") if exact else None
+        self.count = 0  # records in use
+        self.listed = 0
+        self.head = self.tail = NONE  # least and most recently listed (exact)
+        self._hand = 0  # the CLOCK's hand (not exact)
+        self._free = NONE
+        self._bits = _MIN_BITS
+        self._heads = array("i", [NONE]) * (1 << _MIN_BITS)
+        self._indexed = 0
+
+    # -- ids ----------------------------------------------------------------------
+
+    def new(self, h: int, loc: int, length: int, flags: int) -> int:
+        """A record id for a new record (not indexed, not listed)."""
+        rid = self._free
+        if rid == NONE:
+            rid = len(self.hash)
+            self.hash.append(h)
+            self.loc.append(loc)
+            self.length.append(length)
+            self.flags.append(flags)
+            self.chain.append(NONE)
+            if self.exact:
+                self.prev.append(NONE)
+                self.next.append(NONE)
+        else:
+            self._free = self.chain[rid]
+            self.hash[rid] = h
+            self.loc[rid] = loc
+            self.length[rid] = length
+            self.flags[rid] = flags
+            self.chain[rid] = NONE
+        self.count += 1
+        return rid
+
+    def delete(self, rid: int) -> None:
+        """Forget a record: out of the index and the order, its id free for reuse."""
+        flags = self.flags[rid]
+        if flags & INDEXED:
+            self.unindex(rid)
+        if flags & LISTED:
+            self.unlist(rid)
+        self.flags[rid] = 0
+        self.chain[rid] = self._free
+        self._free = rid
+        self.count -= 1
+        if self.count == 0:
+            self._reset()
+
+    def _reset(self) -> None:
+        # Empty: the columns go back to nothing (a cleared cache gives its memory back).
+        columns = [self.hash, self.loc, self.length, self.flags, self.chain]
+        if self.exact:
+            columns += [self.prev, self.next]
+        for column in columns:
+            del column[:]
+        self._free = self.head = self.tail = NONE
+        self.listed = self._hand = 0
+
+    # -- the hash index ----------------------------------------------------------------
+
+    def _bucket(self, h: int) -> int:
+        return ((h * _MULTIPLIER) & 0xFFFFFFFF) >> (32 - self._bits)
+
+    def index(self, rid: int) -> None:
+        """Put a record in the hash index."""
+        if self._indexed >= 2 << self._bits:
+            self._resize(self._bits + 1)
+        bucket = self._bucket(self.hash[rid])
+        self.chain[rid] = self._heads[bucket]
+        self._heads[bucket] = rid
+        self._indexed += 1
+        self.flags[rid] |= INDEXED
+
+    def unindex(self, rid: int) -> None:
+        """Take a record out of the hash index."""
+        heads, chain = self._heads, self.chain
+        bucket = self._bucket(self.hash[rid])
+        current = heads[bucket]
+        if current == rid:
+            heads[bucket] = chain[rid]
+        else:
+            while chain[current] != rid:
+                current = chain[current]
+            chain[current] = chain[rid]
+        chain[rid] = NONE
+        self._indexed -= 1
+        self.flags[rid] &= ~INDEXED
+        if self._bits > _MIN_BITS and self._indexed * 2 < len(heads):
+            self._resize(self._bits - 1)
+
+    def candidates(self, h: int) -> list[int]:
+        """The ids of indexed records whose hash is ``h``."""
+        hashes, chain = self.hash, self.chain
+        rid = self._heads[self._bucket(h)]
+        found = []
+        while rid != NONE:
+            if hashes[rid] == h:
+                found.append(rid)
+            rid = chain[rid]
+        return found
+
+    def _resize(self, bits: int) -> None:
+        self._bits = bits
+        self._heads = heads = array("i", [NONE]) * (1 << bits)
+        chain, flags, hashes = self.chain, self.flags, self.hash
+        shift = 32 - bits
+        for rid in range(len(flags)):
+            if flags[rid] & INDEXED:
+                bucket = ((hashes[rid] * _MULTIPLIER) & 0xFFFFFFFF) >> shift
+                chain[rid] = heads[bucket]
+                heads[bucket] = rid
+
+    # -- the recency order ----------------------------------------------------------------
+
+    def append(self, rid: int) -> None:
+        """List a record as the most recently used."""
+        if self.exact:
+            self.prev[rid] = self.tail
+            self.next[rid] = NONE
+            if self.tail == NONE:
+                self.head = rid
+            else:
+                self.next[self.tail] = rid
+            self.tail = rid
+        self.flags[rid] |= LISTED | _REFERENCED
+        self.listed += 1
+
+    def unlist(self, rid: int) -> None:
+        """Take a record out of the recency order."""
+        if self.exact:
+            before, after = self.prev[rid], self.next[rid]
+            if before == NONE:
+                self.head = after
+            else:
+                self.next[before] = after
+            if after == NONE:
+                self.tail = before
+            else:
+                self.prev[after] = before
+            self.prev[rid] = self.next[rid] = NONE
+        self.flags[rid] &= ~(LISTED | _REFERENCED)
+        self.listed -= 1
+
+    def victim(self) -> int:
+        """The listed record to evict first (NONE if none): the least recently used
+        (exact), or the CLOCK's choice, whose hand moves past the records it spares."""
+        if self.exact or self.listed == 0:
+            return self.head if self.exact else NONE
+        flags = self.flags
+        n = len(flags)
+        hand = self._hand
+        for _ in range(2 * n + 1):  # a whole turn clears every reference bit
+            if hand >= n:
+                hand = 0
+            state = flags[hand]
+            if state & LISTED:
+                if not state & _REFERENCED:
+                    self._hand = hand
+                    return hand
+                flags[hand] = state & ~_REFERENCED
+            hand += 1
+        raise AssertionError("listed records but no victim")  # pragma: no cover
+
+    def listed_ids(self) -> Iterator[int]:
+        """Listed ids, least recently used first if exact, else in id order
+        (do not change the order meanwhile)."""
+        if self.exact:
+            rid = self.head
+            while rid != NONE:
+                yield rid
+                rid = self.next[rid]
+        else:
+            flags = self.flags
+            for rid in range(len(flags)):
+                if flags[rid] & LISTED:
+                    yield rid
+
+    # -- accounting ---------------------------------------------------------------------
+
+    def nbytes(self) -> int:
+        """The memory the live records and the index take."""
+        per_record = EXACT_RECORD_BYTES if self.exact else RECORD_BYTES
+        return self.count * per_record + len(self._heads) * 4

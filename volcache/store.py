@@ -1,0 +1,268 @@
+"""The store: each entry's bytes in volatile slabs, its record in the record table.
+
+An entry's bytes are laid out as::
+
+    value | key | decoder parameters | trailer (key and parameter lengths, decoder tag, flags)
+
+The value comes first, so that it keeps the slot's alignment (a page for a
+large value) and :meth:`Store.value_view` is a plain slice. The key is
+serialized with ``marshal`` (version 2: no back-references, so equal keys of
+one type give equal bytes); keys ``marshal`` refuses (anything but exact
+built-in types) are kept as Python objects by the cache. The decoder is a tag:
+``bytes``, ``bytearray``, an ``array.array`` or numpy array with its
+parameters beside the key, or one of a bounded table of decoders seen before
+(a codec's own ``decode``; for a ``functools.partial`` of marshallable
+arguments, its function, the arguments stored beside the key).
+"""
+
+from __future__ import annotations
+
+import marshal
+import struct
+from functools import partial
+from typing import Any
+
+from .backends import Backend
+from .codecs import Decoder, decoder_from_spec, decoder_spec
+from .records import ACTIVE, RecordTable
+from .slab import SlabAllocator
+
+TRAILER = struct.Struct("<IIHBx")
+RAW = 1  # trailer flag: the value's own bytes (pin() gives them)
+_PARTIAL = 2  # trailer flag: the tag's function, applied to the marshalled parameters
+_KEY_VERSION = 2
+_BYTES, _BYTEARRAY = 0, 1
+_FIRST_SHARED_TAG = 4
+_MAX_DECODERS = 1024  # distinct decoders given tags; past them an entry keeps its own
+OWN_DECODER = 0xFFFF  # the tag of a decoder kept by the entry's Python object
+_LONG = 0xFFFFFFFF  # a record's length field for entries of 4 GiB and more
+
+
+def key_bytes(key: Any) -> bytes | None:
+    """The key serialized, or None if ``marshal`` refuses it (it is kept as an object)."""
+    try:
+        return marshal.dumps(key, _KEY_VERSION)
+    except ValueError:
+        return None
+
+
+class Decoders:
+    """Tags for decoders: built-in ones, parametrized ones, and up to 1024 others."""
+
+    def __init__(self) -> None:
+        self._tags: dict[Any, int] = {}
+        self._table: list[Decoder] = []  # by tag - _FIRST_SHARED_TAG
+
+    def tag(self, decode: Decoder, raw: bool) -> tuple[int, bytes, int]:
+        """(tag, parameters, flags) for a decoder; the tag is ``OWN_DECODER`` if it gets none."""
+        flags = RAW if raw else 0
+        if decode is bytes:
+            return _BYTES, b"", flags
+        if decode is bytearray:
+            return _BYTEARRAY, b"", flags
+        spec = decoder_spec(decode)
+        if spec is not None:
+            return spec[0], spec[1], flags
+        if type(decode) is partial and not decode.keywords:
+            # A decoder made per value (a shape, a mode): its function gets the
+            # tag, its arguments go beside the key.
+            try:
+                params = marshal.dumps(decode.args, _KEY_VERSION)
+            except ValueError:
+                pass
+            else:
+                tag = self._intern(decode.func)
+                if tag != OWN_DECODER:
+                    return tag, params, flags | _PARTIAL
+        return self._intern(decode), b"", flags
+
+    def _intern(self, decode: Decoder) -> int:
+        try:
+            tag = self._tags.get(decode)
+        except TypeError:  # an unhashable decoder
+            return OWN_DECODER
+        if tag is None:
+            if len(self._table) >= _MAX_DECODERS:
+                return OWN_DECODER
+            tag = self._tags[decode] = _FIRST_SHARED_TAG + len(self._table)
+            self._table.append(decode)
+        return tag
+
+    def decoder(self, tag: int, spec: memoryview, flags: int) -> Decoder:
+        """The decoder of a tag (not ``OWN_DECODER``) and its stored parameters."""
+        if tag == _BYTES:
+            return bytes
+        if tag == _BYTEARRAY:
+            return bytearray
+        if tag < _FIRST_SHARED_TAG:
+            return decoder_from_spec(tag, spec)
+        decode = self._table[tag - _FIRST_SHARED_TAG]
+        if flags & _PARTIAL:
+            return partial(decode, *marshal.loads(spec))
+        return decode
+
+
+class Store:
+    """Entries as records plus bytes in slabs. Not thread safe: the cache holds its lock.
+
+    Record ids are the handles. A record's pages are pinned while it is
+    ACTIVE; reading its key or value needs that. Calls that re-pin return
+    the ids a purge took (see :meth:`SlabAllocator.activate`).
+    """
+
+    def __init__(self, backend: Backend, slab_bytes: int, exact: bool = False) -> None:
+        self.records = RecordTable(exact)
+        self.slabs = SlabAllocator(backend, slab_bytes)
+        self.decoders = Decoders()
+        self.active_nbytes = 0
+        self._long: dict[int, int] = {}  # the lengths of entries of 4 GiB and more
+
+    def put(
+        self, h: int, data: memoryview, key: bytes, tag: int, spec: bytes, flags: int
+    ) -> tuple[int, list[int]]:
+        """A new active record holding the bytes: (id, ids a purge took meanwhile).
+
+        Raises:
+            MemoryError, OSError: from the backend; nothing is changed then.
+        """
+        nvalue, nkey, nspec = data.nbytes, len(key), len(spec)
+        length = nvalue + nkey + nspec + TRAILER.size
+        records = self.records
+        rid = records.new(h, 0, min(length, _LONG), ACTIVE)
+        try:
+            loc, lost = self.slabs.allocate(length, rid)
+        except BaseException:
+            records.flags[rid] = 0
+            records.delete(rid)
+            raise
+        records.loc[rid] = loc
+        if length >= _LONG:
+            self._long[rid] = length
+        view = self.slabs.view(loc, length)
+        try:
+            view[:nvalue] = data
+            view[nvalue : nvalue + nkey] = key
+            view[nvalue + nkey : length - TRAILER.size] = spec
+            TRAILER.pack_into(view, length - TRAILER.size, nkey, nspec, tag, flags)
+        finally:
+            view.release()
+        self.active_nbytes += length
+        return rid, lost
+
+    def length(self, rid: int) -> int:
+        """The bytes an entry takes: value, key, decoder parameters and trailer."""
+        length = self.records.length[rid]
+        return length if length != _LONG else self._long[rid]
+
+    def activate(self, rid: int) -> list[int]:
+        """Pin a record's pages; the ids a purge took (``rid`` among them if its own bytes).
+
+        Raises:
+            OSError: the pages could not be re-pinned; nothing changed.
+        """
+        flags = self.records.flags
+        if flags[rid] & ACTIVE:
+            return []
+        length = self.length(rid)
+        lost = self.slabs.activate(self.records.loc[rid], length)
+        flags[rid] |= ACTIVE
+        self.active_nbytes += length
+        return lost
+
+    def deactivate(self, rid: int) -> None:
+        """The record went idle: its pages may become volatile."""
+        flags = self.records.flags
+        if flags[rid] & ACTIVE:
+            flags[rid] &= ~ACTIVE
+            length = self.length(rid)
+            self.active_nbytes -= length
+            self.slabs.deactivate(self.records.loc[rid], length)
+
+    def free(self, rid: int) -> None:
+        """Forget a record and give its bytes back."""
+        records = self.records
+        length = self.length(rid)
+        active = bool(records.flags[rid] & ACTIVE)
+        if active:
+            self.active_nbytes -= length
+        try:
+            self.slabs.free(records.loc[rid], length, rid, active)
+        finally:  # a backend refusing to release an empty slab: the slab stays, the record goes
+            self._long.pop(rid, None)
+            records.delete(rid)
+
+    def _trailer(self, rid: int) -> tuple[int, int, int, int, int]:
+        """(length, key length, parameter length, tag, flags) of an active record."""
+        length = self.length(rid)
+        view = self.slabs.view(self.records.loc[rid], length)
+        try:
+            return (length, *TRAILER.unpack_from(view, length - TRAILER.size))
+        finally:
+            view.release()
+
+    def key_matches(self, rid: int, key: Any, serialized: bytes | None) -> tuple[bool, Any]:
+        """(whether an active record's key equals ``key``, the stored key).
+
+        Equal bytes are equal keys of one type; otherwise the stored key is
+        read back and compared with ``==`` (``1 == 1.0``, as in a dict).
+        """
+        length, nkey, nspec, _, _ = self._trailer(rid)
+        start = length - TRAILER.size - nspec - nkey
+        view = self.slabs.view(self.records.loc[rid], length)
+        stored = view[start : start + nkey]
+        try:
+            if serialized is not None and stored == serialized:
+                return True, key
+            other = marshal.loads(stored)
+        finally:
+            stored.release()
+            view.release()
+        return other == key, other
+
+    def key(self, rid: int) -> Any:
+        """The stored key of an active record."""
+        length, nkey, nspec, _, _ = self._trailer(rid)
+        start = length - TRAILER.size - nspec - nkey
+        view = self.slabs.view(self.records.loc[rid], length)
+        try:
+            return marshal.loads(view[start : start + nkey])
+        finally:
+            view.release()
+
+    def raw(self, rid: int) -> bool:
+        """Whether an active record's value is stored as its raw bytes."""
+        return bool(self._trailer(rid)[4] & RAW)
+
+    def value_view(self, rid: int) -> memoryview:
+        """A writable view of an active record's value bytes (release it when done)."""
+        length, nkey, nspec, _, _ = self._trailer(rid)
+        return self.slabs.view(self.records.loc[rid], length - TRAILER.size - nspec - nkey)
+
+    def decoder(self, rid: int) -> Decoder | None:
+        """An active record's decoder (None if its entry keeps its own)."""
+        length, _, nspec, tag, flags = self._trailer(rid)
+        if tag == OWN_DECODER:
+            return None
+        if not nspec:
+            return self.decoders.decoder(tag, memoryview(b""), flags)
+        start = length - TRAILER.size - nspec
+        view = self.slabs.view(self.records.loc[rid], length)
+        try:
+            return self.decoders.decoder(tag, view[start : start + nspec], flags)
+        finally:
+            view.release()
+
+    def purged_ids(self) -> list[int]:
+        """Ids of idle records the backend knows purged (they are still allocated)."""
+        return self.slabs.purged_ids()
+
+    def nbytes(self) -> int:
+        """The memory the records and the allocator's books take."""
+        return self.records.nbytes() + self.slabs.nbytes() + len(self._long) * 100
+
+    def close(self) -> None:
+        """Give every slab back and forget every record."""
+        self.slabs.close()
+        self.records = RecordTable(self.records.exact)
+        self._long.clear()
+        self.active_nbytes = 0
