@@ -48,6 +48,7 @@ def _bench(args: argparse.Namespace) -> int:
         return _many_small(args)
     from .bench import report, scenario
     from .bench.contestants import lineup
+    from .bench.results import Settings
 
     limit = parse_size(args.limit if args.limit is not None else "256M")
     if limit < MIN_LIMIT:
@@ -62,7 +63,7 @@ def _bench(args: argparse.Namespace) -> int:
             raise UsageError("--plot needs matplotlib: pip install 'volcache[plot]'") from None
     if not 0 <= args.fill <= 4:
         raise UsageError(f"--fill must be within [0, 4] (times the limit), got {args.fill:g}")
-    settings = scenario.Settings(limit=limit, duration=duration, fill=args.fill, seed=args.seed)
+    settings = Settings(limit=limit, duration=duration, fill=args.fill, seed=args.seed)
     reasons = available_backends()
     if args.backend is not None:
         if args.backend not in reasons:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from . import competitor
-from .scenario import Result, Settings
+from .results import Result, Settings
 
 MIB = 1 << 20
 COLUMNS = ("contestant", "result", "ops/s", "hit ratio", "regenerated", "wrong", "peak RSS",

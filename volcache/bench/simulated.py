@@ -16,7 +16,7 @@ from typing import Any
 
 from . import competitor
 from .contestants import Contestant, Getter
-from .scenario import SAMPLE, Result, Settings, _returned
+from .results import SAMPLE, Result, Settings, returned_memory
 from .worker import fill, serve
 
 BASELINE = 40 << 20  # an interpreter with volcache and a workload loaded
@@ -90,6 +90,6 @@ def run_simulated(
     result.peak_rss = max((s["rss"] for s in result.samples), default=BASELINE)
     if contestant.kind == "volcache":
         result.info = getter.cache.info().as_dict()
-    _returned(result, settings)
+    returned_memory(result, settings)
     getter.close()
     return result
