@@ -18,7 +18,7 @@ import pytest
 from volcache import VolatileCache, cached, cgroups
 from volcache.backends.limits import process_limit
 from volcache.bench.many_small import CONTESTANTS
-from volcache.cache import default_memory_budget
+from volcache.budget import default_memory_budget
 
 from .conftest import need_backend, require
 

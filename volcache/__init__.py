@@ -8,6 +8,7 @@ the cache regenerates what was lost on the next access.
 from importlib.metadata import PackageNotFoundError, version
 
 from .backends import BackendUnavailable, available_backends, get_backend
+from .budget import MemoryBudget
 from .cache import VolatileCache
 from .codecs import Codec, DefaultCodec, NumpyCodec, PickleCodec
 from .decorator import cached
@@ -24,6 +25,7 @@ __all__ = [
     "CacheInfo",
     "Codec",
     "DefaultCodec",
+    "MemoryBudget",
     "NumpyCodec",
     "PickleCodec",
     "ThumbnailCache",

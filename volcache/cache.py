@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import os
@@ -23,7 +22,7 @@ from typing import Any
 import cachetools
 
 from .backends import Backend, get_backend
-from .backends.limits import process_limit
+from .budget import MemoryBudget, shared_default_budget
 from .codecs import Codec, check_codec
 from .entries import COLD, HASH_MASK, MISSING, Entries, Entry
 from .flight import SingleFlight
@@ -36,7 +35,6 @@ _COLD = COLD
 _MISSING = MISSING
 _GETITEM = object()  # "no default": a lookup as cache[key]
 _MAINTAIN_EVERY = 1024  # hot hits between maintenance passes (a power of two)
-_BUDGET_SHARE = 8  # the default memory_budget: an eighth of the process's memory limit
 _SWEEP_SECONDS = 1.0  # the idle work looks for purged pages at most this often
 _SWEEP_OVER_BUDGET = 0.05  # over the budget, purged records are dropped first, this often
 _POP_TRIES = 3  # rounds of regenerating a purged entry in pop() before returning the value
@@ -54,13 +52,6 @@ def _new_locks_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_new_locks_in_child)
-
-
-@functools.cache
-def default_memory_budget() -> int:
-    """An eighth of the memory this process may use (its cgroup's limit, else the
-    machine's memory), read once per process."""
-    return process_limit() // _BUDGET_SHARE
 
 
 class VolatileCache(MutableMapping):
@@ -96,8 +87,10 @@ class VolatileCache(MutableMapping):
         memory_budget: bytes of the cache's own memory that no purge takes
             back (records, books, Python objects, hot values; see
             ``info().nonvolatile_bytes``); past it the least recently used
-            entries are evicted whole. Default: an eighth of the memory limit
-            the process runs under (its cgroup's, else the machine's).
+            entries are evicted whole. A :class:`~volcache.MemoryBudget` is a
+            limit shared with the other caches given it. Default: one budget
+            shared by all caches made without one, an eighth of the memory
+            limit the process runs under (its cgroup's, else the machine's).
 
     An idle entry is a record of a few machine words; its key is stored
     beside its value in volatile memory (keys of exact built-in types:
@@ -127,7 +120,7 @@ class VolatileCache(MutableMapping):
         slab_bytes: int = 4 << 20,
         mark_batch: int = 64,
         clock: Callable[[], float] = time.monotonic,
-        memory_budget: int | None = None,
+        memory_budget: int | MemoryBudget | None = None,
     ) -> None:
         if not isinstance(maxsize, int | float) or math.isnan(maxsize) or maxsize < 0:
             raise ValueError(f"maxsize must be a non-negative number, got {maxsize!r}")
@@ -148,8 +141,11 @@ class VolatileCache(MutableMapping):
         if not isinstance(mark_batch, int) or mark_batch < 1:
             raise ValueError(f"mark_batch must be a positive int, got {mark_batch!r}")
         budget_ok = type(memory_budget) is int and memory_budget >= 1
-        if memory_budget is not None and not budget_ok:
-            raise ValueError(f"memory_budget must be a positive int or None, got {memory_budget!r}")
+        if not (memory_budget is None or budget_ok or isinstance(memory_budget, MemoryBudget)):
+            raise ValueError(
+                "memory_budget must be a positive int, a MemoryBudget or None, "
+                f"got {memory_budget!r}"
+            )
         self._codec = check_codec(codec)
         if isinstance(backend, Backend):
             if backend_options:
@@ -184,7 +180,15 @@ class VolatileCache(MutableMapping):
             "memory_budget": memory_budget,
         }
         self._maxsize = maxsize
-        self._budget = memory_budget if memory_budget is not None else default_memory_budget()
+        if memory_budget is None:
+            self._pool = shared_default_budget()
+        elif isinstance(memory_budget, MemoryBudget):
+            self._pool = memory_budget
+        else:
+            self._pool = MemoryBudget(memory_budget)
+        self._budget = self._pool.limit
+        self._reported = 0  # the bytes last reported to the budget
+        self._report_step = max(1, self._budget >> 10)
         self._regenerate = regenerate
         self._hot_limit = min(hot_bytes, self._budget // 2)
         self._hot_seconds = hot_seconds
@@ -193,6 +197,7 @@ class VolatileCache(MutableMapping):
         self._lock = threading.RLock()
         self._flight = SingleFlight()
         _ALL[id(self)] = self
+        self._pool.join(self)
         sized = getsizeof is not None or type(self).getsizeof is not VolatileCache.getsizeof
         self._entries = Entries(self._backend, slab_bytes, sized, exact=maxsize != math.inf)
         # The lock-free hot hit reads these two directly.
@@ -314,8 +319,8 @@ class VolatileCache(MutableMapping):
             # Idle from the start: an entry becomes hot when it is read. A store
             # makes no Python object to keep, so that many stores of entries
             # never read again leave no garbage behind them.
-            entries.promote(entries.by_rid.get(rid), rid, key, COLD, -1)
-            if entries.nonvolatile_bytes() > self._budget:
+            entries.idle(rid)
+            if self._report():
                 self._fit_budget(rid)
             self._maintain()
 
@@ -435,6 +440,7 @@ class VolatileCache(MutableMapping):
         with self._lock:
             self._check_open()
             self._entries.clear()
+            self._report(force=True)
 
     def items(self) -> ItemsView:
         """Items of the entries that are intact (or regenerated) when iterated."""
@@ -521,6 +527,7 @@ class VolatileCache(MutableMapping):
             self._closed = True
             self._stop.set()
             self._entries.close()
+            self._pool.leave(self)
             if self._owns_backend:
                 self._backend.close()
         timer = self._timer
@@ -675,27 +682,65 @@ class VolatileCache(MutableMapping):
         self._entries.sweep()
 
     def _fit_budget(self, keep: int) -> None:
-        """Evict least recently used entries until the non-volatile memory is within budget.
+        """Evict least recently used entries until the budget's members are within it.
 
         Records already purged go first (a sweep, at most every 50 ms); hot
-        entries are demoted before they are evicted; ``keep`` (just stored) stays.
+        entries are demoted before they are evicted; ``keep`` (just stored)
+        stays. A cache holding less than an even split of a shared budget
+        takes from the largest member instead, if that one's lock is free.
         """
-        entries = self._entries
+        pool = self._pool
         if self._clock() - self._last_sweep >= _SWEEP_OVER_BUDGET:
             self._sweep()
-        custom = type(self).popitem is not VolatileCache.popitem
-        while entries.nonvolatile_bytes() > self._budget:
-            entry, rid = entries.oldest()
-            if rid in (NONE, keep):
+            self._report(force=True)
+        while pool.over:
+            donor = pool.donor(self)
+            if donor is not self and donor._lock.acquire(blocking=False):
+                # Not blocking: a donor waiting for this cache's lock meanwhile
+                # would deadlock; it fits the budget itself on its next store.
+                try:
+                    freed = not donor._closed and donor._evict_one(NONE)
+                finally:
+                    donor._lock.release()
+                if freed:
+                    continue
+            if not self._evict_one(keep):
                 return
-            if entry is not None and entry.value is not COLD:
-                entries.demote(entry)  # the hot set is younger than every idle entry
-                continue
-            if custom:
+
+    def _evict_one(self, keep: int) -> bool:
+        """Demote the oldest hot entry if none is idle, else evict the least recently
+        used one (not ``keep``); False if there was none."""
+        entries = self._entries
+        entry, rid = entries.oldest()
+        if rid in (NONE, keep):
+            return False
+        if entry is not None and entry.value is not COLD:
+            entries.demote(entry)  # the hot set is younger than every idle entry
+        else:
+            if type(self).popitem is not VolatileCache.popitem:
                 self.popitem()  # a subclass watching evictions, as with cachetools
             else:
                 entries.remove(entry, rid)
             self._counts["evictions"] += 1
+        self._report(force=True)
+        return True
+
+    def _report(self, force: bool = False) -> bool:
+        """Tell the budget what this cache holds now; whether its members are over it.
+
+        In steps of a 1024th of the limit (the budget's lock is not taken for
+        every store), unless ``force``d or near the limit.
+        """
+        nbytes = self._entries.nonvolatile_bytes()
+        pool = self._pool
+        if (
+            not force
+            and abs(nbytes - self._reported) < self._report_step
+            and pool.used + self._report_step < pool.limit
+        ):
+            return False
+        self._reported = nbytes
+        return pool.report(self, nbytes)
 
     def _make_room(self, size: float) -> None:
         """Evict least recently used entries until ``size`` more fits in ``maxsize``."""
@@ -740,6 +785,7 @@ class VolatileCache(MutableMapping):
         slabs = entries.store.slabs
         if flush or slabs.npending >= self._mark_batch:
             slabs.flush()
+            self._report()  # stores report themselves; promotions and demotions, here
 
     def _acquire_pin(self, key: Hashable) -> tuple[Entry, tuple[Any, ...]]:
         """Pin the entry of ``key`` (regenerated first if absent or purged, and possible)."""

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from cachetools import keys as cachekeys
 
+from .budget import MemoryBudget
 from .cache import _MISSING, VolatileCache, _count_of
 from .flight import SingleFlight
 
@@ -63,7 +64,8 @@ def cached(
         typed: arguments of different types are cached apart (``1`` and ``1.0``).
         per_instance: for methods, a cache per instance instead of one shared.
             Either way the cache does not keep ``self`` alive: an instance's
-            entries go when it does.
+            entries go when it does. The instances' caches share one
+            ``memory_budget`` (the process's default one unless given).
         backend: the backend of the caches made here.
         cache_options: other :class:`~volcache.VolatileCache` arguments.
 
@@ -118,6 +120,10 @@ class Memoized:
         self._func = func
         self._typed = typed
         self._per_instance = per_instance
+        budget = options.get("memory_budget")
+        if per_instance and budget is not None and not isinstance(budget, MemoryBudget):
+            # One limit for all the instances' caches, not one each.
+            options = {**options, "memory_budget": MemoryBudget(budget)}
         self._options = options
         self._key = key or (cachekeys.typedkey if typed else cachekeys.hashkey)
         self._method_key = key or (cachekeys.typedmethodkey if typed else cachekeys.methodkey)

@@ -13,7 +13,6 @@ Not thread safe: the cache holds its lock around every call.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from array import array
 from collections import OrderedDict
@@ -104,7 +103,7 @@ class Entries:
                     purged = True
                     continue
             try:
-                match, stored = store.key_matches(rid, key, None)
+                match, stored = store.key_matches(rid, key)
             except BaseException:
                 store.deactivate(rid)
                 raise
@@ -134,20 +133,7 @@ class Entries:
 
     def decode(self, entry: Entry | None, rid: int) -> Any:
         """Decode an active record's value."""
-        decode = self.store.decoder(rid)
-        if decode is None:
-            decode = entry.decode
-        view = self.store.value_view(rid)
-        readonly = view.toreadonly()
-        try:
-            return decode(readonly)
-        finally:
-            # Harmless after a guarded decoder released it; if a guarded decoder
-            # found a leak, its TypeError is what the caller must see.
-            with contextlib.suppress(BufferError):
-                readonly.release()
-            with contextlib.suppress(BufferError):
-                view.release()
+        return self.store.decode(rid, entry.decode if entry is not None else None)
 
     def settle(self, entry: Entry | None, rid: int) -> None:
         """An active record that is neither hot nor pinned goes idle."""
@@ -206,7 +192,7 @@ class Entries:
         if own:
             entry = self.adopt(rid, key)
             entry.own = True
-            if self.store.decoder(rid) is None:
+            if self.store.own_decoder(rid):
                 entry.decode = decode
         else:
             self.records.index(rid)
@@ -217,6 +203,14 @@ class Entries:
             if len(sizes) <= rid:
                 sizes.extend(array("d", bytes(8 * max(64, rid + 1 - len(sizes)))))
             sizes[rid] = size
+
+    def idle(self, rid: int) -> None:
+        """A record just inserted goes idle, the most recently used (if nothing holds it)."""
+        self.records.append(rid)
+        if self.records.flags[rid] & OBJECT:
+            self.settle(self.by_rid[rid], rid)
+        else:
+            self.store.deactivate(rid)
 
     def adopt(self, rid: int, key: Hashable) -> Entry:
         """An Entry for a record in the mapping that has none."""
@@ -238,7 +232,7 @@ class Entries:
 
     def promote(self, entry: Entry | None, rid: int, key: Hashable, value: Any, limit: int) -> None:
         """An active record was just used: hot with ``value``, or the most recently
-        used idle entry if it is larger than ``limit`` (-1: stays idle)."""
+        used idle entry if it is larger than ``limit``."""
         length = self.store.length(rid)
         records = self.records
         if length > limit:

@@ -17,6 +17,7 @@ arguments, its function, the arguments stored beside the key).
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import struct
 from functools import partial
@@ -36,6 +37,7 @@ _FIRST_SHARED_TAG = 4
 _MAX_DECODERS = 1024  # distinct decoders given tags; past them an entry keeps its own
 OWN_DECODER = 0xFFFF  # the tag of a decoder kept by the entry's Python object
 _LONG = 0xFFFFFFFF  # a record's length field for entries of 4 GiB and more
+_JOIN_BELOW = 4096  # entries up to this long are joined in Python, then copied once
 
 
 def key_bytes(key: Any) -> bytes | None:
@@ -140,10 +142,14 @@ class Store:
             self._long[rid] = length
         view = self.slabs.view(loc, length)
         try:
-            view[:nvalue] = data
-            view[nvalue : nvalue + nkey] = key
-            view[nvalue + nkey : length - TRAILER.size] = spec
-            TRAILER.pack_into(view, length - TRAILER.size, nkey, nspec, tag, flags)
+            trailer = TRAILER.pack(nkey, nspec, tag, flags)
+            if length <= _JOIN_BELOW:  # one copy into volatile memory, not four
+                view[:] = b"".join((data, key, spec, trailer))
+            else:
+                view[:nvalue] = data
+                view[nvalue : nvalue + nkey] = key
+                view[nvalue + nkey : length - TRAILER.size] = spec
+                view[length - TRAILER.size :] = trailer
         finally:
             view.release()
         self.active_nbytes += length
@@ -191,66 +197,74 @@ class Store:
             self._long.pop(rid, None)
             records.delete(rid)
 
-    def _trailer(self, rid: int) -> tuple[int, int, int, int, int]:
-        """(length, key length, parameter length, tag, flags) of an active record."""
+    def _open(self, rid: int) -> tuple[memoryview, int, int, int, int, int]:
+        """(a view of an active record's bytes, value, key and parameter lengths, tag,
+        flags); release the view when done."""
         length = self.length(rid)
         view = self.slabs.view(self.records.loc[rid], length)
-        try:
-            return (length, *TRAILER.unpack_from(view, length - TRAILER.size))
-        finally:
-            view.release()
+        nkey, nspec, tag, flags = TRAILER.unpack_from(view, length - TRAILER.size)
+        return view, length - TRAILER.size - nspec - nkey, nkey, nspec, tag, flags
 
-    def key_matches(self, rid: int, key: Any, serialized: bytes | None) -> tuple[bool, Any]:
+    def key_matches(self, rid: int, key: Any) -> tuple[bool, Any]:
         """(whether an active record's key equals ``key``, the stored key).
 
-        Equal bytes are equal keys of one type; otherwise the stored key is
-        read back and compared with ``==`` (``1 == 1.0``, as in a dict).
+        The stored key is read back and compared with ``==`` (``1 == 1.0``,
+        as in a dict).
         """
-        length, nkey, nspec, _, _ = self._trailer(rid)
-        start = length - TRAILER.size - nspec - nkey
-        view = self.slabs.view(self.records.loc[rid], length)
-        stored = view[start : start + nkey]
+        view, nvalue, nkey, _, _, _ = self._open(rid)
         try:
-            if serialized is not None and stored == serialized:
-                return True, key
-            other = marshal.loads(stored)
+            other = marshal.loads(view[nvalue : nvalue + nkey])
         finally:
-            stored.release()
             view.release()
         return other == key, other
 
     def key(self, rid: int) -> Any:
         """The stored key of an active record."""
-        length, nkey, nspec, _, _ = self._trailer(rid)
-        start = length - TRAILER.size - nspec - nkey
-        view = self.slabs.view(self.records.loc[rid], length)
+        view, nvalue, nkey, _, _, _ = self._open(rid)
         try:
-            return marshal.loads(view[start : start + nkey])
+            return marshal.loads(view[nvalue : nvalue + nkey])
         finally:
             view.release()
 
     def raw(self, rid: int) -> bool:
         """Whether an active record's value is stored as its raw bytes."""
-        return bool(self._trailer(rid)[4] & RAW)
+        view, *_, flags = self._open(rid)
+        view.release()
+        return bool(flags & RAW)
 
     def value_view(self, rid: int) -> memoryview:
         """A writable view of an active record's value bytes (release it when done)."""
-        length, nkey, nspec, _, _ = self._trailer(rid)
-        return self.slabs.view(self.records.loc[rid], length - TRAILER.size - nspec - nkey)
-
-    def decoder(self, rid: int) -> Decoder | None:
-        """An active record's decoder (None if its entry keeps its own)."""
-        length, _, nspec, tag, flags = self._trailer(rid)
-        if tag == OWN_DECODER:
-            return None
-        if not nspec:
-            return self.decoders.decoder(tag, memoryview(b""), flags)
-        start = length - TRAILER.size - nspec
-        view = self.slabs.view(self.records.loc[rid], length)
+        view, nvalue, *_ = self._open(rid)
         try:
-            return self.decoders.decoder(tag, view[start : start + nspec], flags)
+            return view[:nvalue]
         finally:
             view.release()
+
+    def own_decoder(self, rid: int) -> bool:
+        """Whether an active record's entry must keep its decoder (it has no tag)."""
+        view, _, _, _, tag, _ = self._open(rid)
+        view.release()
+        return tag == OWN_DECODER
+
+    def decode(self, rid: int, own: Decoder | None = None) -> Any:
+        """Decode an active record's value (``own``: the entry's decoder, if it keeps one)."""
+        view, nvalue, nkey, nspec, tag, flags = self._open(rid)
+        try:
+            if tag == OWN_DECODER:
+                decode = own
+            else:
+                start = nvalue + nkey
+                decode = self.decoders.decoder(tag, view[start : start + nspec], flags)
+            value = view[:nvalue].toreadonly()
+        finally:
+            view.release()
+        try:
+            return decode(value)
+        finally:
+            # Harmless after a guarded decoder released it; if a guarded decoder
+            # found a leak, its TypeError is what the caller must see.
+            with contextlib.suppress(BufferError):
+                value.release()
 
     def purged_ids(self) -> list[int]:
         """Ids of idle records the backend knows purged (they are still allocated)."""
