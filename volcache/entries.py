@@ -201,7 +201,8 @@ class Entries:
         sizes = self.sizes
         if sizes is not None:
             if len(sizes) <= rid:
-                sizes.extend(array("d", bytes(8 * max(64, rid + 1 - len(sizes)))))
+                grow = max(64, len(sizes) // 8, rid + 1 - len(sizes))
+                sizes.extend(array("d", bytes(8 * grow)))
             sizes[rid] = size
 
     def idle(self, rid: int) -> None:
