@@ -73,6 +73,24 @@ def backend(backend_name: str):
         yield b
 
 
+@pytest.fixture
+def make(backend_name: str):
+    """Make caches on each backend; all are closed after the test."""
+    from volcache import VolatileCache
+
+    made: list[VolatileCache] = []
+
+    def make(*args, **kwargs):
+        kwargs.setdefault("backend", backend_name)
+        cache = VolatileCache(*args, **kwargs)
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        cache.close()
+
+
 @pytest.fixture(params=WITH_FAULT_INJECTION)
 def faulty_backend(request: pytest.FixtureRequest):
     """A fresh backend of each kind that can inject faults (``inject_fault``)."""

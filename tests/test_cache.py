@@ -33,22 +33,6 @@ class Clock:
         self.now += seconds
 
 
-@pytest.fixture
-def make(backend_name):
-    """Make caches on each backend; all are closed after the test."""
-    made: list[VolatileCache] = []
-
-    def make(*args, **kwargs):
-        kwargs.setdefault("backend", backend_name)
-        cache = VolatileCache(*args, **kwargs)
-        made.append(cache)
-        return cache
-
-    yield make
-    for cache in made:
-        cache.close()
-
-
 def stored(nbytes: int, key) -> int:
     """The bytes an entry takes in volatile memory: value, key (marshalled) and trailer."""
     return nbytes + len(marshal.dumps(key, 2)) + 12

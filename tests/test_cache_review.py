@@ -19,11 +19,9 @@ from volcache.backends import get_backend
 from volcache.backends.sim import SimBackend
 from volcache.codecs import NumpyCodec
 
-from .test_cache import make  # noqa: F401 - the fixture
-
 
 @pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
-def test_numpy_subclasses_come_back_as_themselves(make):  # noqa: F811
+def test_numpy_subclasses_come_back_as_themselves(make):
     """Finding 7: a masked array keeps its mask, a matrix stays a matrix."""
     numpy = pytest.importorskip("numpy")
     cache = make(hot_bytes=0)  # nothing hot: every read decodes the stored bytes
@@ -38,7 +36,7 @@ def test_numpy_subclasses_come_back_as_themselves(make):  # noqa: F811
         NumpyCodec().encode(masked)
 
 
-def test_a_hit_returns_the_stored_bytes_not_the_callers_buffer(make):  # noqa: F811
+def test_a_hit_returns_the_stored_bytes_not_the_callers_buffer(make):
     """Finding 8: hot or idle, a hit is what was stored, whatever the caller did after."""
     cache = make()
     buffer = bytearray(b"original")
@@ -92,7 +90,7 @@ def test_pop_removes_only_the_value_it_returns(backend_name):
     assert lost == 0
 
 
-def test_setdefault_stores_only_where_no_value_is(make):  # noqa: F811
+def test_setdefault_stores_only_where_no_value_is(make):
     cache = make(regenerate=lambda key: f"made {key}".encode())
     assert cache.setdefault("a", b"first") == b"first"
     assert cache.setdefault("a", b"second") == b"first"

@@ -26,21 +26,6 @@ KEYS = [
 ]
 
 
-@pytest.fixture
-def make(backend_name):
-    made = []
-
-    def make(*args, **kwargs):
-        kwargs.setdefault("backend", backend_name)
-        cache = VolatileCache(*args, **kwargs)
-        made.append(cache)
-        return cache
-
-    yield make
-    for cache in made:
-        cache.close()
-
-
 def test_built_in_keys_go_idle_with_their_values_and_come_back(make):
     cache = make()
     for n, key in enumerate(KEYS):

@@ -804,12 +804,8 @@ class VolatileCache(MutableMapping):
             entries = self._entries
             store = entries.store
             entry, rid, stored, _ = entries.find(key)
-            if rid != NONE and entry is not None:
-                lost = store.activate(rid)  # an Entry's record may be idle
-                if lost:
-                    entries.lose(lost)
-                    if rid in lost:
-                        rid = NONE
+            if rid != NONE and entry is not None and not entries.repin(rid):
+                rid = NONE  # an Entry's record may be idle, and was found purged
             if rid != NONE:
                 if not store.raw(rid):
                     entries.settle(entry, rid)

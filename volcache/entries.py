@@ -96,12 +96,9 @@ class Entries:
             # Entry (whose key objects.get compared already) is not this key's.
             if rid >= len(flags) or flags[rid] & (INDEXED | OBJECT) != INDEXED:
                 continue
-            lost = store.activate(rid)
-            if lost:
-                self.lose(lost)
-                if rid in lost:
-                    purged = True
-                    continue
+            if not self.repin(rid):
+                purged = True
+                continue
             try:
                 match, stored = store.key_matches(rid, key)
             except BaseException:
@@ -112,6 +109,18 @@ class Entries:
             store.deactivate(rid)
         return None, NONE, None, purged
 
+    def repin(self, rid: int) -> bool:
+        """Pin a record's pages; False if a purge took its bytes (then it was dropped).
+
+        Raises:
+            OSError: the pages could not be re-pinned; nothing changed.
+        """
+        lost = self.store.activate(rid)
+        if not lost:
+            return True
+        self.lose(lost)
+        return rid not in lost
+
     def value(self, entry: Entry | None, rid: int) -> Any:
         """The entry's value, its record left active; ``MISSING`` if purged (then dropped).
 
@@ -120,11 +129,8 @@ class Entries:
         """
         if entry is not None and entry.value is not COLD:
             return entry.value
-        lost = self.store.activate(rid)
-        if lost:
-            self.lose(lost)
-            if rid in lost:
-                return MISSING
+        if not self.repin(rid):
+            return MISSING
         try:
             return self.decode(entry, rid)
         except BaseException:
@@ -148,11 +154,8 @@ class Entries:
         entry = self.by_rid.get(rid)
         if entry is not None and entry.value is not COLD:
             return entry.key, entry.value
-        lost = self.store.activate(rid)
-        if lost:
-            self.lose(lost)
-            if rid in lost:
-                return MISSING
+        if not self.repin(rid):
+            return MISSING
         try:
             key = entry.key if entry is not None else self.store.key(rid)
             return key, self.decode(entry, rid)
@@ -164,11 +167,8 @@ class Entries:
         entry = self.by_rid.get(rid)
         if entry is not None:
             return entry.key
-        lost = self.store.activate(rid)
-        if lost:
-            self.lose(lost)
-            if rid in lost:
-                return MISSING
+        if not self.repin(rid):
+            return MISSING
         try:
             return self.store.key(rid)
         finally:
