@@ -6,10 +6,13 @@ derived from it, so any value seen can be checked for a wrong byte.
 
 from __future__ import annotations
 
+import math
 import random
 import struct
 import threading
 import time
+
+import pytest
 
 from volcache import VolatileCache
 
@@ -103,6 +106,93 @@ def test_threads_never_see_a_wrong_byte(backend_name):
         assert min(counts.values()) > 0, counts
         for key in range(KEYS):  # and what is left is right
             check_value(key, cache[key])
+    finally:
+        stop.set()
+        cache.close()
+
+
+@pytest.mark.parametrize("maxsize", [math.inf, 1500], ids=["clock", "exact-lru"])
+def test_many_keys_a_small_budget_and_sweeps_under_threads(backend_name, maxsize):
+    """The cold index under threads: records evicted by the budget and by maxsize,
+    dropped by sweeps, read back by iteration and ``in``, while a thread reclaims."""
+    many = 2000
+    cache = VolatileCache(
+        maxsize,
+        backend=backend_name,
+        hot_bytes=32 << 10,
+        mark_batch=4,
+        slab_bytes=256 << 10,
+        memory_budget=64 << 10,
+    )
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    counts = {"reads": 0, "writes": 0, "scans": 0, "sweeps": 0}
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        version = seed * 1_000_000
+        try:
+            while not stop.is_set():
+                key = rng.randrange(many)
+                action = rng.random()
+                if action < 0.4:
+                    value = cache.get(key)
+                    if value is not None:
+                        check_value(key, value)
+                    counts["reads"] += 1
+                elif action < 0.9:
+                    version += 1
+                    cache[key] = make_value(key, version, rng.choice([10, 120, 300, 3000]))
+                    counts["writes"] += 1
+                elif action < 0.97:
+                    cache.pop(key, None)
+                    _ = key in cache
+                else:
+                    for other in list(cache)[:50]:
+                        value = cache.get(other)
+                        if value is not None:
+                            check_value(other, value)
+                    counts["scans"] += 1
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    def reclaimer() -> None:
+        rng = random.Random(98)
+        try:
+            while not stop.is_set():
+                cache.backend.reclaim(rng.randrange(1, 3) * cache.backend.page_size)
+                if rng.random() < 0.2:
+                    cache.maintain()  # sweeps the records of purged pages
+                    counts["sweeps"] += 1
+                time.sleep(0.002)
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(1, 5)]
+    threads.append(threading.Thread(target=reclaimer))
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(3)
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        assert not [t for t in threads if t.is_alive()], "a thread is stuck: deadlock"
+        assert not errors, repr(errors[0])
+        assert min(counts.values()) > 0, counts
+        cache.maintain()
+        info = cache.info()
+        entries = cache._entries
+        live = list(entries.records.listed_ids()) + [e.rid for e in entries.hot.values()]
+        assert len(live) == len(cache) == entries.records.count  # no record lost or leaked
+        assert info.evictions > 0 and info.currsize <= maxsize
+        assert info.nonvolatile_bytes <= 64 << 10
+        for key in list(cache):  # and what is left is right
+            value = cache.get(key)
+            if value is not None:
+                check_value(key, value)
     finally:
         stop.set()
         cache.close()

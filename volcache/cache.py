@@ -606,6 +606,8 @@ class VolatileCache(MutableMapping):
                         self._hot.move_to_end(entry.key)
                 else:
                     entries.promote(entry, rid, stored, value, self._hot_limit)
+                    if self._report():  # a hot entry's objects count too
+                        self._fit_budget(NONE)
                     self._maintain()
                 self._counts["hits"] += count
                 return value, False
