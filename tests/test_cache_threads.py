@@ -38,6 +38,23 @@ def regenerate(key: int) -> bytes:
     return make_value(key, 0, 100 + key * 997 % 20000)
 
 
+def run_for(
+    seconds: float,
+    threads: list[threading.Thread],
+    stop: threading.Event,
+    errors: list[BaseException],
+) -> None:
+    """Start the threads, stop them after ``seconds``: none stuck, none failed."""
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert not [t for t in threads if t.is_alive()], "a thread is stuck: deadlock"
+    assert not errors, repr(errors[0])
+
+
 def test_threads_never_see_a_wrong_byte(backend_name):
     cache = VolatileCache(
         backend=backend_name,
@@ -92,14 +109,7 @@ def test_threads_never_see_a_wrong_byte(backend_name):
     threads = [threading.Thread(target=worker, args=(s,)) for s in range(1, 6)]
     threads.append(threading.Thread(target=reclaimer))
     try:
-        for t in threads:
-            t.start()
-        time.sleep(3)
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
-        assert not [t for t in threads if t.is_alive()], "a thread is stuck: deadlock"
-        assert not errors, repr(errors[0])
+        run_for(3, threads, stop, errors)
         info = cache.info()
         assert info.pinned_entries == 0  # no lost pins
         assert info.purged > 0 and info.regenerated > 0
@@ -173,14 +183,7 @@ def test_many_keys_a_small_budget_and_sweeps_under_threads(backend_name, maxsize
     threads = [threading.Thread(target=worker, args=(s,)) for s in range(1, 5)]
     threads.append(threading.Thread(target=reclaimer))
     try:
-        for t in threads:
-            t.start()
-        time.sleep(3)
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
-        assert not [t for t in threads if t.is_alive()], "a thread is stuck: deadlock"
-        assert not errors, repr(errors[0])
+        run_for(3, threads, stop, errors)
         assert min(counts.values()) > 0, counts
         cache.maintain()
         info = cache.info()

@@ -31,8 +31,7 @@ from .pins import Pin, pin_views
 from .records import NONE
 from .store import OWN_DECODER, key_bytes
 
-_COLD = COLD
-_MISSING = MISSING
+_MISSING = MISSING  # the decorator's name for it
 _GETITEM = object()  # "no default": a lookup as cache[key]
 _MAINTAIN_EVERY = 1024  # hot hits between maintenance passes (a power of two)
 _SWEEP_SECONDS = 1.0  # the idle work looks for purged pages at most this often

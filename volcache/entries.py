@@ -22,7 +22,7 @@ from typing import Any
 from .backends import Backend
 from .codecs import Decoder
 from .records import INDEXED, LISTED, NONE, OBJECT
-from .store import OWN_DECODER, Store
+from .store import Store
 
 COLD = object()  # Entry.value when the decoded value is not kept (the entry is not hot)
 MISSING = object()
@@ -343,6 +343,3 @@ class Entries:
         self.count = 0
         self.currsize = 0
         self.hot_nbytes = self.object_nbytes = 0
-
-
-__all__ = ["COLD", "MISSING", "OWN_DECODER", "Entries", "Entry"]
