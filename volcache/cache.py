@@ -209,7 +209,7 @@ class VolatileCache(MutableMapping):
         # spent on an exact order that only the budget would use.
         self._exact_lru = maxsize != math.inf
         self._last_sweep = clock()
-        self._now = self._entries.now = clock()
+        self._entries.now = clock()
         self._hot_hits = itertools.count(1)  # next() is atomic: counts hits taken without the lock
         self._counts = dict.fromkeys(("hits", "misses", "regenerated", "evictions"), 0)
         self._regen_seconds = 0.0
@@ -760,7 +760,7 @@ class VolatileCache(MutableMapping):
     def _maintain(self, flush: bool = False) -> None:
         """Demote hot entries past their bounds or idle too long; mark idle pages."""
         entries = self._entries
-        self._now = entries.now = now = self._clock()
+        entries.now = now = self._clock()
         if now - self._last_sweep >= _SWEEP_SECONDS:
             self._sweep()
         hot = self._hot

@@ -226,10 +226,24 @@ class Entries:
         """Drop an idle entry's Python objects: it is a record only."""
         if entry.own or entry.pins or entry.detached or entry.value is not COLD:
             return
+        self._forget(entry)
+
+    def _forget(self, entry: Entry) -> None:
+        """The entry's Python objects go; its record stays."""
         del self.objects[entry.key]
         del self.by_rid[entry.rid]
         self.records.flags[entry.rid] &= ~OBJECT
         self.object_nbytes -= object_cost(entry.key)
+
+    def _cool(self, entry: Entry) -> bool:
+        """Out of the hot set, its decoded value dropped; whether it was hot."""
+        if self.hot.get(entry.key) is entry:
+            del self.hot[entry.key]
+        if entry.value is COLD:
+            return False
+        entry.value = COLD
+        self.hot_nbytes -= self.store.length(entry.rid)
+        return True
 
     def promote(self, entry: Entry | None, rid: int, key: Hashable, value: Any, limit: int) -> None:
         """An active record was just used: hot with ``value``, or the most recently
@@ -255,13 +269,8 @@ class Entries:
 
     def demote(self, entry: Entry) -> None:
         """A hot entry goes idle: its pages may become volatile, its objects go."""
-        if self.hot.get(entry.key) is entry:
-            del self.hot[entry.key]
-        if entry.value is not COLD:
-            entry.value = COLD
-            self.hot_nbytes -= self.store.length(entry.rid)
-            if not entry.detached:
-                self.records.append(entry.rid)
+        if self._cool(entry) and not entry.detached:
+            self.records.append(entry.rid)
         if entry.pins == 0 and not entry.detached:
             self.store.deactivate(entry.rid)
             self.disown(entry)
@@ -279,15 +288,8 @@ class Entries:
         if entry is None:
             entry = self.by_rid.get(rid)
         if entry is not None:
-            if self.hot.get(entry.key) is entry:
-                del self.hot[entry.key]
-            if entry.value is not COLD:
-                entry.value = COLD
-                self.hot_nbytes -= self.store.length(rid)
-            del self.objects[entry.key]
-            del self.by_rid[rid]
-            records.flags[rid] &= ~OBJECT
-            self.object_nbytes -= object_cost(entry.key)
+            self._cool(entry)
+            self._forget(entry)
             if entry.pins:
                 entry.detached = True
                 return
