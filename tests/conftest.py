@@ -7,6 +7,7 @@ backend): on our machines the real paths must really run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -71,6 +72,18 @@ def backend(backend_name: str):
     """A fresh backend of each registered kind, closed after the test."""
     with get_backend(backend_name) as b:
         yield b
+
+
+@contextlib.contextmanager
+def on_one_cpu():
+    """Run the block on one CPU: pages it faults in sit in that CPU's LRU batch,
+    which MADV_PAGEOUT drains (another CPU's batch it skips, keeping those pages)."""
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cpus)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pytest
 from volcache import cgroups
 from volcache.backends import NONVOLATILE, VOLATILE, available_backends, clib, get_backend
 
-from .conftest import need_backend, require
+from .conftest import need_backend, on_one_cpu, require
 
 PS = os.sysconf("SC_PAGE_SIZE")
 HERE = Path(__file__).resolve().parent
@@ -87,12 +87,8 @@ def test_pages_the_kernel_purged_on_its_own_are_found_without_using_memory(kerne
     kernel.vrange(region, 0, region.size, VOLATILE)
     # Real kernel reclaim behind the backend's back, from this CPU (whose
     # batches MADV_PAGEOUT drains), as memory pressure would do it.
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})
-    try:
+    with on_one_cpu():
         clib.madvise(region.address + PS * 16, PS * 32, MADV_PAGEOUT)
-    finally:
-        os.sched_setaffinity(0, cpus)
     result = kernel.vrange(region, 0, region.size, NONVOLATILE)
     assert result.purged_pages == tuple(range(16, 48))
     assert region.view[PS * 16 : PS * 48] == bytes(PS * 32)
