@@ -27,9 +27,10 @@ from .codecs import Codec, check_codec
 from .entries import COLD, HASH_MASK, MISSING, Entries, Entry
 from .flight import SingleFlight
 from .info import CacheInfo
+from .keys import key_bytes
 from .pins import Pin, pin_views
 from .records import NONE
-from .store import OWN_DECODER, key_bytes
+from .store import OWN_DECODER, SPECIAL_KEY
 
 _MISSING = MISSING  # the decorator's name for it
 _GETITEM = object()  # "no default": a lookup as cache[key]
@@ -297,14 +298,23 @@ class VolatileCache(MutableMapping):
             raise ValueError("value too large")
         if size < 0:
             raise ValueError("value size must be non-negative")
-        data, decode, raw = self._codec.encode_with_decoder(value)
-        serialized = key_bytes(key)
+        try:
+            data, decode, raw = self._codec.encode_with_decoder(value)
+        except TypeError:  # the codec refuses it: kept as it is, an object no purge takes
+            data = decode = None
+        serialized, special = key_bytes(key)
         with self._lock:
             self._check_open()
             entries = self._entries
             store = entries.store
-            tag, spec, flags = store.decoders.tag(decode, raw)
-            rid, lost = store.put(h, data, serialized or b"", tag, spec, flags)
+            if data is None:
+                rid, lost = store.put_kept(h), []
+                tag = OWN_DECODER
+            else:
+                tag, spec, flags = store.decoders.tag(decode, raw)
+                if special:
+                    flags |= SPECIAL_KEY
+                rid, lost = store.put(h, data, serialized or b"", tag, spec, flags)
             try:
                 entries.lose(lost)
                 old, old_rid, _, _ = entries.find(key)
@@ -314,7 +324,8 @@ class VolatileCache(MutableMapping):
             except BaseException:
                 store.free(rid)
                 raise
-            entries.insert(rid, key, size, serialized is None or tag == OWN_DECODER, decode)
+            own = serialized is None or tag == OWN_DECODER
+            entries.insert(rid, key, size, own, decode, value if data is None else MISSING)
             # Idle from the start: an entry becomes hot when it is read. A store
             # makes no Python object to keep, so that many stores of entries
             # never read again leave no garbage behind them.
@@ -516,6 +527,7 @@ class VolatileCache(MutableMapping):
                 memory_budget=self._budget,
                 idle_entries=entries.count - len(self._objects),
                 index_bytes=store.nbytes(),
+                kept_entries=entries.kept,
             )
 
     def close(self) -> None:
@@ -810,8 +822,10 @@ class VolatileCache(MutableMapping):
             if rid != NONE:
                 if not store.raw(rid):
                     entries.settle(entry, rid)
+                    kept = entry is not None and entry.kept is not MISSING
+                    how = "kept as an object" if kept else "pickled"
                     raise TypeError(
-                        f"pin() gives the bytes of buffer values; {key!r} holds a pickled object"
+                        f"pin() gives the bytes of buffer values; the value of {key!r} is {how}"
                     )
                 if entry is None:
                     entry = entries.adopt(rid, stored)

@@ -13,7 +13,9 @@ Not thread safe: the cache holds its lock around every call.
 
 from __future__ import annotations
 
+import gc
 import sys
+import types
 from array import array
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -29,12 +31,18 @@ MISSING = object()
 HASH_MASK = 0xFFFFFFFF
 #: An Entry's objects besides its key: itself, its slots in three dicts (measured).
 OBJECT_BYTES = 360
+_SIZE_WALK = 256  # objects a kept value's size estimate visits at most
+_UNKNOWN_SIZE = 64
+_SHARED = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.CodeType)
 
 
 class Entry:
     """The Python side of an entry that is hot, pinned, or keeps its key as an object."""
 
-    __slots__ = ("decode", "detached", "hot_since", "key", "own", "pins", "rid", "touched", "value")
+    __slots__ = (
+        "cost", "decode", "detached", "hot_since", "kept", "key", "own", "pins", "rid",
+        "touched", "value",
+    )  # fmt: skip
 
     def __init__(self, rid: int, key: Hashable) -> None:
         self.rid = rid
@@ -48,11 +56,36 @@ class Entry:
         self.own = False  # kept as an object for good: its key or decoder has no record form
         self.decode: Decoder | None = None  # its decoder, if the record has no tag for it
         self.detached = False  # removed from the mapping while pinned: freed at the last unpin
+        self.kept: Any = MISSING  # a value the codec refused, kept as it is (never purged)
+        self.cost = object_cost(key)  # its objects' bytes, as counted in object_nbytes
 
 
 def object_cost(key: Hashable) -> int:
     """The estimated bytes of an entry's Python objects, its key included."""
     return OBJECT_BYTES + sys.getsizeof(key)
+
+
+def value_cost(value: Any) -> int:
+    """An estimate of the memory a value kept as an object holds.
+
+    ``sys.getsizeof`` of the value and of what it refers to, transitively, up
+    to ``_SIZE_WALK`` objects; classes, modules and functions are shared, not
+    counted.
+    """
+    seen: set[int] = set()
+    stack = [value]
+    total = 0
+    while stack and len(seen) < _SIZE_WALK:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, _SHARED):
+            continue
+        seen.add(id(obj))
+        try:
+            total += sys.getsizeof(obj)
+        except TypeError:  # a broken __sizeof__
+            total += _UNKNOWN_SIZE
+        stack.extend(gc.get_referents(obj))
+    return total
 
 
 class Entries:
@@ -71,6 +104,7 @@ class Entries:
         self.object_nbytes = 0  # estimated bytes of the entries' Python objects
         self.purged = 0
         self.purged_bytes = 0
+        self.kept = 0  # entries whose values are kept as objects
         self.now = 0.0  # the cache's clock at its last maintenance: a promotion's time
 
     # -- finding ---------------------------------------------------------------------
@@ -139,7 +173,11 @@ class Entries:
 
     def decode(self, entry: Entry | None, rid: int) -> Any:
         """Decode an active record's value."""
-        return self.store.decode(rid, entry.decode if entry is not None else None)
+        if entry is None:
+            return self.store.decode(rid)
+        if entry.kept is not MISSING:
+            return entry.kept
+        return self.store.decode(rid, entry.decode)
 
     def settle(self, entry: Entry | None, rid: int) -> None:
         """An active record that is neither hot nor pinned goes idle."""
@@ -187,9 +225,21 @@ class Entries:
 
     # -- changing ----------------------------------------------------------------------
 
-    def insert(self, rid: int, key: Hashable, size: float, own: bool, decode: Decoder) -> None:
-        """A new active record joins the mapping (not yet hot, not listed)."""
-        if own:
+    def insert(
+        self, rid: int, key: Hashable, size: float, own: bool, decode: Decoder | None,
+        kept: Any = MISSING,
+    ) -> None:  # fmt: skip
+        """A new active record (or a kept value's record) joins the mapping (not yet
+        hot, not listed)."""
+        if kept is not MISSING:
+            entry = self.adopt(rid, key)
+            entry.own = True
+            entry.kept = kept
+            extra = value_cost(kept)
+            entry.cost += extra
+            self.object_nbytes += extra
+            self.kept += 1
+        elif own:
             entry = self.adopt(rid, key)
             entry.own = True
             if self.store.own_decoder(rid):
@@ -219,7 +269,7 @@ class Entries:
         self.objects[key] = entry
         self.by_rid[rid] = entry
         self.records.flags[rid] |= OBJECT
-        self.object_nbytes += object_cost(key)
+        self.object_nbytes += entry.cost
         return entry
 
     def disown(self, entry: Entry) -> None:
@@ -233,7 +283,9 @@ class Entries:
         del self.objects[entry.key]
         del self.by_rid[entry.rid]
         self.records.flags[entry.rid] &= ~OBJECT
-        self.object_nbytes -= object_cost(entry.key)
+        self.object_nbytes -= entry.cost
+        if entry.kept is not MISSING:
+            self.kept -= 1
 
     def _cool(self, entry: Entry) -> bool:
         """Out of the hot set, its decoded value dropped; whether it was hot."""
@@ -344,4 +396,4 @@ class Entries:
         self.records = self.store.records
         self.count = 0
         self.currsize = 0
-        self.hot_nbytes = self.object_nbytes = 0
+        self.hot_nbytes = self.object_nbytes = self.kept = 0

@@ -36,6 +36,9 @@ class CacheInfo:
             recently used entries are evicted.
         idle_entries: entries held as a record only (their key is in volatile memory).
         index_bytes: the records, their hash index and the allocator's books.
+        kept_entries: entries whose value the codec refused (it cannot be
+            pickled), kept as the object itself: never purged, counted in
+            ``nonvolatile_bytes``.
     """
 
     hits: int
@@ -62,6 +65,7 @@ class CacheInfo:
     memory_budget: int = 0
     idle_entries: int = 0
     index_bytes: int = 0
+    kept_entries: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict (for JSON)."""

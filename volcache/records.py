@@ -28,6 +28,7 @@ OBJECT = 2  # a Python entry holds it (hot, pinned, or a key kept as an object)
 INDEXED = 4  # in the hash index (its key is in volatile memory)
 LISTED = 8  # in the recency order (idle, or pinned without being hot)
 _REFERENCED = 16  # CLOCK: listed since the hand last passed
+KEPT = 32  # no bytes in the slabs: its value is a Python object that its Entry keeps
 
 _MULTIPLIER = 0x9E3779B1  # Fibonacci hashing: a bucket is the product's high bits
 _MIN_BITS = 3

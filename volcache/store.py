@@ -6,8 +6,8 @@ An entry's bytes are laid out as::
 
 The value comes first, so that it keeps the slot's alignment (a page for a
 large value) and :meth:`Store.value_view` is a plain slice. The key is
-serialized with ``marshal`` (version 2: no back-references, so equal keys of
-one type give equal bytes); keys ``marshal`` refuses (anything but exact
+serialized by :func:`volcache.keys.key_bytes` (``marshal`` version 2, with
+codes for the types in typed call keys); keys it refuses (anything but exact
 built-in types) are kept as Python objects by the cache. The decoder is a tag:
 ``bytes``, ``bytearray``, an ``array.array`` or numpy array with its
 parameters beside the key, or one of a bounded table of decoders seen before
@@ -25,12 +25,14 @@ from typing import Any
 
 from .backends import Backend
 from .codecs import Decoder, decoder_from_spec, decoder_spec
-from .records import ACTIVE, RecordTable
+from .keys import key_from_bytes
+from .records import ACTIVE, KEPT, RecordTable
 from .slab import SlabAllocator
 
 TRAILER = struct.Struct("<IIHBx")
 RAW = 1  # trailer flag: the value's own bytes (pin() gives them)
 _PARTIAL = 2  # trailer flag: the tag's function, applied to the marshalled parameters
+SPECIAL_KEY = 4  # trailer flag: the key is in the special form of keys.key_bytes
 _KEY_VERSION = 2
 _BYTES, _BYTEARRAY = 0, 1
 _FIRST_SHARED_TAG = 4
@@ -38,14 +40,6 @@ _MAX_DECODERS = 1024  # distinct decoders given tags; past them an entry keeps i
 OWN_DECODER = 0xFFFF  # the tag of a decoder kept by the entry's Python object
 _LONG = 0xFFFFFFFF  # a record's length field for entries of 4 GiB and more
 _JOIN_BELOW = 4096  # entries up to this long are joined in Python, then copied once
-
-
-def key_bytes(key: Any) -> bytes | None:
-    """The key serialized, or None if ``marshal`` refuses it (it is kept as an object)."""
-    try:
-        return marshal.dumps(key, _KEY_VERSION)
-    except ValueError:
-        return None
 
 
 class Decoders:
@@ -155,6 +149,10 @@ class Store:
         self.active_nbytes += length
         return rid, lost
 
+    def put_kept(self, h: int) -> int:
+        """A new record without bytes, for a value kept as a Python object."""
+        return self.records.new(h, 0, 0, KEPT)
+
     def length(self, rid: int) -> int:
         """The bytes an entry takes: value, key, decoder parameters and trailer."""
         length = self.records.length[rid]
@@ -167,7 +165,7 @@ class Store:
             OSError: the pages could not be re-pinned; nothing changed.
         """
         flags = self.records.flags
-        if flags[rid] & ACTIVE:
+        if flags[rid] & (ACTIVE | KEPT):
             return []
         length = self.length(rid)
         lost = self.slabs.activate(self.records.loc[rid], length)
@@ -187,6 +185,9 @@ class Store:
     def free(self, rid: int) -> None:
         """Forget a record and give its bytes back."""
         records = self.records
+        if records.flags[rid] & KEPT:
+            records.delete(rid)
+            return
         length = self.length(rid)
         active = bool(records.flags[rid] & ACTIVE)
         if active:
@@ -211,23 +212,21 @@ class Store:
         The stored key is read back and compared with ``==`` (``1 == 1.0``,
         as in a dict).
         """
-        view, nvalue, nkey, _, _, _ = self._open(rid)
-        try:
-            other = marshal.loads(view[nvalue : nvalue + nkey])
-        finally:
-            view.release()
+        other = self.key(rid)
         return other == key, other
 
     def key(self, rid: int) -> Any:
         """The stored key of an active record."""
-        view, nvalue, nkey, _, _, _ = self._open(rid)
+        view, nvalue, nkey, _, _, flags = self._open(rid)
         try:
-            return marshal.loads(view[nvalue : nvalue + nkey])
+            return key_from_bytes(view[nvalue : nvalue + nkey], bool(flags & SPECIAL_KEY))
         finally:
             view.release()
 
     def raw(self, rid: int) -> bool:
         """Whether an active record's value is stored as its raw bytes."""
+        if self.records.flags[rid] & KEPT:
+            return False
         view, *_, flags = self._open(rid)
         view.release()
         return bool(flags & RAW)
