@@ -16,6 +16,7 @@ import cachetools
 import pytest
 
 from volcache import CacheInfo, Codec, VolatileCache
+from volcache.flight import DeadlockError
 
 from .conftest import crowd
 
@@ -574,3 +575,43 @@ def test_an_error_in_regeneration_reaches_every_waiter(make):
 def test_unbounded_by_default():
     with VolatileCache(backend="sim") as cache:
         assert cache.maxsize == math.inf
+
+
+def test_a_regenerate_that_needs_its_own_key_raises_and_the_cache_stays_usable(make):
+    cache = make(regenerate=lambda key: cache[key] if key == "self" else key.encode())
+    with pytest.raises(RuntimeError, match="a cycle"):
+        cache["self"]
+    assert "self" not in cache and cache["other"] == b"other"
+
+
+def test_regenerates_waiting_for_each_other_across_threads_raise(backend_name):
+    both_inside = threading.Barrier(2)
+
+    def across(other):
+        def regenerate(key):
+            both_inside.wait(10)
+            return other()[key]
+
+        return regenerate
+
+    first = VolatileCache(backend=backend_name, regenerate=across(lambda: second))
+    second = VolatileCache(backend=backend_name, regenerate=across(lambda: first))
+    errors = []
+
+    def look(cache):
+        try:
+            cache["k"]
+        except DeadlockError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=look, args=(c,)) for c in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    try:
+        assert not any(t.is_alive() for t in threads) and len(errors) == 2
+        assert "would never end" in str(errors[0])
+    finally:
+        first.close()
+        second.close()

@@ -11,7 +11,8 @@ from .backends import BackendUnavailable, available_backends, get_backend
 from .budget import MemoryBudget
 from .cache import VolatileCache
 from .codecs import Codec, DefaultCodec, NumpyCodec, PickleCodec
-from .decorator import cached
+from .decorator import cached, lru_cache
+from .flight import DeadlockError
 from .images import ThumbnailCache, ThumbnailError
 from .info import CacheInfo
 
@@ -24,6 +25,7 @@ __all__ = [
     "BackendUnavailable",
     "CacheInfo",
     "Codec",
+    "DeadlockError",
     "DefaultCodec",
     "MemoryBudget",
     "NumpyCodec",
@@ -35,4 +37,5 @@ __all__ = [
     "available_backends",
     "cached",
     "get_backend",
+    "lru_cache",
 ]

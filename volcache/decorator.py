@@ -10,7 +10,7 @@ import math
 import os
 import threading
 import weakref
-from collections import deque
+from collections import deque, namedtuple
 from collections.abc import Callable, MutableMapping
 from typing import Any, NamedTuple
 
@@ -18,24 +18,41 @@ from cachetools import keys as cachekeys
 
 from .budget import MemoryBudget
 from .cache import _MISSING, VolatileCache, _count_of
-from .flight import SingleFlight
+from .flight import SingleFlight, await_check, await_done
+from .keys import C_HASHED, hashed, hashkey, typedkey
 
+_SCALAR = object()  # in a shared method cache's key: a key function's non-tuple key follows
 _SWEEP_AFTER = 64  # dead instances, or a 64th of the shared cache, before their entries go
 
 
-class CacheInfo(NamedTuple):
-    """Counters of a memoized function, as ``functools.lru_cache``'s plus two.
+class CacheInfo(namedtuple("CacheInfo", "hits misses maxsize currsize")):
+    """A memoized function's counters: ``functools.lru_cache``'s four, and two more.
 
-    ``purged`` counts calls whose stored result had been purged; ``regenerated``
-    the results computed again for them. ``maxsize`` is None when unbounded.
+    As a tuple it has the four fields of ``functools``' ``CacheInfo`` (it
+    unpacks and compares the same). ``purged`` and ``regenerated`` are
+    attributes: calls whose stored result had been purged, and the results
+    computed again for them. ``maxsize`` is None when unbounded.
     """
 
-    hits: int
-    misses: int
-    maxsize: float | None
-    currsize: float
-    purged: int
-    regenerated: int
+    def __new__(
+        cls, hits: int, misses: int, maxsize: float | None, currsize: float,
+        purged: int = 0, regenerated: int = 0,
+    ) -> CacheInfo:  # fmt: skip
+        info = super().__new__(cls, hits, misses, maxsize, currsize)
+        info.purged = purged
+        info.regenerated = regenerated
+        return info
+
+    def _replace(self, **changes: Any) -> CacheInfo:
+        info = super()._replace(**changes)
+        info.__dict__.update(self.__dict__)
+        return info
+
+    def __repr__(self) -> str:
+        return (
+            f"CacheInfo(hits={self.hits}, misses={self.misses}, maxsize={self.maxsize}, "
+            f"currsize={self.currsize}, purged={self.purged}, regenerated={self.regenerated})"
+        )
 
 
 def cached(
@@ -81,6 +98,11 @@ def cached(
             raise TypeError("cache options and per_instance go with cache=None, not with a cache")
     if key is not None and not callable(key):
         raise TypeError(f"key must be callable, got {key!r}")
+    maxsize = cache_options.get("maxsize", math.inf)
+    if maxsize is None:  # as functools: unbounded
+        cache_options["maxsize"] = math.inf
+    elif isinstance(maxsize, int | float) and maxsize < 0:  # as functools: caches nothing
+        cache_options["maxsize"] = 0
     options = {"backend": backend, **cache_options}
 
     def decorator(func: Callable[..., Any]) -> Memoized:
@@ -91,6 +113,22 @@ def cached(
     return decorator
 
 
+def lru_cache(
+    maxsize: int | Callable[..., Any] | None = 128, typed: bool = False, **options: Any
+) -> Any:
+    """``functools.lru_cache``'s signature and defaults, over :func:`cached`.
+
+    ``maxsize=None`` is unbounded (the memory budget and purges are the
+    bound), a negative ``maxsize`` caches nothing, and ``@lru_cache`` works
+    bare. Other keyword ``options`` are :func:`cached`'s.
+    """
+    if callable(maxsize) and isinstance(typed, bool):  # used bare: @lru_cache
+        return lru_cache(128, typed, **options)(maxsize)
+    if maxsize is not None and not isinstance(maxsize, int):
+        raise TypeError(f"maxsize must be an int, a callable or None, got {maxsize!r}")
+    return cached(maxsize=maxsize, typed=typed, **options)
+
+
 _ALL: weakref.WeakSet[Memoized] = weakref.WeakSet()
 
 
@@ -98,7 +136,7 @@ def _new_locks_in_child() -> None:
     # As the cache's: a lock or flight held at fork() by another thread would hang the child.
     for memoized in list(_ALL):
         memoized._lock = threading.Lock()
-        memoized._flight = SingleFlight()
+        memoized._flight = SingleFlight(reentrant=True)
 
 
 os.register_at_fork(after_in_child=_new_locks_in_child)
@@ -125,7 +163,10 @@ class Memoized:
             # One limit for all the instances' caches, not one each.
             options = {**options, "memory_budget": MemoryBudget(budget)}
         self._options = options
-        self._key = key or (cachekeys.typedkey if typed else cachekeys.hashkey)
+        if key is None:
+            self._key = typedkey if typed else hashkey
+        else:
+            self._key = lambda *args, **kwargs: hashed(key(*args, **kwargs))
         self._method_key = key or (cachekeys.typedmethodkey if typed else cachekeys.methodkey)
         self._is_async = inspect.iscoroutinefunction(func)
         self.cache: MutableMapping | None = None
@@ -137,7 +178,7 @@ class Memoized:
         _ALL.add(self)
         self._hits = itertools.count(1)  # next() is atomic: hits counted without the lock
         self._misses = self._purged = self._regenerated = 0
-        self._flight = SingleFlight()
+        self._flight = SingleFlight(reentrant=True)
         self._tasks: dict[tuple[int, int, Any], Any] = {}  # asyncio tasks
         self._tokens: dict[int, int] = {}  # id(instance) -> token, while it lives
         self._next_token = itertools.count(1)
@@ -151,7 +192,14 @@ class Memoized:
     # -- calling ------------------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        key = self._key(*args, **kwargs)
+        if kwargs or self._key is not hashkey:
+            key = self._key(*args, **kwargs)
+        else:  # hashkey inline: a call less on every hit
+            key = args
+            for part in args:
+                if type(part) not in C_HASHED:
+                    key = hashed(args)
+                    break
         if self._is_async:
             return self._acall(self.cache, key, args, kwargs)
         value = self._hot_value(key)  # the common hit: one lock-free lookup
@@ -187,7 +235,7 @@ class Memoized:
                 return value
             return self._store(cache, key, self._func(*args, **kwargs), purged)
 
-        return self._flight.run((id(cache), key), compute)
+        return self._flight.run((id(cache), key), compute, _Call(self.__qualname__, key))
 
     async def _acall(self, cache: Any, key: Any, args: tuple, kwargs: dict) -> Any:
         value, purged = _probe(cache, key)
@@ -200,6 +248,11 @@ class Memoized:
         loop = asyncio.get_running_loop()
         flight = (id(loop), id(cache), key)
         task = self._tasks.get(flight)
+        me = asyncio.current_task()
+        if task is me:
+            # Its own computation needs the key again: computed again, as
+            # functools.lru_cache does in one thread.
+            return await self._acompute(cache, key, args, kwargs, purged)
         if task is None:
             # The computation is a task of its own: a caller that is cancelled
             # does not cancel it for the others, and its result is still stored.
@@ -207,7 +260,13 @@ class Memoized:
             task = loop.create_task(compute)
             self._tasks[flight] = task
             task.add_done_callback(functools.partial(self._task_done, flight))
-        return await asyncio.shield(task)
+        if me is None:
+            return await asyncio.shield(task)
+        await_check(me, task, _Call(self.__qualname__, key))
+        try:
+            return await asyncio.shield(task)
+        finally:
+            await_done(me)
 
     async def _acompute(self, cache: Any, key: Any, args: tuple, kwargs: dict, purged: bool) -> Any:
         value, _ = _probe(cache, key, count=False)
@@ -246,6 +305,7 @@ class Memoized:
             token = self._register(instance)
         key = self._method_key(instance, *args, **kwargs)
         if self._per_instance:
+            key = hashed(key)
             cache = self._instance_caches.get(token)
             if cache is None:
                 with self._lock:
@@ -253,7 +313,9 @@ class Memoized:
                     if cache is None:
                         cache = self._instance_caches[token] = VolatileCache(**self._options)
             return cache, key
-        return self.cache, (token, key)
+        # One flat tuple, stored as a record if the arguments can be. A key
+        # that is not a tuple is marked, lest key 5 meet key (5,).
+        return self.cache, hashed((token, *key) if type(key) is tuple else (token, _SCALAR, key))
 
     def _register(self, instance: Any) -> int:
         with self._lock:
@@ -303,7 +365,7 @@ class Memoized:
             cache.close()
         if sweep and self.cache is not None and not getattr(self.cache, "closed", False):
             for key in list(self.cache):
-                if type(key) is tuple and len(key) == 2 and key[0] in dead:
+                if isinstance(key, tuple) and key and key[0] in dead:
                     with contextlib.suppress(KeyError):  # del: a removal is not a lookup
                         del self.cache[key]
 
@@ -389,6 +451,17 @@ class _BoundMemoized:
 
     def __repr__(self) -> str:
         return f"<bound cached method {self._memoized.__qualname__} of {self.__self__!r}>"
+
+
+class _Call(NamedTuple):
+    """A call in an error message: ``f(1, 2)``."""
+
+    function: str
+    key: Any
+
+    def __repr__(self) -> str:
+        key = self.key
+        return f"{self.function}{key!r}" if isinstance(key, tuple) else f"{self.function}({key!r})"
 
 
 def _no_hot_value(key: Any) -> Any:

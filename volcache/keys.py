@@ -22,7 +22,7 @@ from cachetools import keys as cachekeys
 _VERSION = 2  # marshal format 2: no back-references, so equal keys give equal bytes
 
 #: Types whose hash is computed in C, without calling Python code.
-_C_HASHED = frozenset({int, str, bytes, float, bool, complex, type(None), type, frozenset})
+C_HASHED = frozenset({int, str, bytes, float, bool, complex, type(None), type, frozenset})
 
 #: Objects that ``marshal`` refuses in keys made by ``cachetools.keys``: the
 #: keyword marker and the types a typed key appends. By id: these live forever.
@@ -48,7 +48,7 @@ class HashedKey(tuple):
 
 def _hashed_in_c(part: Any) -> bool:
     kind = type(part)
-    if kind in _C_HASHED:
+    if kind in C_HASHED:
         return True
     return kind is tuple and all(_hashed_in_c(item) for item in part)
 
@@ -58,7 +58,7 @@ def hashed(key: Any) -> Any:
     if type(key) is not tuple:
         return key
     for part in key:
-        if type(part) not in _C_HASHED:
+        if type(part) not in C_HASHED:
             break
     else:
         return key
@@ -107,7 +107,7 @@ def hashkey(*args: Any, **kwargs: Any) -> Any:
     if kwargs:
         return hashed(cachekeys.hashkey(*args, **kwargs))
     for part in args:
-        if type(part) not in _C_HASHED:
+        if type(part) not in C_HASHED:
             return hashed(args)
     return args
 
