@@ -31,12 +31,18 @@ def unpicklable_values():
     }
 
 
-def test_unpicklable_values_are_kept_as_themselves(make):
+def filled(make, nbytes: int) -> tuple[VolatileCache, dict]:
+    """A cache holding unpicklable values and one entry of ``nbytes`` stored bytes."""
     cache = make()
     values = unpicklable_values()
     for key, value in values.items():
         cache[key] = value
-    cache["bytes"] = b"b" * 5000
+    cache["bytes"] = b"b" * nbytes
+    return cache, values
+
+
+def test_unpicklable_values_are_kept_as_themselves(make):
+    cache, values = filled(make, 5000)
     assert cache.info().kept_entries == len(values)
     for key, value in values.items():
         assert cache[key] is value
@@ -46,11 +52,7 @@ def test_unpicklable_values_are_kept_as_themselves(make):
 
 
 def test_kept_values_are_never_purged_while_stored_bytes_are(make):
-    cache = make()
-    values = unpicklable_values()
-    for key, value in values.items():
-        cache[key] = value
-    cache["bytes"] = b"b" * 50_000
+    cache, values = filled(make, 50_000)
     purge_everything(cache)
     cache.maintain()  # finds the purge of the bytes entry
     assert "bytes" not in cache and cache.info().purged == 1
