@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 #: The version of the C declarations this module was written against.
-NATIVE_VERSION = 3
+NATIVE_VERSION = 4
 
 _SOURCES = Path(__file__).resolve().parent / "native"
 
@@ -157,6 +157,17 @@ class TaggedPages:
         )
         return [first + i for i in self._purged[0:n]]
 
+    def read(self, start: int, length: int, tag: int, states: bytearray, into: Any) -> list[int]:
+        """Copy bytes of the region without re-pinning; the pages found purged.
+
+        ``states`` is the region's page book (pinned, volatile or purged).
+        """
+        n = lib.vc_read(
+            self.address, start, length, self.page_size, tag, self._saved,
+            ffi.from_buffer(states), ffi.from_buffer(into), self._purged,
+        )  # fmt: skip
+        return list(self._purged[0:n]) if n else []
+
     def gone(self, first: int, npages: int, counters: Counters) -> list[int]:
         """Pages not resident now (one ``mincore``), as region page indexes; none re-pinned."""
         address = self._span(first, npages)
@@ -180,6 +191,11 @@ class TaggedPages:
             return list(range(first, first + npages))
         gone = bytes(ffi.buffer(self._gone, npages))
         return [first + i for i in range(npages) if gone[i]]
+
+
+def floor_read(address: int, length: int, page_size: int, tag: int, into: Any) -> int:
+    """The floor of an optimistic read (check tags, copy, check): pages not in place."""
+    return lib.vc_floor_read(address, length, page_size, tag, ffi.from_buffer(into))
 
 
 def uffd_probe(user_mode_only: bool) -> int:

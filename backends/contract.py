@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from errno import ENOMEM
 from typing import Any, ClassVar
 
-from .pages import NONVOL, PURGED, PageBook
+from .pages import NONVOL, PURGED, VOL, PageBook
 
 
 class Mode(enum.IntEnum):
@@ -364,6 +364,84 @@ class Backend(abc.ABC):
         if done == 0:
             raise OSError(err, f"vrange: {os.strerror(err)} (nothing was processed)")
         return VRange(done * self.page_size, tuple(purged))
+
+    def read(self, region: Region, start: int, length: int, into: Any) -> tuple[int, ...]:
+        """Copy ``length`` bytes from ``start`` into ``into`` without re-pinning any page.
+
+        The optimistic read: pages keep their mode. Pinned pages are copied; a
+        volatile page is copied and then checked not to have been purged
+        meanwhile; the backend sees the pages used (its recency for purging).
+        Returns the pages (indexes from the region's first) found purged,
+        before or during the copy: their bytes in ``into`` must not be used.
+        A page not listed held exactly what was written before it was marked.
+
+        Raises:
+            ValueError: a negative start or length, a range outside the
+                region, a released region or a closed backend.
+            TypeError: ``into`` is not a writable buffer of ``length`` bytes or more.
+        """
+        start, length = self._check_read(region, start, length)
+        target = memoryview(into)
+        if target.readonly or target.nbytes < length:
+            raise TypeError(
+                f"read: into must be a writable buffer of at least {length} bytes, got {into!r}"
+            )
+        with self._lock:
+            self._check_open()
+            self._check_region(region)
+            return tuple(self._read(region, start, length, target.cast("B")))
+
+    def read_bytes(self, region: Region, start: int, length: int) -> tuple[bytes, tuple[int, ...]]:
+        """:meth:`read` into a new ``bytes``: (the bytes, the pages found purged)."""
+        start, length = self._check_read(region, start, length)
+        with self._lock:
+            self._check_open()
+            self._check_region(region)
+            return self._read_bytes(region, start, length)
+
+    def _check_read(self, region: Region, start: int, length: int) -> tuple[int, int]:
+        start = operator.index(start)
+        length = operator.index(length)
+        if start < 0 or length < 0:
+            raise ValueError(f"read: start and length must not be negative, got {start}, {length}")
+        if not isinstance(region, Region):
+            raise TypeError(f"expected a Region, got {type(region).__name__}")
+        if start + length > region.size:
+            raise ValueError(
+                f"read: [{start}, {start + length}) is outside {region!r} of {region.size} bytes"
+            )
+        return start, length
+
+    def _read(self, region: Region, start: int, length: int, into: memoryview) -> list[int]:
+        """Copy under the lock, which the purger takes too: pages purged are known
+        from the book and not touched; volatile pages read are made young."""
+        if length == 0:
+            return []
+        ps = self.page_size
+        first, stop = start // ps, (start + length - 1) // ps + 1
+        book = self._book
+        purged = [
+            page
+            for span, count in book.spans(region.ident, first, stop, bytes([PURGED]))
+            for page in range(span, span + count)
+        ]
+        view = region.view
+        if not purged:
+            into[:length] = view[start : start + length]
+        else:
+            lost = set(purged)
+            for page in range(first, stop):
+                if page not in lost:
+                    low, high = max(start, page * ps), min(start + length, (page + 1) * ps)
+                    into[low - start : high - start] = view[low:high]
+        for span, count in book.spans(region.ident, first, stop, bytes([VOL])):
+            book.renew(region.ident, span, count)
+        return purged
+
+    def _read_bytes(self, region: Region, start: int, length: int) -> tuple[bytes, tuple[int, ...]]:
+        into = bytearray(length)
+        purged = self._read(region, start, length, memoryview(into))
+        return bytes(into), tuple(purged)
 
     def reclaim(self, nbytes: int) -> int:
         """Purge up to ``nbytes`` (rounded up to pages) of volatile memory now.

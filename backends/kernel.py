@@ -169,6 +169,23 @@ class KernelBackend(Backend):
         purged.sort()
         return npages, purged, 0
 
+    def _read(self, region: Region, start: int, length: int, into: Any) -> list[int]:
+        # One native call: tags checked around the copy. The pages' accessed
+        # bits, set by the copy, are the recency the kernel's reclaim uses.
+        states = self._book.states(region.ident)
+        return self._pages_of(region).read(start, length, TAG, states, into)
+
+    def _read_bytes(self, region: Region, start: int, length: int) -> tuple[bytes, tuple[int, ...]]:
+        if length == 0:
+            return b"", ()
+        # bytes(n) with n > 0 is a new object nobody else holds yet: filled in
+        # place, it saves a second copy (a bytearray, then bytes of it).
+        into = bytes(length)
+        purged = self._pages_of(region).read(
+            start, length, TAG, self._book.states(region.ident), into
+        )
+        return into, tuple(purged)
+
     def _purge(self, npages: int) -> int:
         """Page out the oldest volatile pages; pages the kernel keeps are made young.
 

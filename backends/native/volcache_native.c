@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -82,6 +83,64 @@ long vc_unmark(uintptr_t addr, size_t npages, size_t page_size, uint64_t tag,
                 (*mismatched)++;
         }
     }
+    return n;
+}
+
+static inline int tag_in_place(uintptr_t page_addr, uint64_t tag)
+{
+    return __atomic_load_n((uint64_t *)page_addr, __ATOMIC_ACQUIRE) == tag;
+}
+
+long vc_read(uintptr_t addr, size_t start, size_t length, size_t page_size, uint64_t tag,
+             const uint64_t *saved, const uint8_t *state, uint8_t *out, uint32_t *purged)
+{
+    size_t first, last, page;
+    long n = 0;
+
+    if (length == 0)
+        return 0;
+    first = start / page_size;
+    last = (start + length - 1) / page_size;
+    for (page = first; page <= last; page++) {
+        uintptr_t page_addr = addr + page * page_size;
+        size_t from = page == first ? start - page * page_size : 0;
+        size_t to = page == last ? start + length - page * page_size : page_size;
+        uint8_t *dest = out + (page * page_size + from - start);
+
+        if (state[page] == 0) {
+            memcpy(dest, (const void *)(page_addr + from), to - from);
+            continue;
+        }
+        if (state[page] != 1 || !tag_in_place(page_addr, tag)) {
+            purged[n++] = (uint32_t)page;
+            continue;
+        }
+        memcpy(dest, (const void *)(page_addr + from), to - from);
+        if (from < sizeof(uint64_t)) {
+            /* The tag stands where the page's first word is: put the word back. */
+            size_t upto = to < sizeof(uint64_t) ? to : sizeof(uint64_t);
+            memcpy(dest, (const uint8_t *)&saved[page] + from, upto - from);
+        }
+        /* The fence orders the copy's loads before the check's: a page dropped
+         * during the copy reads zero here (it stays zero until written). */
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (!tag_in_place(page_addr, tag))
+            purged[n++] = (uint32_t)page;
+    }
+    return n;
+}
+
+long vc_floor_read(uintptr_t addr, size_t length, size_t page_size, uint64_t tag, uint8_t *out)
+{
+    size_t npages = (length + page_size - 1) / page_size, i;
+    long n = 0;
+
+    for (i = 0; i < npages; i++)
+        n += !tag_in_place(addr + i * page_size, tag);
+    memcpy(out, (const void *)addr, length);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    for (i = 0; i < npages; i++)
+        n += !tag_in_place(addr + i * page_size, tag);
     return n;
 }
 

@@ -5,7 +5,7 @@
  * Bump VC_NATIVE_VERSION with any change here; backends/clib.py checks it.
  */
 
-#define VC_NATIVE_VERSION 3
+#define VC_NATIVE_VERSION 4
 
 /* sha256 of the .h and .c files beside this one, stamped by build.py. */
 extern const char vc_source_hash[];
@@ -22,6 +22,22 @@ long vc_mark(uintptr_t addr, size_t npages, size_t page_size, uint64_t tag,
  * (written to while volatile): reported purged, as their bytes changed. */
 long vc_unmark(uintptr_t addr, size_t npages, size_t page_size, uint64_t tag,
                const uint64_t *saved, uint32_t *purged, unsigned long *mismatched);
+
+/* An optimistic read of [start, start + length) of a region at addr, without
+ * re-pinning: state[] is each page's state in the backend's book (0 pinned,
+ * 1 volatile and tagged by vc_mark, 2 known purged). Pinned pages are copied;
+ * a volatile page is copied if its tag is in place before and after the copy
+ * (its first word comes from saved[], where vc_mark put it); a purged page
+ * reads as zeros and stays so, since nobody writes a volatile page. Writes
+ * the indexes of the pages found purged to purged[] (their bytes in out are
+ * not to be used) and returns how many. */
+long vc_read(uintptr_t addr, size_t start, size_t length, size_t page_size, uint64_t tag,
+             const uint64_t *saved, const uint8_t *state, uint8_t *out, uint32_t *purged);
+
+/* The floor of an optimistic read, for the benchmarks: check the first word
+ * of every page of [addr, addr + length) against tag, copy the bytes to out,
+ * check again. Returns the pages whose tag was not in place. */
+long vc_floor_read(uintptr_t addr, size_t length, size_t page_size, uint64_t tag, uint8_t *out);
 
 /* Drop volatile pages now (MADV_PAGEOUT, or MADV_DONTNEED if use_dontneed),
  * after draining the per-CPU LRU batches of every CPU. Sets
