@@ -12,6 +12,7 @@ import errno
 import hashlib
 import mmap
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,23 @@ class TaggedPages:
             ffi.from_buffer(states), ffi.from_buffer(into), self._purged,
         )  # fmt: skip
         return list(self._purged[0:n]) if n else []
+
+    def reader(self, tag: int, states: bytearray) -> Callable[[int, int], bytes | None]:
+        """``read(start, length)``: the bytes in a new ``bytes``, or None if any page
+        was purged; one native call. ``length`` must be above zero."""
+        address, page_size, saved, purged = self.address, self.page_size, self._saved, self._purged
+        state = ffi.from_buffer(states)
+        native, buffer = lib.vc_read, ffi.from_buffer
+
+        def read(start: int, length: int) -> bytes | None:
+            # bytes(n) with n > 0 is a new object nobody else holds yet: filled
+            # in place, it saves a second copy.
+            into = bytes(length)
+            if native(address, start, length, page_size, tag, saved, state, buffer(into), purged):
+                return None
+            return into
+
+        return read
 
     def gone(self, first: int, npages: int, counters: Counters) -> list[int]:
         """Pages not resident now (one ``mincore``), as region page indexes; none re-pinned."""

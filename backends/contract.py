@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import abc
 import enum
+import functools
 import mmap
 import operator
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from errno import ENOMEM
 from typing import Any, ClassVar
@@ -192,6 +193,14 @@ class Region:
 
 
 _ALL: weakref.WeakSet[Backend] = weakref.WeakSet()
+
+
+def _bytes_unless_purged(
+    read_bytes: Callable[[Region, int, int], tuple[bytes, tuple[int, ...]]],
+    region: Region, start: int, length: int,
+) -> bytes | None:  # fmt: skip
+    data, purged = read_bytes(region, start, length)
+    return None if purged else data
 
 
 def _new_locks_in_child() -> None:
@@ -398,6 +407,19 @@ class Backend(abc.ABC):
             self._check_open()
             self._check_region(region)
             return self._read_bytes(region, start, length)
+
+    def reader(self, region: Region) -> Callable[[int, int], bytes | None]:
+        """:meth:`read_bytes` of one region, for an owner that reads it often.
+
+        ``reader(region)(start, length)`` is the bytes, or None if any page
+        was found purged. It skips the per-call checks: the caller passes a
+        range inside the region, a ``length`` above zero, and stops using it
+        once the region is released. Pages keep their mode, as with ``read``.
+        """
+        with self._lock:
+            self._check_open()
+            self._check_region(region)
+        return functools.partial(_bytes_unless_purged, self.read_bytes, region)
 
     def _check_read(self, region: Region, start: int, length: int) -> tuple[int, int]:
         start = operator.index(start)

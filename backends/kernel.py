@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import mmap
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from . import clib
@@ -185,6 +186,15 @@ class KernelBackend(Backend):
             start, length, TAG, self._book.states(region.ident), into
         )
         return into, tuple(purged)
+
+    def reader(self, region: Region) -> Callable[[int, int], bytes | None]:
+        """One native call a read, without the lock: the owner of the region keeps
+        its pages' modes still while it reads (the kernel's purges are what the
+        tags catch), as the cache does under its own lock."""
+        with self._lock:
+            self._check_open()
+            self._check_region(region)
+            return self._pages_of(region).reader(TAG, self._book.states(region.ident))
 
     def _purge(self, npages: int) -> int:
         """Page out the oldest volatile pages; pages the kernel keeps are made young.

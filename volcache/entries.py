@@ -24,13 +24,15 @@ from typing import Any
 from .backends import Backend
 from .codecs import Decoder
 from .records import INDEXED, LISTED, NONE, OBJECT
-from .store import Store
+from .store import OTHER_KEY, PURGED, Store
 
 COLD = object()  # Entry.value when the decoded value is not kept (the entry is not hot)
 MISSING = object()
 HASH_MASK = 0xFFFFFFFF
 #: An Entry's objects besides its key: itself, its slots in three dicts (measured).
 OBJECT_BYTES = 360
+SEEN_LIMIT = 1024  # idle records remembered as read lately, at most
+SEEN_BYTES = 100  # a remembered one's dict slot, id and time (measured)
 _SIZE_WALK = 256  # objects a kept value's size estimate visits at most
 _UNKNOWN_SIZE = 64
 _SHARED = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.CodeType)
@@ -106,6 +108,8 @@ class Entries:
         self.purged_bytes = 0
         self.kept = 0  # entries whose values are kept as objects
         self.now = 0.0  # the cache's clock at its last maintenance: a promotion's time
+        # Idle records read without re-pinning, and when: read again soon, one is made hot.
+        self.seen: dict[int, float] = {}
 
     # -- finding ---------------------------------------------------------------------
 
@@ -142,6 +146,43 @@ class Entries:
                 return None, rid, stored, purged
             store.deactivate(rid)
         return None, NONE, None, purged
+
+    def peek(self, key: Hashable) -> tuple[int, Any, Any]:
+        """(record id, stored key, value) of an idle record of ``key``, read without
+        re-pinning it.
+
+        ``(NONE, MISSING, None)``: no record has the key. ``(NONE, PURGED,
+        None)``: a candidate's bytes were purged, or the key has a Python
+        entry: the caller takes the re-pinning path (:meth:`find`), which
+        knows what to drop.
+        """
+        if key in self.objects:
+            return NONE, PURGED, None
+        records = self.records
+        flags, hashes, chain = records.flags, records.hash, records.chain
+        h = hash(key) & HASH_MASK
+        rid = records.head_of(h)
+        while rid != NONE:  # the bucket's chain, as RecordTable.candidates walks it
+            if hashes[rid] == h and flags[rid] & (INDEXED | OBJECT) == INDEXED:
+                stored, value = self.store.peek(rid, key)
+                if stored is PURGED:
+                    return NONE, PURGED, None
+                if stored is not OTHER_KEY:
+                    return rid, stored, value
+            rid = chain[rid]
+        return NONE, MISSING, None
+
+    def seen_lately(self, rid: int, now: float, window: float | None) -> bool:
+        """Whether an idle record was read within ``window`` seconds (None: ever)
+        before ``now``; it is remembered as read now if not."""
+        seen = self.seen
+        last = seen.pop(rid, None)
+        if last is not None and (window is None or now - last <= window):
+            return True
+        if len(seen) >= SEEN_LIMIT:
+            seen.clear()  # a bound, not an order: those forgotten are read twice more
+        seen[rid] = now
+        return False
 
     def repin(self, rid: int) -> bool:
         """Pin a record's pages; False if a purge took its bytes (then it was dropped).
@@ -381,17 +422,20 @@ class Entries:
             self.remove(entry, entry.rid)
         for rid in list(self.records.listed_ids()):
             self.remove(None, rid)
+        self.seen.clear()
 
     def nonvolatile_bytes(self) -> int:
         """Memory no purge takes back: records, books, objects and hot values."""
         sized = 8 * self.count if self.sizes is not None else 0
-        return self.store.nbytes() + self.object_nbytes + self.hot_nbytes + sized
+        seen = SEEN_BYTES * len(self.seen)
+        return self.store.nbytes() + self.object_nbytes + self.hot_nbytes + sized + seen
 
     def close(self) -> None:
         """Give all memory back."""
         self.objects.clear()
         self.by_rid.clear()
         self.hot.clear()
+        self.seen.clear()
         self.store.close()
         self.records = self.store.records
         self.count = 0

@@ -27,7 +27,7 @@ ACTIVE = 1  # its pages are pinned (counted active by the allocator)
 OBJECT = 2  # a Python entry holds it (hot, pinned, or a key kept as an object)
 INDEXED = 4  # in the hash index (its key is in volatile memory)
 LISTED = 8  # in the recency order (idle, or pinned without being hot)
-_REFERENCED = 16  # CLOCK: listed since the hand last passed
+_REFERENCED = REFERENCED = 16  # CLOCK: listed since the hand last passed, or used
 KEPT = 32  # no bytes in the slabs: its value is a Python object that its Entry keeps
 
 _MULTIPLIER = 0x9E3779B1  # Fibonacci hashing: a bucket is the product's high bits
@@ -146,6 +146,10 @@ class RecordTable:
         if self._bits > _MIN_BITS and self._indexed * 2 < len(heads):
             self._resize(self._bits - 1)
 
+    def head_of(self, h: int) -> int:
+        """The first id in the bucket of hash ``h`` (chained through ``chain``), or NONE."""
+        return self._heads[((h * _MULTIPLIER) & 0xFFFFFFFF) >> (32 - self._bits)]
+
     def candidates(self, h: int) -> list[int]:
         """The ids of indexed records whose hash is ``h``."""
         hashes, chain = self.hash, self.chain
@@ -182,6 +186,15 @@ class RecordTable:
             self.tail = rid
         self.flags[rid] |= LISTED | _REFERENCED
         self.listed += 1
+
+    def touch(self, rid: int) -> None:
+        """A listed record was used: the most recently used (exact), or referenced."""
+        if self.exact:
+            if self.tail != rid:
+                self.unlist(rid)
+                self.append(rid)
+        else:
+            self.flags[rid] |= _REFERENCED
 
     def unlist(self, rid: int) -> None:
         """Take a record out of the recency order."""

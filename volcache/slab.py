@@ -30,7 +30,7 @@ from .backends import NONVOLATILE, VOLATILE, Backend, Region
 _RUNS = re.compile(b"\x01+")
 _NONE = -1
 _OFFSET_BITS = 40  # a loc is (slab index << 40) | byte offset
-_OFFSET_MASK = (1 << _OFFSET_BITS) - 1
+_OFFSET_MASK = OFFSET_MASK = (1 << _OFFSET_BITS) - 1
 _MAX_SLOTS = 64  # slots of a shared page: a 64-bit mask says which are taken
 #: Bytes of books per page of slab (four state bytes, owner, class, slot mask, count, flag).
 PAGE_BOOK_BYTES = 4 + 4 + 1 + 8 + 2 + 1
@@ -75,6 +75,7 @@ class _Slab:
         "npending",
         "owner",
         "pending",
+        "reader",
         "region",
         "used",
         "volatile",
@@ -83,6 +84,7 @@ class _Slab:
     def __init__(self, region: Region, index: int) -> None:
         n = region.pages
         self.region = region
+        self.reader = region.backend.reader(region)  # dropped with the slab, before the region
         self.index = index
         self.npages = n
         self.volatile = bytearray(n)  # marked volatile in the backend
@@ -311,6 +313,25 @@ class SlabAllocator:
         """A writable view of an entry's bytes (a new view: release it when done)."""
         offset = loc & _OFFSET_MASK
         return self._slabs[loc >> _OFFSET_BITS].region.view[offset : offset + nbytes]
+
+    def slab(self, loc: int) -> _Slab:
+        """The slab of a ``loc``: its ``reader`` reads without the checks of :meth:`read`
+        (if its ``nlost`` is 0)."""
+        return self._slabs[loc >> _OFFSET_BITS]
+
+    def read(self, loc: int, nbytes: int) -> bytes | None:
+        """An entry's bytes, copied without re-pinning its pages; None if a purge took any.
+
+        The pages keep their mode (see the backends' ``read``).
+        """
+        offset = loc & _OFFSET_MASK
+        slab = self._slabs[loc >> _OFFSET_BITS]
+        if slab.nlost:
+            # A purge that a failed re-pin found, and no activation has reported yet.
+            ps = self.page_size
+            if slab.lost.find(1, offset // ps, (offset + nbytes - 1) // ps + 1) >= 0:
+                return None
+        return slab.reader(offset, nbytes)
 
     def page_of(self, loc: int) -> tuple[int, int]:
         """(slab index, first page) of an entry: entries on one shared page share it."""

@@ -27,7 +27,7 @@ from .backends import Backend
 from .codecs import Decoder, decoder_from_spec, decoder_spec
 from .keys import key_from_bytes
 from .records import ACTIVE, KEPT, RecordTable
-from .slab import SlabAllocator
+from .slab import OFFSET_MASK, SlabAllocator
 
 TRAILER = struct.Struct("<IIHBx")
 RAW = 1  # trailer flag: the value's own bytes (pin() gives them)
@@ -40,6 +40,10 @@ _MAX_DECODERS = 1024  # distinct decoders given tags; past them an entry keeps i
 OWN_DECODER = 0xFFFF  # the tag of a decoder kept by the entry's Python object
 _LONG = 0xFFFFFFFF  # a record's length field for entries of 4 GiB and more
 _JOIN_BELOW = 4096  # entries up to this long are joined in Python, then copied once
+_READ_WHOLE = 16384  # entries up to this long are read in one copy; longer ones in parts
+_TAIL = 512  # a long entry's last bytes read first: its key, parameters and trailer, mostly
+OTHER_KEY = object()  # Store.peek: the record holds another key
+PURGED = object()  # Store.peek: a purge took some of the record's bytes
 
 
 class Decoders:
@@ -205,6 +209,59 @@ class Store:
         view = self.slabs.view(self.records.loc[rid], length)
         nkey, nspec, tag, flags = TRAILER.unpack_from(view, length - TRAILER.size)
         return view, length - TRAILER.size - nspec - nkey, nkey, nspec, tag, flags
+
+    def peek(self, rid: int, key: Any) -> tuple[Any, Any]:
+        """(stored key, value) of an indexed record if its key equals ``key``, read
+        without re-pinning; else (``OTHER_KEY``, None), or (``PURGED``, None) if a
+        purge took any of its bytes (nothing changed then: re-pin it to learn what
+        it took)."""
+        records = self.records
+        loc, length = records.loc[rid], records.length[rid]
+        slabs = self.slabs
+        if length <= _READ_WHOLE:
+            slab = slabs.slab(loc)
+            blob = None if slab.nlost else slab.reader(loc & OFFSET_MASK, length)
+            if blob is None:
+                blob = slabs.read(loc, length)  # the careful way
+                if blob is None:
+                    return PURGED, None
+            nkey, nspec, tag, flags = TRAILER.unpack_from(blob, length - TRAILER.size)
+            nvalue = length - TRAILER.size - nspec - nkey
+            view = memoryview(blob)
+            start = nvalue
+        else:  # the tail (key, parameters, trailer), then the value straight into its bytes
+            length = self.length(rid)
+            tail = min(length, _TAIL)
+            blob = slabs.read(loc + length - tail, tail)
+            if blob is None:
+                return PURGED, None
+            nkey, nspec, tag, flags = TRAILER.unpack_from(blob, tail - TRAILER.size)
+            nvalue = length - TRAILER.size - nspec - nkey
+            if nvalue < length - tail:  # a long key: read all of it
+                blob = slabs.read(loc + nvalue, length - nvalue)
+                if blob is None:
+                    return PURGED, None
+            view = memoryview(blob)
+            start = len(blob) - (length - nvalue)
+        if flags & SPECIAL_KEY:
+            stored = key_from_bytes(view[start : start + nkey], True)
+        else:
+            stored = marshal.loads(view[start : start + nkey])
+        if stored != key:
+            return OTHER_KEY, None
+        if nvalue == start:  # the whole entry was read
+            if tag == _BYTES:
+                return stored, blob[:nvalue]
+            value = view[:nvalue]
+        else:
+            data = slabs.read(loc, nvalue)
+            if data is None:
+                return PURGED, None
+            if tag == _BYTES:
+                return stored, data  # a bytes value's stored bytes are the value: no copy more
+            value = memoryview(data)
+        decode = self.decoders.decoder(tag, view[start + nkey : start + nkey + nspec], flags)
+        return stored, decode(value.toreadonly())
 
     def key_matches(self, rid: int, key: Any) -> tuple[bool, Any]:
         """(whether an active record's key equals ``key``, the stored key).
