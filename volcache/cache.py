@@ -203,6 +203,7 @@ class VolatileCache(MutableMapping):
         # The lock-free hot hit reads these two directly.
         self._objects = self._entries.objects
         self._hot = self._entries.hot
+        self._move_to_end = self._hot.move_to_end
         # With a maxsize, the order is exact: hot hits keep the hot set in LRU
         # order, idle entries are in a list, older than every hot one, and
         # eviction takes the least recently used. Without one, a hot hit only
@@ -211,7 +212,6 @@ class VolatileCache(MutableMapping):
         self._exact_lru = maxsize != math.inf
         self._last_sweep = clock()
         self._entries.now = clock()
-        self._hot_hits = itertools.count(1)  # next() is atomic: counts hits taken without the lock
         self._counts = dict.fromkeys(("hits", "misses", "regenerated", "evictions"), 0)
         self._regen_seconds = 0.0
         self._lingering: list[Pin] = []
@@ -255,16 +255,16 @@ class VolatileCache(MutableMapping):
         entry = self._objects.get(key)  # not [key]: raising KeyError costs an idle hit 0.3 µs
         if entry is None:
             return self._get_slow(key, _GETITEM)
-        value = entry.value
+        value = entry.value  # read once: a racing demotion may make it COLD
         if value is COLD:
             return self._get_slow(key, _GETITEM)
-        entry.touched = True
+        hits = entry.hits = entry.hits + 1
         if self._exact_lru:
             try:  # noqa: SIM105 - contextlib.suppress costs 100 ns on the hot hit
-                self._hot.move_to_end(key)
+                self._move_to_end(key)
             except KeyError:
                 pass
-        if not next(self._hot_hits) & 1023:  # every 1024 hot hits (_MAINTAIN_EVERY)
+        if not hits & 1023:  # every 1024 hits of an entry (_MAINTAIN_EVERY)
             with self._lock:
                 self._maintain()
         return value
@@ -503,7 +503,7 @@ class VolatileCache(MutableMapping):
             slabs = store.slabs.stats()
             counts = self._counts
             return CacheInfo(
-                hits=counts["hits"] + _count_of(self._hot_hits),
+                hits=counts["hits"] + entries.hot_hits + sum(e.hits for e in self._hot.values()),
                 misses=counts["misses"],
                 purged=entries.purged,
                 regenerated=counts["regenerated"],
@@ -630,7 +630,7 @@ class VolatileCache(MutableMapping):
             value = entries.value(entry, rid)
             if value is not _MISSING:
                 if hot:
-                    entry.touched = True
+                    entry.mark = -1  # used: maintenance gives it a second chance
                     if self._exact_lru:
                         self._hot.move_to_end(entry.key)
                 else:
@@ -656,13 +656,13 @@ class VolatileCache(MutableMapping):
         value = entry.value
         if value is COLD:
             return _MISSING
-        entry.touched = True
+        hits = entry.hits = entry.hits + 1
         if self._exact_lru:
             try:  # noqa: SIM105 - contextlib.suppress costs 100 ns here
-                self._hot.move_to_end(key)
+                self._move_to_end(key)
             except KeyError:
                 pass
-        if not next(self._hot_hits) & 1023:
+        if not hits & 1023:
             with self._lock:
                 self._maintain()
         return value
@@ -798,9 +798,9 @@ class VolatileCache(MutableMapping):
         objects_limit = self._budget // 4
         for _ in range(len(hot)):
             entry = next(iter(hot.values()))
-            if entry.touched:
+            if entry.hits != entry.mark:
                 # Used since it was placed here: a second chance at the end (CLOCK).
-                entry.touched = False
+                entry.mark = entry.hits
                 entry.hot_since = now
                 hot.move_to_end(entry.key)
                 continue

@@ -42,8 +42,8 @@ class Entry:
     """The Python side of an entry that is hot, pinned, or keeps its key as an object."""
 
     __slots__ = (
-        "cost", "decode", "detached", "hot_since", "kept", "key", "own", "pins", "rid",
-        "touched", "value",
+        "cost", "decode", "detached", "hits", "hot_since", "kept", "key", "mark", "own", "pins",
+        "rid", "value",
     )  # fmt: skip
 
     def __init__(self, rid: int, key: Hashable) -> None:
@@ -52,9 +52,11 @@ class Entry:
         self.value: Any = COLD
         self.pins = 0
         # In the hot set: when it was last known used (set when it is promoted
-        # or found touched by maintenance), and whether a hit touched it since.
+        # or found used by maintenance); its hits taken without the lock, and
+        # their count when maintenance last looked (-1: a locked hit used it since).
         self.hot_since = 0.0
-        self.touched = False
+        self.hits = 0
+        self.mark = 0
         self.own = False  # kept as an object for good: its key or decoder has no record form
         self.decode: Decoder | None = None  # its decoder, if the record has no tag for it
         self.detached = False  # removed from the mapping while pinned: freed at the last unpin
@@ -107,6 +109,7 @@ class Entries:
         self.purged = 0
         self.purged_bytes = 0
         self.kept = 0  # entries whose values are kept as objects
+        self.hot_hits = 0  # hits taken without the lock by entries no longer hot
         self.now = 0.0  # the cache's clock at its last maintenance: a promotion's time
         # Idle records read without re-pinning, and when: read again soon, one is made hot.
         self.seen: dict[int, float] = {}
@@ -335,6 +338,8 @@ class Entries:
         if entry.value is COLD:
             return False
         entry.value = COLD
+        self.hot_hits += entry.hits
+        entry.hits = entry.mark = 0
         self.hot_nbytes -= self.store.length(entry.rid)
         return True
 
@@ -358,7 +363,7 @@ class Entries:
                 records.unlist(rid)
         entry.value = value
         entry.hot_since = self.now
-        entry.touched = False
+        entry.mark = entry.hits
 
     def demote(self, entry: Entry) -> None:
         """A hot entry goes idle: its pages may become volatile, its objects go."""
