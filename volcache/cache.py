@@ -188,6 +188,7 @@ class VolatileCache(MutableMapping):
             self._pool = MemoryBudget(memory_budget)
         self._budget = self._pool.limit
         self._reported = 0  # the bytes last reported to the budget
+        self._stores = 0
         self._report_step = max(1, self._budget >> 10)
         self._regenerate = regenerate
         self._hot_limit = min(hot_bytes, self._budget // 2)
@@ -316,7 +317,7 @@ class VolatileCache(MutableMapping):
                 rid, lost = store.put(h, data, serialized or b"", tag, spec, flags)
             try:
                 entries.lose(lost)
-                old, old_rid, _, _ = entries.find(key)
+                old, old_rid = entries.locate(key)
                 if old_rid != NONE:
                     entries.remove(old, old_rid)
                 self._make_room(size)
@@ -329,14 +330,21 @@ class VolatileCache(MutableMapping):
             # makes no Python object to keep, so that many stores of entries
             # never read again leave no garbage behind them.
             entries.idle(rid)
-            if self._report():
+            # What a store adds is a record's few bytes: the budget hears of it
+            # every 16 stores while far from its limit, at once near it (or for
+            # a value kept as an object, which may be large). The idle work
+            # runs every 8 stores, or when a batch of pages waits to be marked.
+            stores = self._stores = self._stores + 1
+            near = self._pool.used + (self._report_step << 4) >= self._pool.limit
+            if (not stores & 15 or data is None or near) and self._report():
                 self._fit_budget(rid)
-            self._maintain()
+            if not stores & 7 or store.slabs.npending >= self._mark_batch:
+                self._maintain()
 
     def __delitem__(self, key: Hashable) -> None:
         with self._lock:
             self._check_open()
-            entry, rid, _, _ = self._entries.find(key)
+            entry, rid = self._entries.locate(key)
             if rid == NONE:
                 raise KeyError(key)
             self._entries.remove(entry, rid)
@@ -347,11 +355,7 @@ class VolatileCache(MutableMapping):
         with self._lock:
             if self._closed:
                 return False
-            entry, rid, _, _ = self._entries.find(key)
-            if rid == NONE:
-                return False
-            self._entries.settle(entry, rid)
-            return True
+            return self._entries.locate(key)[1] != NONE
 
     def __iter__(self) -> Iterator[Hashable]:
         with self._lock:

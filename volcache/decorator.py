@@ -178,6 +178,7 @@ class Memoized:
         _ALL.add(self)
         self._hits = itertools.count(1)  # next() is atomic: hits counted without the lock
         self._misses = self._purged = self._regenerated = 0
+        self._stores = 0  # results stored: a call that saw none since its miss need not look again
         self._flight = SingleFlight(reentrant=True)
         self._tasks: dict[tuple[int, int, Any], Any] = {}  # asyncio tasks
         self._tokens: dict[int, int] = {}  # id(instance) -> token, while it lives
@@ -221,6 +222,7 @@ class Memoized:
         return self._call(cache, key, full, kwargs)
 
     def _call(self, cache: Any, key: Any, args: tuple, kwargs: dict) -> Any:
+        stores = self._stores
         value, purged = _probe(cache, key)
         if value is not _MISSING:
             next(self._hits)
@@ -228,11 +230,10 @@ class Memoized:
         self._count_miss(purged)
 
         def compute(_flight: Any) -> Any:
-            value, _ = _probe(
-                cache, key, count=False
-            )  # a flight that just ended may have stored it
-            if value is not _MISSING:
-                return value
+            if self._stores != stores:  # a flight that ended meanwhile may have stored it
+                value, _ = _probe(cache, key, count=False)
+                if value is not _MISSING:
+                    return value
             return self._store(cache, key, self._func(*args, **kwargs), purged)
 
         return self._flight.run((id(cache), key), compute, _Call(self.__qualname__, key))
@@ -285,6 +286,7 @@ class Memoized:
             cache[key] = value
         except ValueError:
             return value  # too large for maxsize: returned, not cached (as cachetools does)
+        self._stores += 1  # any change tells a call that missed before it to look again
         if purged:
             with self._lock:
                 self._regenerated += 1

@@ -175,6 +175,34 @@ class Entries:
             rid = chain[rid]
         return NONE, MISSING, None
 
+    def locate(self, key: Hashable) -> tuple[Entry | None, int]:
+        """(its Entry or None, its record id or NONE), reading keys without re-pinning.
+
+        For a store, a delete or ``in``, which need not the value. A
+        candidate found purged sends the search the re-pinning way
+        (:meth:`find`), which drops what the purge took; a record it finds is
+        left idle (settled).
+        """
+        entry = self.objects.get(key)
+        if entry is not None:
+            return entry, entry.rid
+        records = self.records
+        flags, hashes, chain = records.flags, records.hash, records.chain
+        h = hash(key) & HASH_MASK
+        rid = records.head_of(h)
+        while rid != NONE:
+            if hashes[rid] == h and flags[rid] & (INDEXED | OBJECT) == INDEXED:
+                stored = self.store.peek_key(rid)
+                if stored is PURGED:
+                    entry, rid, _, _ = self.find(key)
+                    if rid != NONE:
+                        self.settle(entry, rid)
+                    return entry, rid
+                if stored == key:
+                    return None, rid
+            rid = chain[rid]
+        return None, NONE
+
     def seen_lately(self, rid: int, now: float, window: float | None) -> bool:
         """Whether an idle record was read within ``window`` seconds (None: ever)
         before ``now``; it is remembered as read now if not."""

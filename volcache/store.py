@@ -263,6 +263,25 @@ class Store:
         decode = self.decoders.decoder(tag, view[start + nkey : start + nkey + nspec], flags)
         return stored, decode(value.toreadonly())
 
+    def peek_key(self, rid: int) -> Any:
+        """The stored key of a record, read without re-pinning; ``PURGED`` if a purge
+        took any of the bytes read (nothing changed then)."""
+        length = self.length(rid)
+        loc = self.records.loc[rid]
+        tail = min(length, _TAIL)
+        blob = self.slabs.read(loc + length - tail, tail)
+        if blob is None:
+            return PURGED
+        nkey, nspec, _, flags = TRAILER.unpack_from(blob, tail - TRAILER.size)
+        if nkey + nspec + TRAILER.size > tail:  # a long key: read all of it
+            blob = self.slabs.read(loc + length - TRAILER.size - nspec - nkey, nkey)
+            if blob is None:
+                return PURGED
+            start = 0
+        else:
+            start = tail - TRAILER.size - nspec - nkey
+        return key_from_bytes(memoryview(blob)[start : start + nkey], bool(flags & SPECIAL_KEY))
+
     def key_matches(self, rid: int, key: Any) -> tuple[bool, Any]:
         """(whether an active record's key equals ``key``, the stored key).
 
