@@ -16,6 +16,7 @@ import cachetools
 import pytest
 
 from volcache import CacheInfo, Codec, VolatileCache
+from volcache.backends import get_backend
 from volcache.flight import DeadlockError
 
 from .conftest import crowd
@@ -438,8 +439,6 @@ def test_close_releases_memory_and_refuses_use(make):
 
 
 def test_a_backend_passed_in_is_not_closed_but_its_memory_is_given_back(backend_name):
-    from volcache.backends import get_backend
-
     with get_backend(backend_name) as backend:
         with VolatileCache(backend=backend) as cache:
             cache["a"] = b"a" * 100_000
@@ -621,3 +620,14 @@ def test_regenerates_waiting_for_each_other_across_threads_raise(backend_name):
     finally:
         first.close()
         second.close()
+
+
+def test_a_backend_closed_under_the_cache_is_an_error_not_a_crash(backend_name):
+    backend = get_backend(backend_name)
+    cache = VolatileCache(backend=backend)
+    cache["k"] = b"x" * 5000
+    cache["small"] = b"y"
+    backend.close()  # the cache's memory is unmapped: reading it would crash
+    for look in (lambda: cache["k"], lambda: "small" in cache, lambda: cache.get("k")):
+        with pytest.raises(ValueError, match=r"released|closed"):
+            look()

@@ -622,11 +622,16 @@ class VolatileCache(MutableMapping):
                     entries.records.touch(rid)
                 else:
                     entries.records.flags[rid] |= REFERENCED  # RecordTable.touch, inline
-            elif entries.repin(rid):  # read twice lately: hot
-                entries.promote(None, rid, stored, value, self._hot_limit)
-                if self._report():
-                    self._fit_budget(NONE)
-                self._maintain()
+            else:  # read twice lately: hot, unless its pages cannot be re-pinned now
+                try:
+                    pinned = entries.repin(rid)
+                except OSError:
+                    pinned = False  # it stays idle; the value read is good
+                if pinned:
+                    entries.promote(None, rid, stored, value, self._hot_limit)
+                    if self._report():
+                        self._fit_budget(NONE)
+                    self._maintain()
             return value, False  # intact when read, whatever a purge took since
         entry, rid, stored, purged = entries.find(key)
         if rid != NONE:
