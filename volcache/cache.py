@@ -200,6 +200,7 @@ class VolatileCache(MutableMapping):
         _ALL[id(self)] = self
         self._pool.join(self)
         sized = getsizeof is not None or type(self).getsizeof is not VolatileCache.getsizeof
+        self._sized = sized  # else every value's size is 1: no call for it
         self._entries = Entries(self._backend, slab_bytes, sized, exact=maxsize != math.inf)
         # The lock-free hot hit reads these two directly.
         self._objects = self._entries.objects
@@ -293,7 +294,7 @@ class VolatileCache(MutableMapping):
 
     def __setitem__(self, key: Hashable, value: Any) -> None:
         h = hash(key) & HASH_MASK  # an unhashable key fails here, before anything changes
-        size = self.getsizeof(value)
+        size = self.getsizeof(value) if self._sized else 1
         if size > self._maxsize:
             raise ValueError("value too large")
         if size < 0:
@@ -304,7 +305,8 @@ class VolatileCache(MutableMapping):
             data = decode = None
         serialized, special = key_bytes(key)
         with self._lock:
-            self._check_open()
+            if self._closed:
+                self._check_open()
             entries = self._entries
             store = entries.store
             if data is None:
@@ -316,11 +318,13 @@ class VolatileCache(MutableMapping):
                     flags |= SPECIAL_KEY
                 rid, lost = store.put(h, data, serialized or b"", tag, spec, flags)
             try:
-                entries.lose(lost)
+                if lost:
+                    entries.lose(lost)
                 old, old_rid = entries.locate(key)
                 if old_rid != NONE:
                     entries.remove(old, old_rid)
-                self._make_room(size)
+                if self._exact_lru:
+                    self._make_room(size)
             except BaseException:
                 store.free(rid)
                 raise
