@@ -24,7 +24,7 @@ import cachetools
 from .backends import Backend, get_backend
 from .budget import MemoryBudget, shared_default_budget
 from .codecs import Codec, check_codec
-from .entries import COLD, HASH_MASK, MISSING, Entries, Entry
+from .entries import COLD, HASH_MASK, MISSING, SEEN_BYTES, SEEN_LIMIT, Entries, Entry
 from .flight import SingleFlight
 from .info import CacheInfo
 from .keys import key_bytes
@@ -202,6 +202,7 @@ class VolatileCache(MutableMapping):
         sized = getsizeof is not None or type(self).getsizeof is not VolatileCache.getsizeof
         self._sized = sized  # else every value's size is 1: no call for it
         self._entries = Entries(self._backend, slab_bytes, sized, exact=maxsize != math.inf)
+        self._entries.seen_limit = max(16, min(SEEN_LIMIT, self._budget // (SEEN_BYTES * 16)))
         # The lock-free hot hit reads these two directly.
         self._objects = self._entries.objects
         self._hot = self._entries.hot
@@ -497,11 +498,13 @@ class VolatileCache(MutableMapping):
 
     def maintain(self) -> None:
         """Do the idle work now: demote idle hot entries, mark pending pages volatile,
-        and drop the entries whose pages were purged."""
+        drop the entries whose pages were purged, and evict past the memory budget."""
         with self._lock:
             self._check_open()
             self._maintain(flush=True)
             self._sweep()
+            if self._report(force=True):
+                self._fit_budget(NONE)
 
     def info(self) -> CacheInfo:
         """Counters and sizes, as a :class:`CacheInfo`."""
@@ -626,6 +629,8 @@ class VolatileCache(MutableMapping):
                     entries.records.touch(rid)
                 else:
                     entries.records.flags[rid] |= REFERENCED  # RecordTable.touch, inline
+                if not len(entries.seen) & 15 and self._report():  # what it remembers counts
+                    self._fit_budget(NONE)
             else:  # read twice lately: hot, unless its pages cannot be re-pinned now
                 try:
                     pinned = entries.repin(rid)

@@ -31,7 +31,7 @@ MISSING = object()
 HASH_MASK = 0xFFFFFFFF
 #: An Entry's objects besides its key: itself, its slots in three dicts (measured).
 OBJECT_BYTES = 360
-SEEN_LIMIT = 1024  # idle records remembered as read lately, at most
+SEEN_LIMIT = 1024  # idle records remembered as read lately, at most (and a 16th of a budget)
 SEEN_BYTES = 100  # a remembered one's dict slot, id and time (measured)
 _SIZE_WALK = 256  # objects a kept value's size estimate visits at most
 _UNKNOWN_SIZE = 64
@@ -113,6 +113,7 @@ class Entries:
         self.now = 0.0  # the cache's clock at its last maintenance: a promotion's time
         # Idle records read without re-pinning, and when: read again soon, one is made hot.
         self.seen: dict[int, float] = {}
+        self.seen_limit = SEEN_LIMIT
 
     # -- finding ---------------------------------------------------------------------
 
@@ -210,7 +211,7 @@ class Entries:
         last = seen.pop(rid, None)
         if last is not None and (window is None or now - last <= window):
             return True
-        if len(seen) >= SEEN_LIMIT:
+        if len(seen) >= self.seen_limit:
             seen.clear()  # a bound, not an order: those forgotten are read twice more
         seen[rid] = now
         return False
