@@ -11,6 +11,7 @@ import random
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -36,6 +37,21 @@ def check_value(key: int, value: bytes | memoryview) -> int:
 
 def regenerate(key: int) -> bytes:
     return make_value(key, 0, 100 + key * 997 % 20000)
+
+
+def looping(step: Callable[[], None], stop: threading.Event,
+            errors: list[BaseException]) -> threading.Thread:  # fmt: skip
+    """A thread calling ``step`` until ``stop``; an exception stops every thread."""
+
+    def run() -> None:
+        try:
+            while not stop.is_set():
+                step()
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    return threading.Thread(target=run)
 
 
 def run_for(
@@ -67,47 +83,43 @@ def test_threads_never_see_a_wrong_byte(backend_name):
     errors: list[BaseException] = []
     counts = {"reads": 0, "writes": 0, "pins": 0, "deletes": 0}
 
-    def worker(seed: int) -> None:
+    def worker(seed: int) -> Callable[[], None]:
         rng = random.Random(seed)
         version = seed * 1_000_000
-        try:
-            while not stop.is_set():
-                key = rng.randrange(KEYS)
-                action = rng.random()
-                if action < 0.45:
-                    check_value(key, cache[key])
-                    counts["reads"] += 1
-                elif action < 0.75:
-                    version += 1
-                    cache[key] = make_value(key, version, rng.choice([10, 300, 5000, 70_000]))
-                    counts["writes"] += 1
-                elif action < 0.95:
-                    with cache.pin(key) as view:
-                        check_value(key, view)
-                        time.sleep(0.0005)  # the reclaimer runs meanwhile: pinned is safe
-                        check_value(key, view)
-                    counts["pins"] += 1
-                else:
-                    cache.pop(key, None)
-                    counts["deletes"] += 1
-        except BaseException as exc:
-            errors.append(exc)
-            stop.set()
 
-    def reclaimer() -> None:
-        rng = random.Random(99)
-        try:
-            while not stop.is_set():
-                cache.backend.reclaim(rng.randrange(1, 64) * cache.backend.page_size)
-                if rng.random() < 0.1:
-                    cache.volatilize()
-                time.sleep(0.0002)
-        except BaseException as exc:
-            errors.append(exc)
-            stop.set()
+        def step() -> None:
+            nonlocal version
+            key = rng.randrange(KEYS)
+            action = rng.random()
+            if action < 0.45:
+                check_value(key, cache[key])
+                counts["reads"] += 1
+            elif action < 0.75:
+                version += 1
+                cache[key] = make_value(key, version, rng.choice([10, 300, 5000, 70_000]))
+                counts["writes"] += 1
+            elif action < 0.95:
+                with cache.pin(key) as view:
+                    check_value(key, view)
+                    time.sleep(0.0005)  # the reclaimer runs meanwhile: pinned is safe
+                    check_value(key, view)
+                counts["pins"] += 1
+            else:
+                cache.pop(key, None)
+                counts["deletes"] += 1
 
-    threads = [threading.Thread(target=worker, args=(s,)) for s in range(1, 6)]
-    threads.append(threading.Thread(target=reclaimer))
+        return step
+
+    rng = random.Random(99)
+
+    def reclaim() -> None:
+        cache.backend.reclaim(rng.randrange(1, 64) * cache.backend.page_size)
+        if rng.random() < 0.1:
+            cache.volatilize()
+        time.sleep(0.0002)
+
+    threads = [looping(worker(seed), stop, errors) for seed in range(1, 6)]
+    threads.append(looping(reclaim, stop, errors))
     try:
         run_for(3, threads, stop, errors)
         info = cache.info()
@@ -138,50 +150,46 @@ def test_many_keys_a_small_budget_and_sweeps_under_threads(backend_name, maxsize
     errors: list[BaseException] = []
     counts = {"reads": 0, "writes": 0, "scans": 0, "sweeps": 0}
 
-    def worker(seed: int) -> None:
+    def worker(seed: int) -> Callable[[], None]:
         rng = random.Random(seed)
         version = seed * 1_000_000
-        try:
-            while not stop.is_set():
-                key = rng.randrange(many)
-                action = rng.random()
-                if action < 0.4:
-                    value = cache.get(key)
+
+        def step() -> None:
+            nonlocal version
+            key = rng.randrange(many)
+            action = rng.random()
+            if action < 0.4:
+                value = cache.get(key)
+                if value is not None:
+                    check_value(key, value)
+                counts["reads"] += 1
+            elif action < 0.9:
+                version += 1
+                cache[key] = make_value(key, version, rng.choice([10, 120, 300, 3000]))
+                counts["writes"] += 1
+            elif action < 0.97:
+                cache.pop(key, None)
+                _ = key in cache
+            else:
+                for other in list(cache)[:50]:
+                    value = cache.get(other)
                     if value is not None:
-                        check_value(key, value)
-                    counts["reads"] += 1
-                elif action < 0.9:
-                    version += 1
-                    cache[key] = make_value(key, version, rng.choice([10, 120, 300, 3000]))
-                    counts["writes"] += 1
-                elif action < 0.97:
-                    cache.pop(key, None)
-                    _ = key in cache
-                else:
-                    for other in list(cache)[:50]:
-                        value = cache.get(other)
-                        if value is not None:
-                            check_value(other, value)
-                    counts["scans"] += 1
-        except BaseException as exc:
-            errors.append(exc)
-            stop.set()
+                        check_value(other, value)
+                counts["scans"] += 1
 
-    def reclaimer() -> None:
-        rng = random.Random(98)
-        try:
-            while not stop.is_set():
-                cache.backend.reclaim(rng.randrange(1, 3) * cache.backend.page_size)
-                if rng.random() < 0.2:
-                    cache.maintain()  # sweeps the records of purged pages
-                    counts["sweeps"] += 1
-                time.sleep(0.002)
-        except BaseException as exc:
-            errors.append(exc)
-            stop.set()
+        return step
 
-    threads = [threading.Thread(target=worker, args=(s,)) for s in range(1, 5)]
-    threads.append(threading.Thread(target=reclaimer))
+    rng = random.Random(98)
+
+    def reclaim() -> None:
+        cache.backend.reclaim(rng.randrange(1, 3) * cache.backend.page_size)
+        if rng.random() < 0.2:
+            cache.maintain()  # sweeps the records of purged pages
+            counts["sweeps"] += 1
+        time.sleep(0.002)
+
+    threads = [looping(worker(seed), stop, errors) for seed in range(1, 5)]
+    threads.append(looping(reclaim, stop, errors))
     try:
         run_for(3, threads, stop, errors)
         assert min(counts.values()) > 0, counts
