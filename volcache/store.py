@@ -229,27 +229,21 @@ class Store:
             nvalue = length - TRAILER.size - nspec - nkey
             view = memoryview(blob)
             start = nvalue
+            whole = True
         else:  # the tail (key, parameters, trailer), then the value straight into its bytes
-            length = self.length(rid)
-            tail = min(length, _TAIL)
-            blob = slabs.read(loc + length - tail, tail)
-            if blob is None:
+            tail = self._tail(rid)
+            if tail is None:
                 return PURGED, None
-            nkey, nspec, tag, flags = TRAILER.unpack_from(blob, tail - TRAILER.size)
-            nvalue = length - TRAILER.size - nspec - nkey
-            if nvalue < length - tail:  # a long key: read all of it
-                blob = slabs.read(loc + nvalue, length - nvalue)
-                if blob is None:
-                    return PURGED, None
-            view = memoryview(blob)
-            start = len(blob) - (length - nvalue)
+            view, start, nkey, nspec, tag, flags = tail
+            nvalue = self.length(rid) - TRAILER.size - nspec - nkey
+            whole = False
         if flags & SPECIAL_KEY:
             stored = key_from_bytes(view[start : start + nkey], True)
         else:
             stored = marshal.loads(view[start : start + nkey])
         if stored != key:
             return OTHER_KEY, None
-        if nvalue == start:  # the whole entry was read
+        if whole:
             if tag == _BYTES:
                 return stored, blob[:nvalue]
             value = view[:nvalue]
@@ -266,21 +260,28 @@ class Store:
     def peek_key(self, rid: int) -> Any:
         """The stored key of a record, read without re-pinning; ``PURGED`` if a purge
         took any of the bytes read (nothing changed then)."""
+        tail = self._tail(rid)
+        if tail is None:
+            return PURGED
+        view, start, nkey, _, _, flags = tail
+        return key_from_bytes(view[start : start + nkey], bool(flags & SPECIAL_KEY))
+
+    def _tail(self, rid: int) -> tuple[memoryview, int, int, int, int, int] | None:
+        """(a view of the record's last bytes read without re-pinning, where its key
+        starts in them, key and parameter lengths, tag, flags); None if purged."""
         length = self.length(rid)
         loc = self.records.loc[rid]
         tail = min(length, _TAIL)
         blob = self.slabs.read(loc + length - tail, tail)
         if blob is None:
-            return PURGED
-        nkey, nspec, _, flags = TRAILER.unpack_from(blob, tail - TRAILER.size)
+            return None
+        nkey, nspec, tag, flags = TRAILER.unpack_from(blob, tail - TRAILER.size)
         if nkey + nspec + TRAILER.size > tail:  # a long key: read all of it
-            blob = self.slabs.read(loc + length - TRAILER.size - nspec - nkey, nkey)
+            tail = nkey + nspec + TRAILER.size
+            blob = self.slabs.read(loc + length - tail, tail)
             if blob is None:
-                return PURGED
-            start = 0
-        else:
-            start = tail - TRAILER.size - nspec - nkey
-        return key_from_bytes(memoryview(blob)[start : start + nkey], bool(flags & SPECIAL_KEY))
+                return None
+        return memoryview(blob), tail - TRAILER.size - nspec - nkey, nkey, nspec, tag, flags
 
     def key_matches(self, rid: int, key: Any) -> tuple[bool, Any]:
         """(whether an active record's key equals ``key``, the stored key).
