@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,15 @@ def _native_threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+def _threads_settle_to(count: int, seconds: float = 5.0) -> int:
+    """The thread count once it is ``count``, or after ``seconds``: a joined thread
+    has finished its work but may still be leaving /proc/self/task for a moment."""
+    deadline = time.monotonic() + seconds
+    while _native_threads() != count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _native_threads()
+
+
 def test_close_joins_the_threads_closes_descriptors_and_unmaps():
     need_backend("uffd")
     threads, fds = _native_threads(), len(os.listdir("/proc/self/fd"))
@@ -198,7 +208,7 @@ def test_close_joins_the_threads_closes_descriptors_and_unmaps():
     assert _native_threads() == threads + 2  # the fault handler and the pressure watcher
     start = f"{region.address:x}-"
     backend.close()
-    assert _native_threads() == threads and len(os.listdir("/proc/self/fd")) == fds
+    assert _threads_settle_to(threads) == threads and len(os.listdir("/proc/self/fd")) == fds
     assert region.released
     maps = Path("/proc/self/maps").read_text().splitlines()
     assert not any(line.startswith(start) for line in maps)
