@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 #: The version of the C declarations this module was written against.
-NATIVE_VERSION = 4
+NATIVE_VERSION = 5
 
 _SOURCES = Path(__file__).resolve().parent / "native"
 
@@ -214,6 +214,11 @@ class TaggedPages:
 def floor_read(address: int, length: int, page_size: int, tag: int, into: Any) -> int:
     """The floor of an optimistic read (check tags, copy, check): pages not in place."""
     return lib.vc_floor_read(address, length, page_size, tag, ffi.from_buffer(into))
+
+
+def lru_drain() -> str:
+    """How every CPU's LRU batches are drained before a marking or a page out."""
+    return "MADV_COLLAPSE" if lib.vc_drain_method() == 1 else "visiting each CPU"
 
 
 def uffd_probe(user_mode_only: bool) -> int:

@@ -252,6 +252,7 @@ class KernelBackend(Backend):
             "syscalls": self._native.syscalls,
             "tag_mismatches": self._native.mismatched,
             "reclaim_advice": "MADV_DONTNEED" if self._use_dontneed else "MADV_PAGEOUT",
+            "lru_drain": clib.lru_drain(),
             "huge_pages": self._huge_pages,
             "lazyfree_bytes": _lazyfree_bytes(),
         }

@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -14,6 +15,192 @@
 #ifndef MADV_PAGEOUT
 #define MADV_PAGEOUT 21
 #endif
+
+/* A page faulted in waits in the faulting CPU's LRU batch before it reaches
+ * the LRU, and MADV_FREE drains only the batches of the CPU it runs on: a page
+ * still waiting on another CPU is skipped, left as it was, and without swap it
+ * is never purged (seen on 6.18). MADV_FREE parks the pages it frees in a
+ * batch too, and MADV_PAGEOUT again drains only its own CPU's; worse, a page
+ * out that meets pages parked on another CPU leaves them no longer lazily
+ * freed. So before a marking and before a page out, visit every CPU and drain
+ * its batches with a MADV_PAGEOUT of a page of our own, then restore the mask
+ * (the mask is not a limit, the cpuset is: a CPU it forbids is skipped). */
+static char *drain_page_of_process(unsigned long *syscalls)
+{
+    /* Backends reclaim from several threads at once (cffi lets go of the GIL):
+     * one page for the process, published with a compare-and-swap. */
+    static char *drain_page;
+    char *page = __atomic_load_n(&drain_page, __ATOMIC_ACQUIRE), *expected = NULL;
+
+    if (page != NULL)
+        return page;
+    (*syscalls)++;
+    page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED)
+        return NULL;
+    if (!__atomic_compare_exchange_n(&drain_page, &expected, page, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE)) {
+        munmap(page, 4096);
+        page = expected; /* another thread's won */
+    }
+    return page;
+}
+
+static void drain_by_visiting(unsigned long *syscalls)
+{
+    char *drain_page = drain_page_of_process(syscalls);
+    cpu_set_t allowed, one;
+    long ncpus, cpu;
+
+    if (drain_page == NULL)
+        return;
+    drain_page[0] = 1;
+    (*syscalls)++;
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
+        return;
+    ncpus = sysconf(_SC_NPROCESSORS_CONF);
+    for (cpu = 0; cpu < ncpus && cpu < CPU_SETSIZE; cpu++) {
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        (*syscalls)++;
+        if (sched_setaffinity(0, sizeof(one), &one) != 0)
+            continue;
+        (*syscalls)++;
+        madvise(drain_page, 4096, MADV_PAGEOUT);
+    }
+    (*syscalls)++;
+    if (sched_setaffinity(0, sizeof(allowed), &allowed) != 0) {
+        /* The cpuset shrank meanwhile: rather every CPU the cpuset allows
+         * than this thread pinned to the last one visited. */
+        CPU_ZERO(&allowed);
+        for (cpu = 0; cpu < CPU_SETSIZE; cpu++)
+            CPU_SET(cpu, &allowed);
+        (*syscalls)++;
+        sched_setaffinity(0, sizeof(allowed), &allowed);
+    }
+}
+
+/* Visiting costs two system calls and two migrations per CPU (37 us on two
+ * CPUs here), too much to pay per marking on a large machine. MADV_COLLAPSE
+ * (Linux 6.1) starts with lru_add_drain_all(), the kernel's own drain of
+ * every CPU, which asks only the CPUs that hold something; given a range
+ * smaller than a huge page it then collapses nothing (and says EINVAL). That
+ * is how the kernel is written, not a promise: the first drain tries it where
+ * its effect can be seen (pages written on one CPU, lazily freed from another
+ * after the drain, then paged out), and visits CPUs if it did not work. */
+#define VC_COLLAPSE_AREA (4UL << 20)
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+
+enum { DRAIN_UNKNOWN, DRAIN_COLLAPSE, DRAIN_VISIT };
+
+static char *collapse_area; /* address space, its first page written once */
+
+static int drain_by_collapse(unsigned long *syscalls)
+{
+    char *area = __atomic_load_n(&collapse_area, __ATOMIC_ACQUIRE), *expected = NULL;
+    uintptr_t aligned;
+
+    if (area == NULL) {
+        (*syscalls)++;
+        area = mmap(NULL, VC_COLLAPSE_AREA, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (area == MAP_FAILED)
+            return -1;
+        area[0] = 1; /* a mapping never written has no anon_vma, and no THP is allowed there */
+        if (!__atomic_compare_exchange_n(&collapse_area, &expected, area, 0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE)) {
+            munmap(area, VC_COLLAPSE_AREA);
+            area = expected;
+        }
+    }
+    /* One page just past a huge page boundary inside the area: no whole huge
+     * page in the range, so nothing is collapsed or allocated. */
+    aligned = ((uintptr_t)area + (2UL << 20) - 1) & ~((2UL << 20) - 1);
+    (*syscalls)++;
+    if (madvise((void *)(aligned + 4096), 4096, MADV_COLLAPSE) == 0)
+        return 0;
+    return errno == EINVAL ? 0 : -1;
+}
+
+/* Whether drain_by_collapse drains other CPUs: 16 pages written on one CPU
+ * and lazily freed from another after it must all page out. Three times, so
+ * that a batch drained by chance does not pass for it. */
+static int collapse_drains(void)
+{
+    cpu_set_t allowed, one;
+    unsigned char resident[16];
+    unsigned long syscalls = 0;
+    int cpus[2], n = 0, round, i, works = 1;
+    long cpu;
+    char *probe;
+
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
+        return 0;
+    for (cpu = 0; cpu < CPU_SETSIZE && n < 2; cpu++)
+        if (CPU_ISSET(cpu, &allowed))
+            cpus[n++] = (int)cpu;
+    if (n < 2)
+        return 0;
+    probe = mmap(NULL, 16 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (probe == MAP_FAILED)
+        return 0;
+    for (round = 0; round < 3 && works; round++) {
+        CPU_ZERO(&one);
+        CPU_SET(cpus[0], &one);
+        if (sched_setaffinity(0, sizeof(one), &one) != 0) {
+            works = 0;
+            break;
+        }
+        madvise(probe, 16 * 4096, MADV_DONTNEED);
+        memset(probe, 0x5a, 16 * 4096);
+        CPU_ZERO(&one);
+        CPU_SET(cpus[1], &one);
+        if (sched_setaffinity(0, sizeof(one), &one) != 0 || drain_by_collapse(&syscalls) != 0 ||
+            madvise(probe, 16 * 4096, MADV_FREE) != 0) {
+            works = 0;
+            break;
+        }
+        drain_by_visiting(&syscalls);
+        if (madvise(probe, 16 * 4096, MADV_PAGEOUT) != 0 ||
+            mincore(probe, 16 * 4096, resident) != 0) {
+            works = 0;
+            break;
+        }
+        for (i = 0; i < 16; i++)
+            if (resident[i] & 1)
+                works = 0;
+    }
+    sched_setaffinity(0, sizeof(allowed), &allowed);
+    munmap(probe, 16 * 4096);
+    return works;
+}
+
+static int drain_method = DRAIN_UNKNOWN;
+
+long vc_drain_method(void)
+{
+    int how = __atomic_load_n(&drain_method, __ATOMIC_RELAXED);
+
+    if (how == DRAIN_UNKNOWN) {
+        const char *asked = getenv("VOLCACHE_LRU_DRAIN"); /* "visit": for the tests */
+
+        how = (asked == NULL || strcmp(asked, "visit") != 0) && collapse_drains() ? DRAIN_COLLAPSE
+                                                                                   : DRAIN_VISIT;
+        __atomic_store_n(&drain_method, how, __ATOMIC_RELAXED);
+    }
+    return how;
+}
+
+static void drain_all_cpus(unsigned long *syscalls)
+{
+    long how = vc_drain_method();
+
+    if (how == DRAIN_COLLAPSE && drain_by_collapse(syscalls) == 0)
+        return;
+    drain_by_visiting(syscalls);
+}
 
 static inline uint64_t *word_of(uintptr_t addr, size_t page, size_t page_size)
 {
@@ -32,6 +219,7 @@ long vc_mark(uintptr_t addr, size_t npages, size_t page_size, uint64_t tag,
         saved[i] = *word;
         *word = tag;
     }
+    drain_all_cpus(syscalls);
     (*syscalls)++;
     if (madvise((void *)addr, npages * page_size, MADV_FREE) == 0)
         return (long)npages;
@@ -160,75 +348,26 @@ static long count_gone(uintptr_t addr, size_t npages, size_t page_size, uint8_t 
     return n;
 }
 
-/* MADV_FREE parks pages in a per-CPU batch before they reach the LRU, and
- * MADV_PAGEOUT drains only the batches of the CPU it runs on. Worse, a page
- * out that meets pages parked on another CPU leaves them no longer lazily
- * freed (seen on 6.18). So before a page out, visit every CPU and drain its
- * batches with a MADV_PAGEOUT of a page of our own, then restore the mask
- * (the mask is not a limit, the cpuset is: a CPU it forbids is skipped). */
-static char *drain_page_of_process(unsigned long *syscalls)
-{
-    /* Backends reclaim from several threads at once (cffi lets go of the GIL):
-     * one page for the process, published with a compare-and-swap. */
-    static char *drain_page;
-    char *page = __atomic_load_n(&drain_page, __ATOMIC_ACQUIRE), *expected = NULL;
-
-    if (page != NULL)
-        return page;
-    (*syscalls)++;
-    page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (page == MAP_FAILED)
-        return NULL;
-    if (!__atomic_compare_exchange_n(&drain_page, &expected, page, 0, __ATOMIC_ACQ_REL,
-                                     __ATOMIC_ACQUIRE)) {
-        munmap(page, 4096);
-        page = expected; /* another thread's won */
-    }
-    return page;
-}
-
-static void drain_all_cpus(unsigned long *syscalls)
-{
-    char *drain_page = drain_page_of_process(syscalls);
-    cpu_set_t allowed, one;
-    long ncpus, cpu;
-
-    if (drain_page == NULL)
-        return;
-    drain_page[0] = 1;
-    (*syscalls)++;
-    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
-        return;
-    ncpus = sysconf(_SC_NPROCESSORS_CONF);
-    for (cpu = 0; cpu < ncpus && cpu < CPU_SETSIZE; cpu++) {
-        CPU_ZERO(&one);
-        CPU_SET(cpu, &one);
-        (*syscalls)++;
-        if (sched_setaffinity(0, sizeof(one), &one) != 0)
-            continue;
-        (*syscalls)++;
-        madvise(drain_page, 4096, MADV_PAGEOUT);
-    }
-    (*syscalls)++;
-    if (sched_setaffinity(0, sizeof(allowed), &allowed) != 0) {
-        /* The cpuset shrank meanwhile: rather every CPU the cpuset allows
-         * than this thread pinned to the last one visited. */
-        CPU_ZERO(&allowed);
-        for (cpu = 0; cpu < CPU_SETSIZE; cpu++)
-            CPU_SET(cpu, &allowed);
-        (*syscalls)++;
-        sched_setaffinity(0, sizeof(allowed), &allowed);
-    }
-}
-
 long vc_pageout(uintptr_t addr, size_t npages, size_t page_size, int use_dontneed,
                 uint8_t *gone, unsigned long *syscalls)
 {
+    long n;
+
     if (!use_dontneed)
         drain_all_cpus(syscalls);
     (*syscalls)++;
     if (madvise((void *)addr, npages * page_size, use_dontneed ? MADV_DONTNEED : MADV_PAGEOUT) != 0)
         return -errno;
+    n = count_gone(addr, npages, page_size, gone, syscalls);
+    if (use_dontneed || n < 0 || (size_t)n == npages)
+        return n;
+    /* A page out that meets a page someone else holds a moment (compaction,
+     * a batch) makes it an ordinary page again: lazily free the pages it kept
+     * once more (they are volatile, their tags in place) and page out again. */
+    *syscalls += 2;
+    if (madvise((void *)addr, npages * page_size, MADV_FREE) != 0 ||
+        madvise((void *)addr, npages * page_size, MADV_PAGEOUT) != 0)
+        return n;
     return count_gone(addr, npages, page_size, gone, syscalls);
 }
 

@@ -5,13 +5,13 @@
  * Bump VC_NATIVE_VERSION with any change here; backends/clib.py checks it.
  */
 
-#define VC_NATIVE_VERSION 4
+#define VC_NATIVE_VERSION 5
 
 /* sha256 of the .h and .c files beside this one, stamped by build.py. */
 extern const char vc_source_hash[];
 
-/* Save the first word of each page in saved[], write tag there, then
- * madvise(MADV_FREE). Returns the pages marked; if madvise failed part way,
+/* Save the first word of each page in saved[], write tag there, drain the
+ * per-CPU LRU batches of every CPU, then madvise(MADV_FREE). Returns the pages marked; if madvise failed part way,
  * *err is its errno and the unmarked pages have their words restored. */
 long vc_mark(uintptr_t addr, size_t npages, size_t page_size, uint64_t tag,
              uint64_t *saved, int *err, unsigned long *syscalls);
@@ -40,10 +40,16 @@ long vc_read(uintptr_t addr, size_t start, size_t length, size_t page_size, uint
 long vc_floor_read(uintptr_t addr, size_t length, size_t page_size, uint64_t tag, uint8_t *out);
 
 /* Drop volatile pages now (MADV_PAGEOUT, or MADV_DONTNEED if use_dontneed),
- * after draining the per-CPU LRU batches of every CPU. Sets
+ * after draining the per-CPU LRU batches of every CPU; pages a page out kept
+ * are lazily freed again and paged out once more. Sets
  * gone[i] for each page no longer resident; returns how many. */
 long vc_pageout(uintptr_t addr, size_t npages, size_t page_size, int use_dontneed,
                 uint8_t *gone, unsigned long *syscalls);
+/* How this process drains every CPU's LRU batches: 1 by one MADV_COLLAPSE of
+ * less than a huge page (the kernel drains them all first), 2 by visiting each
+ * CPU. Found out by trying, on the first call; VOLCACHE_LRU_DRAIN=visit in the
+ * environment skips the try. */
+long vc_drain_method(void);
 /* Which pages are not resident (gone[i] = 1), with one mincore; returns how many. */
 long vc_gone(uintptr_t addr, size_t npages, size_t page_size, uint8_t *gone,
              unsigned long *syscalls);
