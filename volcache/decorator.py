@@ -105,10 +105,13 @@ def cached(
         cache_options["maxsize"] = 0
     options = {"backend": backend, **cache_options}
 
-    def decorator(func: Callable[..., Any]) -> Memoized:
+    def decorator(func: Callable[..., Any]) -> Any:
         if not callable(func):
             raise TypeError(f"@cached decorates callables, got {func!r}")
-        return Memoized(func, cache, key, typed, per_instance, options)
+        memoized = Memoized(func, cache, key, typed, per_instance, options)
+        if key is None and not typed and _plain_function(memoized):
+            return _function_of(memoized)
+        return memoized
 
     return decorator
 
@@ -464,6 +467,47 @@ class _Call(NamedTuple):
     def __repr__(self) -> str:
         key = self.key
         return f"{self.function}{key!r}" if isinstance(key, tuple) else f"{self.function}({key!r})"
+
+
+def _plain_function(memoized: Memoized) -> bool:
+    """Whether a memoized callable can be a plain function: synchronous, one
+    VolatileCache, and not defined in a class body (a method needs the
+    descriptor, which caches per instance without keeping instances alive)."""
+    if memoized._is_async or not isinstance(memoized.cache, VolatileCache):
+        return False
+    qualname = getattr(memoized._func, "__qualname__", "")
+    if not isinstance(qualname, str):
+        return False
+    parts = qualname.split(".")
+    return len(parts) == 1 or parts[-2] == "<locals>"
+
+
+def _function_of(memoized: Memoized) -> Callable[..., Any]:
+    """A plain function for ``memoized``: calling a function costs a hit 80 ns
+    less than calling an object's ``__call__``, as much as the rest of a hit."""
+    cache = memoized.cache
+    hot_value = memoized._hot_value
+    call = memoized._call
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            return memoized(*args, **kwargs)
+        key = args
+        for part in args:
+            if type(part) not in C_HASHED:
+                key = hashed(args)
+                break
+        value = hot_value(key)
+        if value is not _MISSING:
+            next(memoized._hits)
+            return value
+        return call(cache, key, args, kwargs)
+
+    functools.update_wrapper(wrapper, memoized._func)
+    for name in ("cache", "cache_info", "cache_clear", "cache_parameters"):
+        setattr(wrapper, name, getattr(memoized, name))
+    wrapper._memoized = memoized  # type: ignore[attr-defined]
+    return wrapper
 
 
 def _no_hot_value(key: Any) -> Any:
