@@ -472,6 +472,8 @@ class SlabAllocator:
     def _idle_pages(self, slab: _Slab, first: int, npages: int) -> None:
         stop = first + npages
         added = npages - slab.pending.count(1, first, stop) - slab.volatile.count(1, first, stop)
+        if not added:  # each page pending or volatile already (an entry freed after it went idle)
+            return
         slab.pending[first:stop] = (
             bytes(0 if slab.volatile[i] else 1 for i in range(first, stop))
             if added != npages
