@@ -169,6 +169,26 @@ def test_without_madvise_collapse_cpus_are_visited_to_drain_them():
     assert out.split() == ["visiting", "each", "CPU", "16", "16"]
 
 
+def test_the_way_of_draining_does_not_depend_on_the_first_marking_threads_mask(kernel):
+    """The first drain tries MADV_COLLAPSE on two CPUs the cpuset allows, even
+    when the thread that marks first is pinned to one."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    script = textwrap.dedent(
+        """
+        import os
+        from volcache.backends import VOLATILE, get_backend
+        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
+        kernel = get_backend("kernel")
+        region = kernel.allocate(kernel.page_size)
+        kernel.vrange(region, 0, region.size, VOLATILE)
+        print(kernel.stats()["lru_drain"])
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == kernel.stats()["lru_drain"]
+
+
 def test_a_page_written_while_volatile_is_reported_purged(kernel):
     """Writing to volatile memory is a bug; its page is reported, never trusted."""
     region = kernel.allocate(PS * 2)
@@ -319,6 +339,25 @@ def test_real_pressure_in_a_memory_cgroup():
     assert counts["wrong_intact"] == 0
     assert counts["purged_not_gone"] == 0
     assert counts["purged"] > 0 and counts["intact"] > 0
+
+
+def test_real_pressure_drops_pages_written_on_one_cpu_and_marked_on_another():
+    """The kernel itself, under a cgroup's limit, can drop volatile pages whose
+    marking met them in another CPU's LRU batch. Without the drain before each
+    marking about half of them stayed ordinary memory for good, and the child
+    was killed for its hog (80 MiB of hog was enough for that; 88 here)."""
+    need_backend("kernel")
+    require("kernel", cgroups.unavailable_reason())
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    with cgroups.MemoryCgroup(128 << 20, name="volcache-test") as group:
+        child = [sys.executable, str(HERE / "cpu_hop_child.py"), "64", "88"]
+        run = subprocess.run(group.command(child), capture_output=True, text=True, timeout=300)
+        oom_kills = group.oom_kills()
+    assert run.returncode == 0 and oom_kills == 0, f"child exit {run.returncode}: {run.stderr}"
+    counts = json.loads(run.stdout)
+    assert counts["wrong"] == 0
+    assert counts["purged"] >= counts["pages"] // 2  # the hog needed more than half of them
 
 
 def test_reclaim_moves_past_pages_the_kernel_will_not_page_out(kernel):

@@ -138,9 +138,14 @@ static int collapse_drains(void)
 
     if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
         return 0;
-    for (cpu = 0; cpu < CPU_SETSIZE && n < 2; cpu++)
-        if (CPU_ISSET(cpu, &allowed))
+    /* Two CPUs the cpuset allows, whatever the thread's own mask is now. */
+    for (cpu = 0; cpu < sysconf(_SC_NPROCESSORS_CONF) && cpu < CPU_SETSIZE && n < 2; cpu++) {
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        if (sched_setaffinity(0, sizeof(one), &one) == 0)
             cpus[n++] = (int)cpu;
+    }
+    sched_setaffinity(0, sizeof(allowed), &allowed);
     if (n < 2)
         return 0;
     probe = mmap(NULL, 16 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
