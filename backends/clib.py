@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 #: The version of the C declarations this module was written against.
-NATIVE_VERSION = 5
+NATIVE_VERSION = 6
+MADV_FREE = 8  # Linux 4.5+, the same on every architecture
 
 _SOURCES = Path(__file__).resolve().parent / "native"
 
@@ -125,8 +126,11 @@ class TaggedPages:
             raise ValueError(f"pages [{first}, {first + npages}) outside 0..{self.npages}")
         return self.address + first * self.page_size
 
-    def mark(self, first: int, npages: int, tag: int, counters: Counters) -> tuple[int, int]:
-        """Tag and lazily free pages: (pages marked, errno if fewer else 0).
+    def mark(
+        self, first: int, npages: int, tag: int, drain: bool, counters: Counters
+    ) -> tuple[int, int]:
+        """Tag and lazily free pages, after draining every CPU's LRU batches if
+        ``drain``: (pages marked, errno if fewer else 0).
 
         Raises:
             OSError: if no page could be marked.
@@ -137,6 +141,7 @@ class TaggedPages:
             npages,
             self.page_size,
             tag,
+            int(drain),
             self._saved + first,
             self._err,
             counters._syscalls,
@@ -186,6 +191,12 @@ class TaggedPages:
 
         return read
 
+    def free_again(self, first: int, npages: int, counters: Counters) -> None:
+        """``MADV_FREE`` volatile pages once more (their tags stay in place)."""
+        counters.count_syscalls()
+        _check(lib.vc_madvise(self._span(first, npages), npages * self.page_size, MADV_FREE),
+               "madvise(MADV_FREE)")  # fmt: skip
+
     def gone(self, first: int, npages: int, counters: Counters) -> list[int]:
         """Pages not resident now (one ``mincore``), as region page indexes; none re-pinned."""
         address = self._span(first, npages)
@@ -214,6 +225,11 @@ class TaggedPages:
 def floor_read(address: int, length: int, page_size: int, tag: int, into: Any) -> int:
     """The floor of an optimistic read (check tags, copy, check): pages not in place."""
     return lib.vc_floor_read(address, length, page_size, tag, ffi.from_buffer(into))
+
+
+def drain(counters: Counters) -> None:
+    """Drain every CPU's LRU batches now."""
+    lib.vc_drain(counters._syscalls)
 
 
 def lru_drain() -> str:

@@ -465,6 +465,21 @@ class Backend(abc.ABC):
         purged = self._read(region, start, length, memoryview(into))
         return bytes(into), tuple(purged)
 
+    def settle(self) -> None:
+        """Finish the marking work a backend put off; cheap when there is none.
+
+        The kernel backend drains every CPU's LRU batches at most every 10 ms
+        and lazily frees again what it marked in between (a page still waiting
+        in another CPU's batch is skipped by ``MADV_FREE``); a program about to
+        go idle settles so that no such page stays ordinary memory meanwhile.
+        """
+        with self._lock:
+            if not self._closed:
+                self._settle()
+
+    def _settle(self) -> None:
+        """Subclasses that put marking work off finish it here (under the lock)."""
+
     def reclaim(self, nbytes: int) -> int:
         """Purge up to ``nbytes`` (rounded up to pages) of volatile memory now.
 

@@ -12,8 +12,10 @@ reads the tag back (intact, and the write took the page back) or zero
 from __future__ import annotations
 
 import functools
+import math
 import mmap
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +28,11 @@ TAG = int.from_bytes(b"volcache", "little")
 
 MADV_PAGEOUT = 21  # Linux 5.4; Python's mmap module does not name it
 _PURGE_PASSES = 8  # walks past pages the kernel keeps, per reclaim() call
+# Draining every CPU's LRU batches disturbs every CPU that holds something
+# (a work item each, waited for), so a backend drains at most this often; the
+# pages marked in between are lazily freed again at the next drain.
+_DRAIN_EVERY = 0.01  # seconds
+_UNDRAINED_MAX = 256  # markings remembered until the next drain; more make the next mark drain
 
 
 def try_advice(advice: int) -> tuple[str | None, bytes]:
@@ -121,6 +128,8 @@ class KernelBackend(Backend):
         self._native = clib.Counters()
         self._tagged: dict[int, clib.TaggedPages] = {}
         self._use_dontneed = not _probe()[1]
+        self._drained_at = -math.inf
+        self._undrained: list[tuple[int, int, int]] = []  # (region, first page, pages) marked since
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -148,10 +157,39 @@ class KernelBackend(Backend):
         return tagged
 
     def _mark(self, region: Region, first: int, npages: int) -> tuple[int, int]:
+        # A page faulted in on one CPU waits in that CPU's LRU batch for a
+        # while, and MADV_FREE from another CPU skips it: it would stay
+        # ordinary memory, never purged. Hence the drain before the marking;
+        # between drains, markings are remembered and redone after the next.
+        now = time.monotonic()
+        drain = now - self._drained_at >= _DRAIN_EVERY or len(self._undrained) >= _UNDRAINED_MAX
         try:
-            return self._pages_of(region).mark(first, npages, TAG, self._native)
+            done, err = self._pages_of(region).mark(first, npages, TAG, drain, self._native)
         except OSError as exc:
             return 0, exc.errno
+        if drain:
+            self._drained_at = now
+            self._free_again()
+        elif done:
+            self._undrained.append((region.ident, first, done))
+        return done, err
+
+    def _free_again(self) -> None:
+        """Lazily free once more what was marked without a drain since the last one
+        (a page skipped then is on the LRU now); pages re-pinned since are left alone."""
+        undrained, self._undrained = self._undrained, []
+        for ident, first, npages in undrained:
+            tagged = self._tagged.get(ident)
+            if tagged is None:  # released since
+                continue
+            for span, count in self._book.spans(ident, first, first + npages, bytes([VOL])):
+                tagged.free_again(span, count, self._native)
+
+    def _settle(self) -> None:
+        if self._undrained:
+            clib.drain(self._native)
+            self._drained_at = time.monotonic()
+            self._free_again()
 
     def _unmark(self, region: Region, first: int, npages: int) -> tuple[int, list[int], int]:
         stop = first + npages
@@ -212,6 +250,7 @@ class KernelBackend(Backend):
         child, say): renewed, they stop standing in front of the private pages
         behind them, and the walk goes on for what is still asked.
         """
+        self._settle()  # what waits to be lazily freed again: before the oldest pages go
         total = 0
         for _ in range(_PURGE_PASSES):
             spans = self._book.oldest(npages - total)
@@ -253,6 +292,7 @@ class KernelBackend(Backend):
             "tag_mismatches": self._native.mismatched,
             "reclaim_advice": "MADV_DONTNEED" if self._use_dontneed else "MADV_PAGEOUT",
             "lru_drain": clib.lru_drain(),
+            "undrained_marks": len(self._undrained),
             "huge_pages": self._huge_pages,
             "lazyfree_bytes": _lazyfree_bytes(),
         }

@@ -37,6 +37,7 @@ def main() -> None:
         os.sched_setaffinity(0, {cpus[1]})
         backend.vrange(region, start, stop - start, VOLATILE)
     os.sched_setaffinity(0, set(cpus))
+    backend.settle()  # as a program about to go idle: the last markings without a drain
     hog = mmap.mmap(-1, hog_mib << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     anchor = ctypes.c_char.from_buffer(hog)
     ctypes.memset(ctypes.addressof(anchor), 0x5A, len(hog))

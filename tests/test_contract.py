@@ -176,6 +176,22 @@ def test_arguments_of_the_wrong_type_raise_typeerror(backend):
         backend.allocate(0)
 
 
+def test_settle_changes_no_mode_and_no_byte(backend):
+    """settle() finishes put-off marking work: pages keep their modes and bytes,
+    a closed backend settles as a no-op."""
+    region = backend.allocate(backend.page_size * 8)
+    fill(region)
+    for _ in range(3):  # marked more than once between drains, on the kernel backend
+        backend.vrange(region, 0, region.size, VOLATILE)
+        backend.vrange(region, 0, backend.page_size * 2, NONVOLATILE)
+    backend.settle()
+    backend.settle()
+    assert backend.vrange(region, 0, region.size, NONVOLATILE).purged_pages == ()
+    assert intact_pages(region) == list(range(8))
+    backend.close()
+    backend.settle()
+
+
 def test_reclaim_purges_oldest_volatile_first_and_reports_exact_pages(backend):
     """reclaim() takes the oldest markings; re-pinning names exactly those pages."""
     ps = backend.page_size

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 
 from volcache import cgroups
 from volcache.backends import NONVOLATILE, VOLATILE, available_backends, clib, get_backend
+from volcache.backends import kernel as kernel_module
 
 from .conftest import need_backend, on_one_cpu, require
 
@@ -247,25 +249,62 @@ def test_regions_refuse_huge_pages_unless_asked(kernel):
         assert region.view == b"\x33" * region.size
 
 
-def test_stats_show_system_calls_and_lazyfree_memory(kernel):
-    """Marking makes two system calls (a drain of every CPU's LRU batches, then
-    MADV_FREE) and shows up as LazyFree; re-pinning takes it back."""
-    warm = kernel.allocate(PS)  # the first marking maps the drain's pages
+def test_stats_show_system_calls_and_lazyfree_memory(kernel, monkeypatch):
+    """Marking makes one system call (MADV_FREE) between drains, remembered until
+    the next; settling drains every CPU's LRU batches and lazily frees it again.
+    LazyFree shows it; re-pinning takes it back without a system call."""
+    monkeypatch.setattr(kernel_module, "_DRAIN_EVERY", math.inf)  # only the first marking drains
+    warm = kernel.allocate(PS)
     kernel.vrange(warm, 0, PS, VOLATILE)
     region = kernel.allocate(PS * 256)
     region.view[:] = b"\x01" * region.size
     before = kernel.stats()
     kernel.vrange(region, 0, region.size, VOLATILE)
     marked = kernel.stats()
+    assert marked["syscalls"] == before["syscalls"] + 1
+    assert marked["undrained_marks"] == 1
+    kernel.settle()
+    settled = kernel.stats()
     drain = 1 if before["lru_drain"] == "MADV_COLLAPSE" else 2 + 2 * os.cpu_count()
-    assert marked["syscalls"] == before["syscalls"] + drain + 1
+    assert settled["syscalls"] == marked["syscalls"] + drain + 1
+    assert settled["undrained_marks"] == 0
     # Up to one per-CPU batch (31 pages) is not counted as LazyFree until it drains.
-    assert marked["lazyfree_bytes"] >= before["lazyfree_bytes"] + region.size - 31 * PS
+    assert settled["lazyfree_bytes"] >= before["lazyfree_bytes"] + region.size - 31 * PS
     kernel.vrange(region, 0, region.size, NONVOLATILE)
     repinned = kernel.stats()
-    assert repinned["syscalls"] == marked["syscalls"]
-    assert repinned["lazyfree_bytes"] <= marked["lazyfree_bytes"] - region.size + 31 * PS
+    assert repinned["syscalls"] == settled["syscalls"]
+    assert repinned["lazyfree_bytes"] <= settled["lazyfree_bytes"] - region.size + 31 * PS
     assert marked["reclaim_advice"] == "MADV_PAGEOUT"
+
+
+def test_markings_between_drains_are_lazily_freed_when_the_backend_settles(monkeypatch):
+    """A marking that did not drain may leave pages waiting in another CPU's
+    batch as ordinary memory; settle() drains and frees them again, so that
+    the kernel's own reclaim (a MADV_PAGEOUT here) can drop every page."""
+    need_backend("kernel")
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    monkeypatch.setattr(kernel_module, "_DRAIN_EVERY", math.inf)
+    with get_backend("kernel") as kernel:
+        warm = kernel.allocate(PS)
+        kernel.vrange(warm, 0, PS, VOLATILE)  # the one drain
+        region = kernel.allocate(PS * 16)
+        try:
+            os.sched_setaffinity(0, {cpus[0]})
+            region.view[:] = b"\x66" * region.size
+            os.sched_setaffinity(0, {cpus[1]})
+            kernel.vrange(region, 0, region.size, VOLATILE)
+            assert kernel.stats()["undrained_marks"] == 1
+            kernel.vrange(region, 0, PS * 4, NONVOLATILE)  # pinned again: not to be freed
+            kernel.settle()
+            clib.madvise(region.address, region.size, MADV_PAGEOUT)  # drains this CPU's batch
+        finally:
+            os.sched_setaffinity(0, set(cpus))
+        assert kernel.vrange(region, 0, region.size, NONVOLATILE).purged_pages == tuple(
+            range(4, 16)
+        )
+        assert region.view[: PS * 4] == b"\x66" * PS * 4
 
 
 def test_page_size_other_than_the_systems_is_refused():

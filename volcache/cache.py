@@ -494,7 +494,9 @@ class VolatileCache(MutableMapping):
             while self._hot:
                 entries.demote(next(iter(self._hot.values())))
             entries.seen.clear()  # idle from now: reads start over before anything is hot
-            return entries.store.slabs.flush() * self._backend.page_size
+            marked = entries.store.slabs.flush() * self._backend.page_size
+            self._backend.settle()
+            return marked
 
     def maintain(self) -> None:
         """Do the idle work now: demote idle hot entries, mark pending pages volatile,
@@ -502,6 +504,7 @@ class VolatileCache(MutableMapping):
         with self._lock:
             self._check_open()
             self._maintain(flush=True)
+            self._backend.settle()
             self._sweep()
             if self._report(force=True):
                 self._fit_budget(NONE)
@@ -898,6 +901,7 @@ class VolatileCache(MutableMapping):
                 with cache._lock:
                     if not cache._closed:
                         cache._maintain(flush=True)
+                        cache._backend.settle()
                 del cache
 
         self._timer = threading.Thread(target=run, name="volcache-idle", daemon=True)

@@ -212,7 +212,7 @@ static inline uint64_t *word_of(uintptr_t addr, size_t page, size_t page_size)
     return (uint64_t *)(addr + page * page_size);
 }
 
-long vc_mark(uintptr_t addr, size_t npages, size_t page_size, uint64_t tag,
+long vc_mark(uintptr_t addr, size_t npages, size_t page_size, uint64_t tag, int drain,
              uint64_t *saved, int *err, unsigned long *syscalls)
 {
     size_t i, done;
@@ -224,7 +224,8 @@ long vc_mark(uintptr_t addr, size_t npages, size_t page_size, uint64_t tag,
         saved[i] = *word;
         *word = tag;
     }
-    drain_all_cpus(syscalls);
+    if (drain)
+        drain_all_cpus(syscalls);
     (*syscalls)++;
     if (madvise((void *)addr, npages * page_size, MADV_FREE) == 0)
         return (long)npages;
@@ -374,6 +375,12 @@ long vc_pageout(uintptr_t addr, size_t npages, size_t page_size, int use_dontnee
         madvise((void *)addr, npages * page_size, MADV_PAGEOUT) != 0)
         return n;
     return count_gone(addr, npages, page_size, gone, syscalls);
+}
+
+long vc_drain(unsigned long *syscalls)
+{
+    drain_all_cpus(syscalls);
+    return vc_drain_method();
 }
 
 long vc_gone(uintptr_t addr, size_t npages, size_t page_size, uint8_t *gone,

@@ -5,15 +5,16 @@
  * Bump VC_NATIVE_VERSION with any change here; backends/clib.py checks it.
  */
 
-#define VC_NATIVE_VERSION 5
+#define VC_NATIVE_VERSION 6
 
 /* sha256 of the .h and .c files beside this one, stamped by build.py. */
 extern const char vc_source_hash[];
 
 /* Save the first word of each page in saved[], write tag there, drain the
- * per-CPU LRU batches of every CPU, then madvise(MADV_FREE). Returns the pages marked; if madvise failed part way,
- * *err is its errno and the unmarked pages have their words restored. */
-long vc_mark(uintptr_t addr, size_t npages, size_t page_size, uint64_t tag,
+ * per-CPU LRU batches of every CPU if drain, then madvise(MADV_FREE). Returns
+ * the pages marked; if madvise failed part way, *err is its errno and the
+ * unmarked pages have their words restored. */
+long vc_mark(uintptr_t addr, size_t npages, size_t page_size, uint64_t tag, int drain,
              uint64_t *saved, int *err, unsigned long *syscalls);
 
 /* Re-pin pages marked by vc_mark: atomically exchange each tag with its saved
@@ -50,6 +51,8 @@ long vc_pageout(uintptr_t addr, size_t npages, size_t page_size, int use_dontnee
  * CPU. Found out by trying, on the first call; VOLCACHE_LRU_DRAIN=visit in the
  * environment skips the try. */
 long vc_drain_method(void);
+/* Drain the per-CPU LRU batches of every CPU now; returns vc_drain_method(). */
+long vc_drain(unsigned long *syscalls);
 /* Which pages are not resident (gone[i] = 1), with one mincore; returns how many. */
 long vc_gone(uintptr_t addr, size_t npages, size_t page_size, uint8_t *gone,
              unsigned long *syscalls);
