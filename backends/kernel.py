@@ -11,6 +11,7 @@ reads the tag back (intact, and the write took the page back) or zero
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import mmap
@@ -183,7 +184,8 @@ class KernelBackend(Backend):
             if tagged is None:  # released since
                 continue
             for span, count in self._book.spans(ident, first, first + npages, bytes([VOL])):
-                tagged.free_again(span, count, self._native)
+                with contextlib.suppress(OSError):  # as they were: marked, not lazily freed yet
+                    tagged.free_again(span, count, self._native)
 
     def _settle(self) -> None:
         if self._undrained:
