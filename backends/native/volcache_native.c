@@ -100,6 +100,7 @@ static char *collapse_area; /* address space, its first page written once */
 static int drain_by_collapse(unsigned long *syscalls)
 {
     char *area = __atomic_load_n(&collapse_area, __ATOMIC_ACQUIRE), *expected = NULL;
+    long ps = sysconf(_SC_PAGESIZE);
     uintptr_t aligned;
 
     if (area == NULL) {
@@ -119,7 +120,7 @@ static int drain_by_collapse(unsigned long *syscalls)
      * page in the range, so nothing is collapsed or allocated. */
     aligned = ((uintptr_t)area + (2UL << 20) - 1) & ~((2UL << 20) - 1);
     (*syscalls)++;
-    if (madvise((void *)(aligned + 4096), 4096, MADV_COLLAPSE) == 0)
+    if (madvise((void *)(aligned + ps), ps, MADV_COLLAPSE) == 0)
         return 0;
     return errno == EINVAL ? 0 : -1;
 }
@@ -133,7 +134,7 @@ static int collapse_drains(void)
     unsigned char resident[16];
     unsigned long syscalls = 0;
     int cpus[2], n = 0, round, i, works = 1;
-    long cpu;
+    long cpu, ps = sysconf(_SC_PAGESIZE);
     char *probe;
 
     if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
@@ -148,7 +149,7 @@ static int collapse_drains(void)
     sched_setaffinity(0, sizeof(allowed), &allowed);
     if (n < 2)
         return 0;
-    probe = mmap(NULL, 16 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    probe = mmap(NULL, 16 * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (probe == MAP_FAILED)
         return 0;
     for (round = 0; round < 3 && works; round++) {
@@ -158,18 +159,18 @@ static int collapse_drains(void)
             works = 0;
             break;
         }
-        madvise(probe, 16 * 4096, MADV_DONTNEED);
-        memset(probe, 0x5a, 16 * 4096);
+        madvise(probe, 16 * ps, MADV_DONTNEED);
+        memset(probe, 0x5a, 16 * ps);
         CPU_ZERO(&one);
         CPU_SET(cpus[1], &one);
         if (sched_setaffinity(0, sizeof(one), &one) != 0 || drain_by_collapse(&syscalls) != 0 ||
-            madvise(probe, 16 * 4096, MADV_FREE) != 0) {
+            madvise(probe, 16 * ps, MADV_FREE) != 0) {
             works = 0;
             break;
         }
         drain_by_visiting(&syscalls);
-        if (madvise(probe, 16 * 4096, MADV_PAGEOUT) != 0 ||
-            mincore(probe, 16 * 4096, resident) != 0) {
+        if (madvise(probe, 16 * ps, MADV_PAGEOUT) != 0 ||
+            mincore(probe, 16 * ps, resident) != 0) {
             works = 0;
             break;
         }
@@ -178,7 +179,7 @@ static int collapse_drains(void)
                 works = 0;
     }
     sched_setaffinity(0, sizeof(allowed), &allowed);
-    munmap(probe, 16 * 4096);
+    munmap(probe, 16 * ps);
     return works;
 }
 
