@@ -174,14 +174,21 @@ class TaggedPages:
         )  # fmt: skip
         return list(self._purged[0:n]) if n else []
 
-    def reader(self, tag: int, states: bytearray) -> Callable[[int, int], bytes | None]:
+    def reader(
+        self, tag: int, states: bytearray, region: Any
+    ) -> Callable[[int, int], bytes | None]:
         """``read(start, length)``: the bytes in a new ``bytes``, or None if any page
-        was purged; one native call. ``length`` must be above zero."""
+        was purged; one native call. ``length`` must be above zero. A read after
+        ``region`` was released (its ``_view`` gone) raises ``ValueError``."""
         address, page_size, saved, purged = self.address, self.page_size, self._saved, self._purged
         state = ffi.from_buffer(states)
         native, buffer = lib.vc_read, ffi.from_buffer
 
         def read(start: int, length: int) -> bytes | None:
+            # Unmapped memory would crash the process, not raise: a region
+            # released (or a backend closed) under its owner is an error here.
+            if region._view is None:
+                raise ValueError(f"{region!r} was released")
             # bytes(n) with n > 0 is a new object nobody else holds yet: filled
             # in place, it saves a second copy.
             into = bytes(length)

@@ -234,16 +234,7 @@ class KernelBackend(Backend):
         with self._lock:
             self._check_open()
             self._check_region(region)
-            read = self._pages_of(region).reader(TAG, self._book.states(region.ident))
-
-        def reader(start: int, length: int) -> bytes | None:
-            # Unmapped memory would crash the process, not raise: a region
-            # released (or a backend closed) under its owner is an error here.
-            if region._view is None:
-                raise ValueError(f"{region!r} was released")
-            return read(start, length)
-
-        return reader
+            return self._pages_of(region).reader(TAG, self._book.states(region.ident), region)
 
     def _purge(self, npages: int) -> int:
         """Page out the oldest volatile pages; pages the kernel keeps are made young.
