@@ -206,13 +206,15 @@ class VolatileCache(MutableMapping):
         # The lock-free hot hit reads these two directly.
         self._objects = self._entries.objects
         self._hot = self._entries.hot
-        self._move_to_end = self._hot.move_to_end
         # With a maxsize, the order is exact: hot hits keep the hot set in LRU
         # order, idle entries are in a list, older than every hot one, and
         # eviction takes the least recently used. Without one, a hot hit only
         # marks the entry and idle records are ordered by a CLOCK: no memory
         # spent on an exact order that only the budget would use.
         self._exact_lru = maxsize != math.inf
+        # What a hot hit calls to keep the order: None without a maxsize (one
+        # test of it costs the hit less than testing _exact_lru and then calling).
+        self._touch = self._hot.move_to_end if self._exact_lru else None
         self._last_sweep = clock()
         self._entries.now = clock()
         self._counts = dict.fromkeys(("hits", "misses", "regenerated", "evictions"), 0)
@@ -262,14 +264,16 @@ class VolatileCache(MutableMapping):
         if value is COLD:
             return self._get_slow(key, _GETITEM)
         hits = entry.hits = entry.hits + 1
-        if self._exact_lru:
+        touch = self._touch
+        if touch is not None:
             try:  # noqa: SIM105 - contextlib.suppress costs 100 ns on the hot hit
-                self._move_to_end(key)
+                touch(key)
             except KeyError:
                 pass
-        if not hits & 1023:  # every 1024 hits of an entry (_MAINTAIN_EVERY)
-            with self._lock:
-                self._maintain()
+        if hits & 1023:  # maintenance every 1024 hits of an entry (_MAINTAIN_EVERY)
+            return value
+        with self._lock:
+            self._maintain()
         return value
 
     def __missing__(self, key: Hashable) -> Any:
@@ -678,14 +682,16 @@ class VolatileCache(MutableMapping):
         if value is COLD:
             return _MISSING
         hits = entry.hits = entry.hits + 1
-        if self._exact_lru:
+        touch = self._touch
+        if touch is not None:
             try:  # noqa: SIM105 - contextlib.suppress costs 100 ns here
-                self._move_to_end(key)
+                touch(key)
             except KeyError:
                 pass
-        if not hits & 1023:
-            with self._lock:
-                self._maintain()
+        if hits & 1023:
+            return value
+        with self._lock:
+            self._maintain()
         return value
 
     def _probe(self, key: Hashable, count: bool = True) -> tuple[Any, bool]:
