@@ -18,6 +18,8 @@ import pytest
 from volcache.backends import available_backends, backend_class, get_backend
 
 BACKENDS = list(available_backends())
+#: The tier's servers, which VOLCACHE_REQUIRE may also name (then a missing one fails).
+SERVERS = ["redis", "memcached"]
 WITH_FAULT_INJECTION = [n for n in BACKENDS if backend_class(n).capabilities.fault_injection]
 
 
@@ -30,7 +32,7 @@ def required_backends() -> set[str]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    unknown = required_backends() - set(BACKENDS)
+    unknown = required_backends() - set(BACKENDS) - set(SERVERS)
     if unknown:
         raise pytest.UsageError(
             f"VOLCACHE_REQUIRE names backends that are not registered: {sorted(unknown)}; "

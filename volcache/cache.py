@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -31,9 +32,13 @@ from .keys import key_bytes
 from .pins import Pin, pin_views
 from .records import NONE, REFERENCED
 from .store import OWN_DECODER, SPECIAL_KEY
+from .tiers.base import Tier
+from .tiers.bound import MISSING as TIER_MISSING
+from .tiers.bound import BoundTier
 
 _MISSING = MISSING  # the decorator's name for it
 _GETITEM = object()  # "no default": a lookup as cache[key]
+_TIER_ONLY = object()  # in a flight's key: a get() asking the tier, which regenerates nothing
 _MAINTAIN_EVERY = 1024  # hot hits between maintenance passes (a power of two)
 _SWEEP_SECONDS = 1.0  # the idle work looks for purged pages at most this often
 _SWEEP_OVER_BUDGET = 0.05  # over the budget, purged records are dropped first, this often
@@ -84,6 +89,12 @@ class VolatileCache(MutableMapping):
         slab_bytes: the size of the regions taken from the backend.
         mark_batch: idle pages gathered before they are marked volatile.
         clock: the time source, in seconds (injectable for tests).
+        tier: a :class:`~volcache.tiers.Tier` shared with other processes:
+            a local miss or purge asks it before regenerating, a value found
+            there is stored here, and stores, ``del``, ``pop`` and ``clear``
+            go through to it.
+        namespace: the tier namespace of this cache's keys (default: the
+            tier's own; one of them is needed with a tier).
         memory_budget: bytes of the cache's own memory that no purge takes
             back (records, books, Python objects, hot values; see
             ``info().nonvolatile_bytes``); past it the least recently used
@@ -121,6 +132,8 @@ class VolatileCache(MutableMapping):
         mark_batch: int = 64,
         clock: Callable[[], float] = time.monotonic,
         memory_budget: int | MemoryBudget | None = None,
+        tier: Tier | None = None,
+        namespace: str | None = None,
     ) -> None:
         if not isinstance(maxsize, int | float) or math.isnan(maxsize) or maxsize < 0:
             raise ValueError(f"maxsize must be a non-negative number, got {maxsize!r}")
@@ -147,6 +160,15 @@ class VolatileCache(MutableMapping):
                 f"got {memory_budget!r}"
             )
         self._codec = check_codec(codec)
+        self._tier: BoundTier | None = None
+        if tier is not None:
+            namespace = namespace or getattr(tier, "namespace", None)
+            if not namespace:
+                raise ValueError(
+                    "a VolatileCache with a tier needs a namespace for its keys: "
+                    "VolatileCache(tier=..., namespace='...') or the tier's namespace="
+                )
+            self._tier = BoundTier(tier, namespace, self._codec)
         if isinstance(backend, Backend):
             if backend_options:
                 raise TypeError("backend_options go with a backend name, not a Backend instance")
@@ -178,6 +200,8 @@ class VolatileCache(MutableMapping):
             "mark_batch": mark_batch,
             "clock": clock,
             "memory_budget": memory_budget,
+            "tier": tier,
+            "namespace": namespace if tier is not None else None,
         }
         self._maxsize = maxsize
         if memory_budget is None:
@@ -298,6 +322,16 @@ class VolatileCache(MutableMapping):
         return value
 
     def __setitem__(self, key: Hashable, value: Any) -> None:
+        tier = self._tier
+        if tier is None:
+            self._set(key, value)
+            return
+        named = tier.key_of(key)  # a key the tier cannot name fails here, before anything
+        self._set(key, value)
+        tier.store(named, value)  # after the lock: the server's time is not the cache's
+
+    def _set(self, key: Hashable, value: Any) -> None:
+        """Store locally only (a value that came from the tier is not written back)."""
         h = hash(key) & HASH_MASK  # an unhashable key fails here, before anything changes
         size = self.getsizeof(value) if self._sized else 1
         if size > self._maxsize:
@@ -354,9 +388,12 @@ class VolatileCache(MutableMapping):
         with self._lock:
             self._check_open()
             entry, rid = self._entries.locate(key)
-            if rid == NONE:
-                raise KeyError(key)
-            self._entries.remove(entry, rid)
+            if rid != NONE:
+                self._entries.remove(entry, rid)
+        if self._tier is not None:
+            self._tier.remove(self._tier.key_of(key))
+        if rid == NONE:
+            raise KeyError(key)
 
     def __contains__(self, key: object) -> bool:
         if key in self._objects:
@@ -397,8 +434,24 @@ class VolatileCache(MutableMapping):
         """Remove ``key`` and return its value (regenerated if found purged and possible).
 
         Atomic: the entry removed is the one whose value is returned, whatever
-        other threads store meanwhile.
+        other threads store meanwhile. With a tier, the key is deleted there
+        too, and a key absent here is the tier's value, if it has one.
         """
+        tier = self._tier
+        if tier is None:
+            return self._pop(key, default)
+        named = tier.key_of(key)
+        value = self._pop(key, _TIER_ONLY)
+        if value is _TIER_ONLY:  # not here: the tier's, if it has it
+            value = tier.fetch(named)
+        tier.remove(named)
+        if value is not _MISSING and value is not TIER_MISSING:
+            return value
+        if default is _MISSING:
+            raise KeyError(key)
+        return default
+
+    def _pop(self, key: Hashable, default: Any) -> Any:
         value = _MISSING
         for _ in range(_POP_TRIES):
             with self._lock:
@@ -458,11 +511,14 @@ class VolatileCache(MutableMapping):
                     return item
 
     def clear(self) -> None:
-        """Remove every entry (pinned ones are freed when their pins end)."""
+        """Remove every entry (pinned ones are freed when their pins end); with a
+        tier, its namespace is cleared too, for every process."""
         with self._lock:
             self._check_open()
             self._entries.clear()
             self._report(force=True)
+        if self._tier is not None:
+            self._tier.clear()
 
     def items(self) -> ItemsView:
         """Items of the entries that are intact (or regenerated) when iterated."""
@@ -546,6 +602,7 @@ class VolatileCache(MutableMapping):
                 idle_entries=entries.count - len(self._objects),
                 index_bytes=store.nbytes(),
                 kept_entries=entries.kept,
+                **(self._tier.counts if self._tier is not None else {}),
             )
 
     def close(self) -> None:
@@ -617,6 +674,10 @@ class VolatileCache(MutableMapping):
                 return value
         if default is _GETITEM or (purged and self._can_regenerate()):
             return self._regenerate_key(key)
+        if self._tier is not None:  # get() of an absent key: the tier may have it
+            value = self._flight.run((_TIER_ONLY, key), self._from_tier_only)
+            if value is not _MISSING:
+                return value
         return default
 
     def _hit(self, key: Hashable, count: bool = True) -> tuple[Any, bool]:
@@ -724,14 +785,49 @@ class VolatileCache(MutableMapping):
                 if value is not _MISSING:
                     self._counts["hits"] += 1
                     return value
-            start = time.perf_counter()
-            value = self.__missing__(key)
-            with self._lock:
-                self._counts["regenerated"] += 1
-                self._regen_seconds += time.perf_counter() - start
-            return value
+            if self._tier is not None:
+                return self._through_tier(key, lambda: self._produce(key), self._can_regenerate())
+            return self._produce(key)
 
         return self._flight.run(key, compute)
+
+    def _produce(self, key: Hashable) -> Any:
+        start = time.perf_counter()
+        value = self.__missing__(key)
+        with self._lock:
+            self._counts["regenerated"] += 1
+            self._regen_seconds += time.perf_counter() - start
+        return value
+
+    def _through_tier(self, key: Hashable, produce: Callable[[], Any], lock: bool = True) -> Any:
+        """After a local miss, in the key's flight: the tier's value (stored here, not
+        written back), else ``produce()``'s, which stores it and so writes it through.
+
+        ``lock``: with a tier of ``lock=True``, one process at a time produces
+        the key and the others wait for the tier to have it (see
+        :meth:`~volcache.tiers.bound.BoundTier.computing`).
+        """
+        tier = self._tier
+        named = tier.key_of(key)
+        value = tier.fetch(named)
+        if value is TIER_MISSING:
+            if not lock:
+                return produce()
+            with tier.computing(named) as value:
+                if value is TIER_MISSING:
+                    return produce()
+        with contextlib.suppress(TypeError, ValueError):  # too large for maxsize: not kept
+            self._set(key, value)
+        return value
+
+    def _from_tier_only(self, key_in_flight: tuple[object, Hashable]) -> Any:
+        key = key_in_flight[1]
+        with self._lock:  # a flight that just ended may have stored it
+            self._check_open()
+            value, _ = self._hit(key, count=False)
+        if value is not _MISSING:
+            return value
+        return self._through_tier(key, lambda: _MISSING, lock=False)
 
     def _sweep(self) -> None:
         """Entries on pages the backend knows purged leave now, not when asked for:

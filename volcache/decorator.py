@@ -20,6 +20,7 @@ from .budget import MemoryBudget
 from .cache import _MISSING, VolatileCache, _count_of
 from .flight import SingleFlight, await_check, await_done
 from .keys import C_HASHED, hashed, hashkey, typedkey
+from .tiers.bound import MISSING as TIER_MISSING
 
 _SCALAR = object()  # in a shared method cache's key: a key function's non-tuple key follows
 _SWEEP_AFTER = 64  # dead instances, or a 64th of the shared cache, before their entries go
@@ -108,7 +109,17 @@ def cached(
     def decorator(func: Callable[..., Any]) -> Any:
         if not callable(func):
             raise TypeError(f"@cached decorates callables, got {func!r}")
-        memoized = Memoized(func, cache, key, typed, per_instance, options)
+        made = options
+        if options.get("tier") is not None:
+            if per_instance:
+                raise TypeError(
+                    "a tier is shared by processes and per_instance caches are an "
+                    "instance's own: use one or the other"
+                )
+            if not options.get("namespace") and not getattr(options["tier"], "namespace", None):
+                name = getattr(func, "__qualname__", None) or type(func).__qualname__
+                made = {**options, "namespace": f"{func.__module__}.{name}"}
+        memoized = Memoized(func, cache, key, typed, per_instance, made)
         if key is None and not typed and _plain_function(memoized):
             return _function_of(memoized)
         return memoized
@@ -218,6 +229,12 @@ class Memoized:
         return _BoundMemoized(self, instance)
 
     def _call_method(self, instance: Any, args: tuple, kwargs: dict) -> Any:
+        if getattr(self.cache, "_tier", None) is not None:
+            # Its key holds a token for the instance, which means nothing in another process.
+            raise TypeError(
+                f"{self.__qualname__}: a method's results cannot go to a shared tier "
+                "(the key would name this process's instance); decorate a function"
+            )
         cache, key = self._for_instance(instance, args, kwargs)
         full = (instance, *args)
         if self._is_async:
@@ -237,6 +254,10 @@ class Memoized:
                 value, _ = _probe(cache, key, count=False)
                 if value is not _MISSING:
                     return value
+            if getattr(cache, "_tier", None) is not None:
+                return cache._through_tier(
+                    key, lambda: self._store(cache, key, self._func(*args, **kwargs), purged)
+                )
             return self._store(cache, key, self._func(*args, **kwargs), purged)
 
         return self._flight.run((id(cache), key), compute, _Call(self.__qualname__, key))
@@ -276,7 +297,29 @@ class Memoized:
         value, _ = _probe(cache, key, count=False)
         if value is not _MISSING:
             return value
-        return self._store(cache, key, await self._func(*args, **kwargs), purged)
+        tier = getattr(cache, "_tier", None)
+        if tier is None:
+            return self._store(cache, key, await self._func(*args, **kwargs), purged)
+        import asyncio
+
+        # The server's calls in a worker thread: the event loop does not wait on them.
+        named = tier.key_of(key)
+        value = await asyncio.to_thread(tier.fetch, named)
+        if value is not TIER_MISSING:
+            with contextlib.suppress(TypeError, ValueError):
+                cache._set(key, value)
+            return value
+        value = await self._func(*args, **kwargs)
+        try:
+            cache._set(key, value)
+        except ValueError:
+            return value
+        self._stores += 1
+        if purged:
+            with self._lock:
+                self._regenerated += 1
+        await asyncio.to_thread(tier.store, named, value)
+        return value
 
     def _task_done(self, flight: tuple[int, int, Any], task: Any) -> None:
         if self._tasks.get(flight) is task:

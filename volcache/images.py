@@ -9,15 +9,19 @@ size, ``reduce`` shrinks by whole factors first). Pillow comes with the
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
 from .cache import VolatileCache
-from .codecs import Codec, Decoder
+from .codecs import Codec, Decoder, DefaultCodec
 from .info import CacheInfo
+from .tiers.base import Tier
+from .tiers.bound import BoundTier
 
 Image: Any = None  # PIL.Image, imported by the first ThumbnailCache (Pillow is optional)
 UnidentifiedImageError: Any = None
@@ -68,6 +72,13 @@ class ThumbnailCache:
         size: the largest thumbnail (width, height); the aspect ratio is kept.
         backend: a backend name or instance, as for :class:`~volcache.VolatileCache`.
         reducing_gap: Pillow's ``reducing_gap`` (larger is sharper and slower).
+        tier: a :class:`~volcache.tiers.Tier` shared with other processes: a
+            thumbnail missing here is taken from it before decoding its file,
+            and one decoded is written to it (as its raw pixels, mode and
+            size: no secret needed). Processes share thumbnails of a file with
+            the same path, size and modification time.
+        namespace: the tier namespace (default: one per thumbnail size and
+            ``reducing_gap``).
         cache_options: other :class:`~volcache.VolatileCache` arguments.
 
     Thumbnails are kept as ``RGBX`` (or ``RGBA`` for images with alpha, ``L``
@@ -83,6 +94,8 @@ class ThumbnailCache:
         *,
         backend: Any = "auto",
         reducing_gap: float | None = 2.0,
+        tier: Tier | None = None,
+        namespace: str | None = None,
         **cache_options: Any,
     ) -> None:
         if Image is None:
@@ -95,6 +108,11 @@ class ThumbnailCache:
             raise ValueError(f"size must be positive, got {size!r}")
         self.size = (width, height)
         self.reducing_gap = reducing_gap
+        self._tier: BoundTier | None = None
+        if tier is not None:
+            namespace = namespace or getattr(tier, "namespace", None)
+            default = f"volcache.ThumbnailCache.{width}x{height}.{reducing_gap}"
+            self._tier = BoundTier(tier, namespace or default, DefaultCodec())
         self.cache = VolatileCache(
             backend=backend, regenerate=self._render, codec=_PixelCodec(), **cache_options
         )
@@ -134,8 +152,12 @@ class ThumbnailCache:
         raise ThumbnailError(f"{path}: the file keeps changing")
 
     def info(self) -> CacheInfo:
-        """The cache's counters and sizes (see :class:`~volcache.CacheInfo`)."""
-        return self.cache.info()
+        """The cache's counters and sizes (see :class:`~volcache.CacheInfo`), with
+        the tier's counters if it has one."""
+        info = self.cache.info()
+        if self._tier is None:
+            return info
+        return dataclasses.replace(info, **self._tier.counts)
 
     def close(self) -> None:
         """Release all memory."""
@@ -177,6 +199,24 @@ class ThumbnailCache:
         return current
 
     def _render(self, key: tuple[str, int, int, int]) -> Any:
+        path = key[0]
+        tier = self._tier
+        if tier is None:
+            thumbnail = self._decode_file(key)
+        else:
+            # Not the inode: it names the file on this machine only.
+            named = tier.key_of(key[:3])
+            thumbnail = _from_wire(tier.fetch(named))
+            if thumbnail is None:
+                with tier.computing(named) as found:
+                    thumbnail = _from_wire(found)
+                    if thumbnail is None:
+                        thumbnail = self._decode_file(key)
+                        tier.store(named, _to_wire(thumbnail))
+        self._current[path] = (key, thumbnail.mode, thumbnail.size)
+        return thumbnail
+
+    def _decode_file(self, key: tuple[str, int, int, int]) -> Any:
         path, size, mtime, inode = key
         try:
             with open(path, "rb") as file, Image.open(file) as image:
@@ -191,8 +231,29 @@ class ThumbnailCache:
             if isinstance(exc, FileNotFoundError | PermissionError):
                 raise
             raise ThumbnailError(f"{path}: cannot decode it ({exc})") from exc
-        self._current[path] = (key, thumbnail.mode, thumbnail.size)
         return thumbnail
+
+
+_WIRE = struct.Struct("<4s4sII")  # magic, mode, width, height; the pixels follow
+_WIRE_MODES = {b"RGBX": ("RGBX", 4), b"RGBA": ("RGBA", 4), b"L\0\0\0": ("L", 1)}
+
+
+def _to_wire(thumbnail: Any) -> bytes:
+    """A thumbnail as bytes for the tier: a header, then its raw pixels."""
+    mode = thumbnail.mode.encode().ljust(4, b"\0")
+    return _WIRE.pack(b"VCTH", mode, *thumbnail.size) + thumbnail.tobytes()
+
+
+def _from_wire(data: Any) -> Any:
+    """The thumbnail in bytes from the tier, or None (absent, or not a thumbnail of
+    a mode and size that its bytes fill exactly)."""
+    if not isinstance(data, bytes) or len(data) < _WIRE.size:
+        return None
+    magic, mode, width, height = _WIRE.unpack_from(data)
+    known = _WIRE_MODES.get(mode)
+    if magic != b"VCTH" or known is None or len(data) != _WIRE.size + width * height * known[1]:
+        return None
+    return Image.frombytes(known[0], (width, height), memoryview(data)[_WIRE.size :])
 
 
 def _storable(image: Any) -> Any:

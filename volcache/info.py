@@ -39,6 +39,17 @@ class CacheInfo:
         kept_entries: entries whose value the codec refused (it cannot be
             pickled), kept as the object itself: never purged, counted in
             ``nonvolatile_bytes``.
+
+    With a tier (all 0 without one):
+        tier_hits: local misses and purges answered by the tier (not regenerated).
+        tier_misses: lookups the tier did not have (absent, expired or cleared).
+        tier_errors: calls to the server that failed (timeouts, refused
+            connections); the cache went on without it.
+        tier_rejected: values found in the tier and refused: a wrong or missing
+            MAC, garbage, another format or codec, or a codec's bytes without a
+            secret. They were never decoded.
+        tier_skipped: calls not made because the tier failed lately (the
+            circuit breaker was open).
     """
 
     hits: int
@@ -66,6 +77,11 @@ class CacheInfo:
     idle_entries: int = 0
     index_bytes: int = 0
     kept_entries: int = 0
+    tier_hits: int = 0
+    tier_misses: int = 0
+    tier_errors: int = 0
+    tier_rejected: int = 0
+    tier_skipped: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict (for JSON)."""

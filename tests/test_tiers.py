@@ -1,0 +1,466 @@
+"""The shared tier against real servers: Redis and memcached, started here on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from volcache import PickleCodec, VolatileCache, cached
+from volcache.bench import servers
+from volcache.tiers import MemcachedTier, RedisTier, Tier, envelope
+from volcache.tiers.keys import stable_key_bytes
+
+from .conftest import require
+
+CHILD = Path(__file__).with_name("tier_child.py")
+SECRET = b"0123456789abcdef-test-secret"
+KINDS = ["redis", "memcached"]
+
+
+def _server(kind: str):
+    require(kind, servers.missing(kind))
+    return servers.running(kind)
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def server(request):
+    """One server of each kind for the module's tests (each test its own namespace)."""
+    with _server(request.param) as running:
+        yield running
+
+
+def make_tier(server, **options) -> Tier:
+    options.setdefault("namespace", f"test-{uuid.uuid4().hex[:12]}")
+    options.setdefault("timeout", 1.0)
+    if server.kind == "redis":
+        return RedisTier(server.url, **options)
+    return MemcachedTier(server.url, **options)
+
+
+def raw_set(tier: Tier, name: str, blob: bytes) -> None:
+    tier.set(name, blob, None)
+
+
+def run_child(server, namespace: str, log: Path, keys: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), server.kind, server.url, namespace, str(log), keys, *extra],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(child: subprocess.Popen) -> dict:
+    out, _ = child.communicate(timeout=60)
+    assert child.returncode == 0
+    return json.loads(out)
+
+
+# -- sharing ---------------------------------------------------------------------------------
+
+
+def test_two_processes_share_a_namespace(server, tmp_path):
+    namespace, log = f"share-{uuid.uuid4().hex[:8]}", tmp_path / "computed"
+    first = finish(run_child(server, namespace, log, "1,2,3,4,5"))
+    assert first["results"] == {str(k): f"value-{k}" for k in range(1, 6)}
+    assert log.read_text().split() == ["1", "2", "3", "4", "5"]
+    second = finish(run_child(server, namespace, log, "1,2,3,4,5,6"))
+    assert second["results"]["6"] == "value-6" and second["tier_hits"] == 5
+    assert log.read_text().split() == ["1", "2", "3", "4", "5", "6"]  # only 6 computed again
+
+
+def test_a_purge_is_served_from_the_tier_not_regenerated(server):
+    tier = make_tier(server)
+    made = []
+
+    def regenerate(key):
+        made.append(key)
+        return b"x" * 10_000 + str(key).encode()
+
+    with VolatileCache(backend="sim", tier=tier, regenerate=regenerate) as cache:
+        assert cache["a"].endswith(b"a") and made == ["a"]
+        cache.volatilize()
+        cache.backend.reclaim(1 << 30)  # every volatile page
+        assert cache["a"] == b"x" * 10_000 + b"a"
+        info = cache.info()
+        assert made == ["a"] and info.purged == 1 and info.regenerated == 1
+        assert info.tier_hits == 1
+
+
+def test_writes_deletes_and_clear_go_through(server):
+    tier = make_tier(server)
+    with (
+        VolatileCache(backend="sim", tier=tier) as one,
+        VolatileCache(backend="sim", tier=tier) as two,
+    ):
+        one["k"] = b"stored"
+        assert two["k"] == b"stored" and two.get("k") == b"stored"
+        one["gone"] = b"soon"
+        del one["gone"]
+        assert two.get("gone") is None
+        one["popped"] = b"p"
+        assert one.pop("popped") == b"p" and two.get("popped") is None
+        one["x"] = b"1"
+        one["y"] = b"2"
+        two.clear()  # the namespace, for every process
+        assert one["x"] == b"1"  # still here locally
+        with VolatileCache(backend="sim", tier=tier) as three:
+            assert three.get("x") is None and three.get("y") is None
+            with pytest.raises(KeyError):
+                three["y"]
+
+
+def test_cache_clear_of_a_decorated_function_clears_its_namespace(server):
+    tier = make_tier(server, namespace=None)
+    calls = []
+
+    def square(x):
+        calls.append(x)
+        return b"%d" % (x * x)  # bytes: they travel without a secret
+
+    f = cached(tier=tier, backend="sim")(square)
+    g = cached(tier=tier, backend="sim")(square)  # another process, as far as caches go
+    assert f.cache._tier.namespace == f"{__name__}.test_cache_clear_of_a_decorated_function_" \
+        "clears_its_namespace.<locals>.square"  # fmt: skip
+    assert f(3) == b"9" and g(3) == b"9" and calls == [3]
+    f.cache_clear()
+    h = cached(tier=tier, backend="sim")(square)
+    assert h(3) == b"9" and calls == [3, 3]
+
+
+def test_values_of_every_raw_kind_travel_without_a_secret(server):
+    import array
+
+    import numpy
+
+    tier = make_tier(server)
+    values = {
+        "bytes": b"\x00\xff" * 100,
+        "bytearray": bytearray(b"abc"),
+        "array": array.array("d", [1.5, 2.5]),
+        "numpy": numpy.arange(12, dtype="<i4").reshape(3, 4),
+    }
+    with (
+        VolatileCache(backend="sim", tier=tier) as one,
+        VolatileCache(backend="sim", tier=tier) as two,
+    ):
+        for key, value in values.items():
+            one[key] = value
+        for key, value in values.items():
+            got = two[key]
+            assert type(got) is type(value)
+            if key == "numpy":
+                assert got.dtype == value.dtype and (got == value).all()
+            else:
+                assert got == value
+        one["object"] = {"a": 1}  # pickled: stays local without a secret
+        assert two.get("object") is None
+
+
+def test_pickled_values_travel_with_a_secret(server):
+    tier = make_tier(server, secret=SECRET)
+    with (
+        VolatileCache(backend="sim", tier=tier, codec=PickleCodec()) as one,
+        VolatileCache(backend="sim", tier=tier, codec=PickleCodec()) as two,
+    ):
+        one["obj"] = {"a": [1, 2, 3]}
+        assert two["obj"] == {"a": [1, 2, 3]} and two.info().tier_hits == 1
+
+
+# -- what is refused ------------------------------------------------------------------------------
+
+
+class Boom:
+    """Unpickling this records it: a value that must never be loaded."""
+
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["VOLCACHE_TEST_BOOM"]),))
+
+
+def test_tampered_or_foreign_values_are_rejected_never_unpickled(server, tmp_path, monkeypatch):
+    boom = tmp_path / "unpickled"
+    monkeypatch.setenv("VOLCACHE_TEST_BOOM", str(boom))
+    tier = make_tier(server, secret=SECRET)
+    made = []
+
+    def regenerate(key):
+        made.append(key)
+        return {"fresh": key}
+
+    def cache():
+        return VolatileCache(backend="sim", tier=tier, codec=PickleCodec(), regenerate=regenerate)
+
+    with cache() as c:
+        bound = c._tier
+    name, data = bound.key_of("k")
+    where = bound._where(data)
+    good = envelope.encode({"v": 1}, bound.codec, 0, SECRET, where)
+    evil = envelope.encode(Boom(), bound.codec, 0, b"another secret, not ours", where)
+    forged = bytearray(good)
+    forged[-40] ^= 1  # a payload byte: the MAC no longer matches
+    # A pickle without a MAC, which encode() would not even write:
+    unsigned = envelope.HEADER.pack(envelope.MAGIC, 1, envelope.CODEC, 0, 0, 6) + b"pickle"
+    unsigned += pickle.dumps(Boom())
+    other_codec = good.replace(b"pickle", b"pickl3")
+    moved = envelope.encode({"v": 2}, bound.codec, 0, SECRET, bound._where(b"another key"))
+    blobs = [evil, bytes(forged), b"garbage", unsigned, other_codec, moved]
+    for n, blob in enumerate(blobs):
+        raw_set(tier, name, blob)
+        with cache() as c:  # a process that has nothing locally: it asks the tier
+            assert c["k"] == {"fresh": "k"}, n
+            assert c.info().tier_rejected == 1 and c.info().tier_hits == 0, n
+    assert not boom.exists() and len(made) == len(blobs)
+    raw_set(tier, name, good)  # and the genuine value is taken
+    with cache() as c:
+        assert c["k"] == {"v": 1} and c.info().tier_hits == 1
+
+
+def test_without_a_secret_a_pickle_from_the_server_is_refused(server, tmp_path, monkeypatch):
+    boom = tmp_path / "unpickled"
+    monkeypatch.setenv("VOLCACHE_TEST_BOOM", str(boom))
+    tier = make_tier(server)
+    with VolatileCache(backend="sim", tier=tier) as cache:
+        name, data = cache._tier.key_of("k")
+        blob = envelope.encode(Boom(), PickleCodec(), 0, SECRET, cache._tier._where(data))
+        raw_set(tier, name, blob[: -envelope.MAC_BYTES].replace(b"\x01\x00", b"\x00\x00", 1))
+        raw_set(tier, name, blob)
+        assert cache.get("k") is None
+        assert not boom.exists() and cache.info().tier_rejected == 1
+
+
+def test_a_pickling_codec_without_a_secret_is_refused_at_construction(server):
+    tier = make_tier(server)
+    with pytest.raises(TypeError, match="secret="):
+        VolatileCache(backend="sim", tier=tier, codec=PickleCodec())
+    with pytest.raises(ValueError, match="namespace"):
+        VolatileCache(backend="sim", tier=make_tier(server, namespace=None))
+
+
+def test_a_key_that_cannot_be_named_stably_is_a_type_error(server):
+    tier = make_tier(server)
+    with VolatileCache(backend="sim", tier=tier) as cache:
+        with pytest.raises(TypeError, match="serialize"):
+            cache[object()] = b"v"
+        assert len(cache) == 0
+        cache["fine"] = b"v"
+        assert cache["fine"] == b"v"
+
+
+def test_keys_are_the_same_in_every_process():
+    key = ("a", 1, 2.5, frozenset({"x", "y", "z", ("t", 1)}), None, b"b", True)
+    code = (
+        "import sys; from volcache.tiers.keys import stable_key_bytes as s; "
+        f"sys.stdout.write(s({key!r}).hex())"
+    )
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in (1, 2, 3, 4)
+    }
+    assert seen == {stable_key_bytes(key).hex()}
+    assert stable_key_bytes(1) == stable_key_bytes(1.0) == stable_key_bytes(True)
+    assert stable_key_bytes((1, "a")) != stable_key_bytes(("1", "a"))
+
+
+def test_ttl_expires_values_in_the_tier(server):
+    ttl = 0.3 if server.kind == "redis" else 1.0  # memcached counts whole seconds
+    tier = make_tier(server, ttl=ttl)
+    with VolatileCache(backend="sim", tier=tier) as one:
+        one["k"] = b"v"
+        with VolatileCache(backend="sim", tier=tier) as two:
+            assert two.get("k") == b"v"
+        time.sleep(ttl + 1.1)
+        with VolatileCache(backend="sim", tier=tier) as three:
+            assert three.get("k") is None and three.info().tier_misses == 1
+
+
+# -- faults -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_server_killed_mid_run_costs_a_timeout_and_no_wrong_value(kind):
+    timeout = 0.05
+    with _server(kind) as running:
+        tier = make_tier(running, timeout=timeout)
+        with VolatileCache(backend="sim", tier=tier, regenerate=lambda k: b"v%d" % k) as cache:
+            for k in range(20):
+                assert cache[k] == b"v%d" % k
+            running.kill()
+            cache.clear()  # everything must come from the tier or be made again
+            slowest = 0.0
+            for k in range(40):
+                start = time.monotonic()
+                assert cache[k] == b"v%d" % k
+                slowest = max(slowest, time.monotonic() - start)
+            info = cache.info()
+            # A lookup asks once, then stores (writing through): two timeouts at most,
+            # and a connect to a dead port is refused at once.
+            assert slowest < 4 * timeout + 0.5
+            assert info.tier_errors >= 3 and info.tier_skipped > 0  # the breaker opened
+            assert info.tier_hits == 0
+
+
+def test_the_breaker_skips_then_tries_again():
+    class Flaky(Tier):
+        def __init__(self):
+            super().__init__(namespace="flaky")
+            self.up, self.calls, self.now = False, 0, 0.0
+            self.clock = lambda: self.now
+
+        def _op(self):
+            self.calls += 1
+            if not self.up:
+                raise ConnectionError("down")
+            return [None, None]
+
+        def get_many(self, keys):
+            return self._op()
+
+        def set(self, key, value, ttl):
+            self._op()
+
+        def delete(self, key):
+            self._op()
+
+        def incr(self, key):
+            return self._op() and 1
+
+        def add(self, key, value, ttl):
+            return self._op() and True
+
+    tier = Flaky()
+    with VolatileCache(backend="sim", tier=tier, regenerate=str) as cache:
+        for k in range(10):
+            assert cache[k] == str(k)
+        assert tier.calls == 3  # three failures, then skipped
+        tier.now += 0.99
+        cache.get("x")
+        assert tier.calls == 3
+        tier.now += 0.02  # past the first second: one trial, failing, then 2 s of skipping
+        cache.get("y")
+        assert tier.calls == 4
+        tier.now += 1.5
+        cache.get("z")
+        assert tier.calls == 4
+        tier.up = True
+        tier.now += 0.6
+        assert cache.get("w") is None and tier.calls == 5  # the trial succeeds
+        cache.get("v")
+        assert tier.calls == 6 and not tier.skipping
+        info = cache.info()
+        assert info.tier_errors == 4 and info.tier_skipped > 5
+
+
+# -- the cross-process lock ------------------------------------------------------------------------
+
+
+def test_one_process_computes_a_key_that_many_ask_for_at_once(server, tmp_path):
+    namespace, log = f"lock-{uuid.uuid4().hex[:8]}", tmp_path / "computed"
+    children = [
+        run_child(server, namespace, log, "7", "--lock", "--sleep", "1.0") for _ in range(4)
+    ]
+    results = [finish(child) for child in children]
+    assert all(r["results"] == {"7": "value-7"} for r in results)
+    assert log.read_text().split() == ["7"]
+    assert sum(r["tier_hits"] for r in results) == 3
+
+
+def test_a_crashed_lock_holder_blocks_nobody_past_the_lock_timeout(server):
+    tier = make_tier(server, lock=True, lock_timeout=1.0)
+    with VolatileCache(backend="sim", tier=tier, regenerate=lambda k: b"made") as cache:
+        name, _ = cache._tier.key_of("k")
+        assert tier.add(name + ":lock", b"a dead holder's token", 1.0)
+        start = time.monotonic()
+        assert cache["k"] == b"made"
+        assert time.monotonic() - start < 3.0
+
+
+# -- the other entry points -----------------------------------------------------------------------
+
+
+def test_thumbnails_are_shared_through_the_tier(server, tmp_path):
+    from PIL import Image
+
+    from volcache import ThumbnailCache
+
+    path = tmp_path / "picture.png"
+    Image.new("RGB", (640, 480), (10, 200, 30)).save(path)
+    tier = make_tier(server, namespace=None)
+    with ThumbnailCache((64, 64), backend="sim", tier=tier) as one:
+        first = one.get(path)
+    with ThumbnailCache((64, 64), backend="sim", tier=tier) as two:
+        decoded = []
+        real = two._decode_file
+        two._decode_file = lambda key: decoded.append(key) or real(key)
+        second = two.get(path)
+        assert decoded == [] and two.info().tier_hits == 1
+        assert second.size == first.size and second.tobytes() == first.tobytes()
+        with two.pin(path) as pinned:
+            assert pinned.size == first.size
+
+
+def test_an_async_function_shares_through_the_tier(server):
+    tier = make_tier(server, namespace=None)
+    calls = []
+
+    async def double(x):
+        calls.append(x)
+        return b"%d" % (2 * x)
+
+    f = cached(tier=tier, backend="sim")(double)
+    g = cached(tier=tier, backend="sim")(double)
+    assert asyncio.run(f(21)) == b"42" and asyncio.run(g(21)) == b"42" and calls == [21]
+
+
+def test_methods_and_per_instance_caches_are_refused_with_a_tier(server):
+    tier = make_tier(server)
+
+    class Thing:
+        @cached(tier=tier, backend="sim")
+        def method(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="method"):
+        Thing().method(1)
+    with pytest.raises(TypeError, match="per_instance"):
+        cached(tier=tier, per_instance=True)(lambda self: 1)
+
+
+def test_volcache_imports_without_the_client_libraries():
+    code = (
+        "import sys; sys.modules['redis'] = None; sys.modules['pymemcache'] = None\n"
+        "import volcache, volcache.tiers\n"
+        "from volcache.tiers import RedisTier, MemcachedTier\n"
+        "for make in (RedisTier, MemcachedTier):\n"
+        "    try:\n"
+        "        make('redis://127.0.0.1:1/0' if make is RedisTier else '127.0.0.1:1')\n"
+        "    except ImportError as exc:\n"
+        "        print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert "pip install 'volcache[redis]'" in out and "pip install 'volcache[memcached]'" in out
+
+
+def test_pickle_is_never_loaded_from_an_unauthenticated_envelope():
+    blob = envelope.encode({"a": 1}, PickleCodec(), 0, SECRET, b"where")
+    assert pickle.loads(blob[envelope.HEADER.size + 6 : -envelope.MAC_BYTES]) == {"a": 1}
+    with pytest.raises(envelope.Rejected):
+        envelope.decode(blob, PickleCodec(), 0, None, b"where")
+    with pytest.raises(envelope.Rejected, match="MAC"):
+        envelope.decode(blob, PickleCodec(), 0, SECRET, b"elsewhere")
+    assert envelope.decode(blob, PickleCodec(), 0, SECRET, b"where") == {"a": 1}

@@ -1,0 +1,166 @@
+"""The tier contract: a shared store behind the caches of many processes.
+
+A :class:`Tier` talks to one server (or pool); subclass it for another store
+by implementing its five storage methods. Every call to the server goes
+through :meth:`Tier.call`, which turns any failure into "not available" and
+keeps the circuit breaker: after ``failures`` errors in a row the tier is
+skipped for ``backoff`` seconds, doubling with each failed retry up to
+``max_backoff``; the first call after the pause is a trial, and a success
+closes the breaker.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: Errors in a row before the tier is skipped.
+FAILURES = 3
+#: The first pause, and the longest, in seconds.
+BACKOFF, MAX_BACKOFF = 1.0, 30.0
+
+
+class Unavailable(Exception):
+    """The tier failed or is being skipped: the caller goes on without it."""
+
+
+class Tier(abc.ABC):
+    """A shared second tier: values stored by one process, found by the others.
+
+    Args:
+        namespace: where this tier's keys live. A ``VolatileCache`` needs one;
+            ``@cached`` defaults to the function's module and qualified name.
+        version: bump it after a change of code that changes the values: the
+            old ones are not found any more.
+        secret: a key (``bytes`` or ``str``) for HMAC-SHA256 over namespace,
+            key and value. Without it, only raw buffers (``bytes``, arrays)
+            are written and accepted: a pickle from a shared server could run
+            anything when loaded.
+        ttl: seconds a value lives in the tier (None: until the server evicts it).
+        timeout: seconds a server call may take before it counts as failed.
+        lock: single flight across processes: one computes a key, the others
+            wait for the tier to have it.
+        lock_timeout: seconds the lock is held at most (a crashed holder blocks
+            nobody longer) and a waiter waits at most before computing itself.
+    """
+
+    #: What to ``pip install`` for this tier (for the error when it is missing).
+    requirement = ""
+
+    def __init__(
+        self,
+        *,
+        namespace: str | None = None,
+        version: int = 0,
+        secret: bytes | str | None = None,
+        ttl: float | None = None,
+        timeout: float = 0.05,
+        lock: bool = False,
+        lock_timeout: float = 10.0,
+    ) -> None:
+        if namespace is not None and (not isinstance(namespace, str) or not namespace):
+            raise TypeError(f"namespace must be a non-empty str or None, got {namespace!r}")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise TypeError(f"version must be an int of 0 or more, got {version!r}")
+        if isinstance(secret, str):
+            secret = secret.encode()
+        if secret is not None and (not isinstance(secret, bytes) or len(secret) < 16):
+            raise ValueError("secret must be bytes or str of at least 16 bytes, or None")
+        if ttl is not None and not ttl > 0:
+            raise ValueError(f"ttl must be positive or None, got {ttl!r}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if not lock_timeout > 0:
+            raise ValueError(f"lock_timeout must be positive, got {lock_timeout!r}")
+        self.namespace = namespace
+        self.version = version
+        self.secret = secret
+        self.ttl = ttl
+        self.timeout = timeout
+        self.lock = bool(lock)
+        self.lock_timeout = lock_timeout
+        self._breaker = threading.Lock()
+        self._failures = 0
+        self._backoff = BACKOFF
+        self._open_until = 0.0
+        self._trial = False
+        self.clock: Callable[[], float] = time.monotonic
+
+    # -- the storage, for a subclass --------------------------------------------------
+
+    @abc.abstractmethod
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """The values of ``keys`` (None where absent), in order."""
+
+    @abc.abstractmethod
+    def set(self, key: str, value: bytes, ttl: float | None) -> None:
+        """Store ``value`` (for ``ttl`` seconds if given)."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key`` if present."""
+
+    @abc.abstractmethod
+    def incr(self, key: str) -> int:
+        """Add one to the integer at ``key`` (absent: 0) and return it."""
+
+    @abc.abstractmethod
+    def add(self, key: str, value: bytes, ttl: float) -> bool:
+        """Store ``value`` for ``ttl`` seconds only if ``key`` is absent; whether it was."""
+
+    def release(self, key: str, value: bytes) -> None:
+        """Delete ``key`` if it still holds ``value`` (a lock's token).
+
+        This default reads, then deletes: a lock that expired and was taken by
+        another in between would be deleted. Override it with an atomic
+        compare-and-delete where the store has one (``RedisTier`` does).
+        """
+        if self.get_many([key])[0] == value:
+            self.delete(key)
+
+    def close(self) -> None:
+        """Close the connections (the tier is not used after)."""
+
+    # -- calls, through the breaker -----------------------------------------------------
+
+    def call(self, operation: Callable[..., T], *args: Any) -> T:
+        """``operation(*args)``; ``Unavailable`` if it fails or the breaker is open."""
+        with self._breaker:
+            if self._failures >= FAILURES:
+                if self.clock() < self._open_until or self._trial:
+                    raise Unavailable("skipped: the tier failed lately")
+                self._trial = True  # one call tries; the others keep skipping meanwhile
+        try:
+            result = operation(*args)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # an interrupt: no verdict on the server
+                with self._breaker:
+                    self._trial = False
+                raise
+            with self._breaker:
+                self._trial = False
+                self._failures += 1
+                if self._failures >= FAILURES:
+                    if self._failures > FAILURES:
+                        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+                    self._open_until = self.clock() + self._backoff
+            raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+        with self._breaker:
+            self._trial = False
+            self._failures = 0
+            self._backoff = BACKOFF
+        return result
+
+    @property
+    def skipping(self) -> bool:
+        """Whether calls are being skipped now (the breaker is open)."""
+        with self._breaker:
+            return self._failures >= FAILURES and self.clock() < self._open_until
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(namespace={self.namespace!r}, version={self.version})"
