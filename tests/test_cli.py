@@ -134,3 +134,24 @@ def test_bench_many_small_entries_under_a_limit(tmp_path):
     assert results[("memoize", "lru_cache(maxsize=None)")]["status"] == "killed"
     assert results[("mapping", "dict")]["status"] == "killed"
     assert "many small entries" in run.stdout and not leftover_groups(run.pid)
+
+
+def test_bench_tier_two_workers_without_and_with_a_shared_redis(tmp_path):
+    """--scenario tier: both rounds finish with every value right, and with a shared
+    Redis each worker takes values from it instead of making them again."""
+    from volcache.bench import servers
+
+    require("redis", servers.missing("redis"))
+    require("kernel", cgroups.unavailable_reason())
+    report = tmp_path / "tier.json"
+    run = volcache("bench", "--scenario", "tier", "--duration", "3", "--json", str(report))
+    assert run.returncode == 0, run.stderr[-3000:]
+    outcome = json.loads(report.read_text())
+    alone, shared = outcome["rounds"]["no tier"], outcome["rounds"]["shared Redis"]
+    assert len(alone) == len(shared) == 2 and outcome["cgroups"] is None
+    assert all(w["wrong"] == 0 and w["lookups"] > 0 for w in alone + shared)
+    assert all(w["tier_hits"] == 0 for w in alone)
+    assert all(w["tier_hits"] > 0 and w["tier_errors"] == 0 for w in shared)
+    assert "shared Redis" in run.stdout
+    root = cgroups.memory_controller()[1]
+    assert not [p for p in os.listdir(root) if p.startswith(f"volcache-tier-{run.pid}-")]

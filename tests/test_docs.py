@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from volcache.bench import servers
+
+from .conftest import SERVERS, require
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 EXAMPLES = re.findall(r"```python\n(.*?)```", README, re.S)
@@ -17,6 +21,9 @@ EXAMPLES = re.findall(r"```python\n(.*?)```", README, re.S)
 @pytest.mark.parametrize("source", EXAMPLES, ids=[f"example{i}" for i in range(len(EXAMPLES))])
 def test_readme_example_runs(source, capsys):
     """Each python block of the README runs and prints what its comments say."""
+    for kind in SERVERS:
+        if f'running("{kind}")' in source:
+            require(kind, servers.missing(kind))
     exec(compile(source, "README.md", "exec"), {})
     printed = capsys.readouterr().out.split("\n")
     expected = [m.group(1) for m in re.finditer(r"print\(.*\)[ \t]+# (.*)", source)]

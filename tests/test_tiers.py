@@ -464,3 +464,34 @@ def test_pickle_is_never_loaded_from_an_unauthenticated_envelope():
     with pytest.raises(envelope.Rejected, match="MAC"):
         envelope.decode(blob, PickleCodec(), 0, SECRET, b"elsewhere")
     assert envelope.decode(blob, PickleCodec(), 0, SECRET, b"where") == {"a": 1}
+
+
+def test_a_value_too_large_for_the_server_stays_local_without_tripping_the_breaker(server):
+    tier = make_tier(server)
+    big = b"x" * (3 << 20)  # past memcached's item size (2 MiB here); Redis takes it
+    with VolatileCache(backend="sim", tier=tier) as one:
+        for n in range(5):
+            one[n] = big
+        assert one[4] == big and one.info().tier_errors == 0 and not tier.skipping
+        one["small"] = b"s"
+        with VolatileCache(backend="sim", tier=tier) as two:
+            assert two["small"] == b"s"
+            assert (two.get(0) == big) == (server.kind == "redis")
+
+
+def test_memcached_keys_spread_over_several_servers():
+    require("memcached", servers.missing("memcached"))
+    with servers.running("memcached") as a, servers.running("memcached") as b:
+        tier = MemcachedTier([a.url, b.url], namespace=f"spread-{uuid.uuid4().hex[:8]}")
+        with VolatileCache(backend="sim", tier=tier) as one:
+            for n in range(40):
+                one[n] = b"%d" % n
+        with VolatileCache(backend="sim", tier=tier) as two:
+            assert [two[n] for n in range(40)] == [b"%d" % n for n in range(40)]
+            assert two.info().tier_hits == 40
+        counts = []
+        for server in (a, b):  # each server holds some of them
+            alone = MemcachedTier(server.url)
+            counts.append(int(alone.client.stats()[b"curr_items"]))
+            alone.close()
+        assert all(count > 5 for count in counts) and sum(counts) >= 40

@@ -46,6 +46,8 @@ def _info(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.scenario == "many-small":
         return _many_small(args)
+    if args.scenario == "tier":
+        return _tier(args)
     from .bench import report, scenario
     from .bench.contestants import lineup
     from .bench.results import Settings
@@ -141,6 +143,49 @@ def _many_small(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tier(args: argparse.Namespace) -> int:
+    from .bench import servers, tiered
+    from .bench.scenario import machine_line
+
+    reason = servers.missing("redis")
+    if reason is not None:
+        raise UsageError(f"--scenario tier runs a Redis server: {reason}")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise UsageError("--scenario tier needs redis-py: pip install 'volcache[redis]'") from None
+    limit = parse_size(args.limit if args.limit is not None else "128M")
+    if limit < MIN_LIMIT:
+        raise UsageError(f"--limit: {args.limit} is too small; at least {MIN_LIMIT >> 20}M")
+    duration = args.duration if args.duration is not None else (5.0 if args.quick else 20.0)
+    reasons = available_backends()
+    backend = args.backend or ("kernel" if reasons.get("kernel") is None else "sim")
+    if reasons.get(backend, "unknown") is not None:
+        raise UsageError(f"--backend: {backend} is unavailable here")
+    print(f"volcache bench, shared tier: {tiered.WORKERS} workers, each with a {limit >> 20} MiB "
+          f"memory limit, {duration:g} s, volcache on {backend}; without a tier, then with one "
+          f"Redis; {machine_line()}", flush=True)  # fmt: skip
+    outcome = tiered.compete(limit, duration, backend, args.seed)
+    if outcome["cgroups"] is not None:
+        print(f"(no memory cgroup here: {outcome['cgroups']}; the workers ran unlimited)")
+    print()
+    print(tiered.table(outcome))
+    print(f"\n{date.today().isoformat()}, volcache {__version__}.")
+    print("regenerated: values made again by that worker; tier hits: values found in Redis")
+    print("instead (made by either worker).")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"scenario": "tier", "limit": limit, **outcome}, out, indent=1)
+        print(f"JSON: {args.json}")
+    workers = [r for rs in outcome["rounds"].values() for r in rs]
+    if any("failed" in r for r in workers):
+        return 1
+    if sum(r["wrong"] for r in workers):
+        print("ERROR: values came back wrong", file=sys.stderr)
+        return 1
+    return 0
+
+
 class _Progress:
     """A progress bar per contestant on stderr (one line each when not a terminal)."""
 
@@ -182,10 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--duration", type=float, help="seconds per contestant (default 20)")
     bench.add_argument(
         "--scenario",
-        choices=("pressure", "many-small"),
+        choices=("pressure", "many-small", "tier"),
         default="pressure",
         help="pressure (default): Zipf lookups beside a competitor; many-small: millions of "
-        "small entries under a limit",
+        "small entries under a limit; tier: two workers without and with a shared Redis",
     )
     bench.add_argument(
         "--limit", help="the memory limit (default 256M; 128M for --scenario many-small)"

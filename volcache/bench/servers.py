@@ -68,8 +68,9 @@ def _answers(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def running(kind: str, port: int | None = None) -> Iterator[Server]:
-    """A server of ``kind`` (``redis`` or ``memcached``) for the block's duration."""
+def running(kind: str, port: int | None = None, memory: int | None = None) -> Iterator[Server]:
+    """A server of ``kind`` (``redis`` or ``memcached``) for the block's duration;
+    ``memory``: bytes it keeps at most, evicting the least recently used past them."""
     reason = missing(kind)
     if reason is not None:
         raise RuntimeError(reason)
@@ -80,8 +81,12 @@ def running(kind: str, port: int | None = None) -> Iterator[Server]:
             "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", directory, "--protected-mode", "yes",
         ]  # fmt: skip
+        if memory is not None:
+            command += ["--maxmemory", str(memory), "--maxmemory-policy", "allkeys-lru"]
     else:
-        command = ["memcached", "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64"]
+        megabytes = max(64, (memory or 0) >> 20)
+        command = ["memcached", "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", str(megabytes)]
+        command += ["-I", "2m"]  # items up to 2 MiB (the default is 1 MiB)
         if os.geteuid() == 0:
             command += ["-u", "root"]
     process = subprocess.Popen(

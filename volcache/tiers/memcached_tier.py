@@ -10,13 +10,13 @@ from .base import Tier
 
 def _pymemcache() -> Any:
     try:
-        from pymemcache.client.hash import HashClient
+        import pymemcache.client.hash
     except ImportError:
         raise ImportError(
             "MemcachedTier needs pymemcache: pip install 'volcache[memcached]' "
             "(or pip install pymemcache)"
         ) from None
-    return HashClient
+    return pymemcache.client
 
 
 def _expire(ttl: float | None) -> int:
@@ -29,8 +29,9 @@ class MemcachedTier(Tier):
 
     Args:
         servers: ``"host:port"``, a ``(host, port)`` pair, or a list of them
-            (keys are spread over them by consistent hashing), or a pymemcache
-            client of yours, used as it is.
+            (keys are spread over them by consistent hashing; pymemcache takes a
+            failing one out of the ring for a while itself, its keys then read as
+            misses), or a pymemcache client of yours, used as it is.
         options: :class:`~volcache.tiers.Tier`'s.
 
     memcached counts time in whole seconds: ``ttl`` and ``lock_timeout`` are
@@ -42,7 +43,7 @@ class MemcachedTier(Tier):
 
     def __init__(self, servers: Any, **options: Any) -> None:
         super().__init__(**options)
-        hash_client = _pymemcache()
+        client = _pymemcache()
         if hasattr(servers, "get_many") and hasattr(servers, "add"):
             self.client, self._owns_client = servers, False
             return
@@ -54,16 +55,13 @@ class MemcachedTier(Tier):
                 host, _, port = server.rpartition(":")
                 server = (host or "127.0.0.1", int(port))
             parsed.append(tuple(server))
-        self.client = hash_client(
-            parsed,
-            use_pooling=True,
-            connect_timeout=self.timeout,
-            timeout=self.timeout,
-            retry_attempts=1,
-            dead_timeout=0,  # no second breaker inside: the tier's decides
-            ignore_exc=False,
-            default_noreply=False,
-        )
+        common = {"connect_timeout": self.timeout, "timeout": self.timeout}
+        if len(parsed) == 1:  # every failure reaches the breaker
+            self.client = client.base.PooledClient(parsed[0], default_noreply=False, **common)
+        else:
+            # pymemcache's HashClient takes a failing server out of the ring by
+            # itself (for dead_timeout): its keys then read as misses.
+            self.client = client.hash.HashClient(parsed, use_pooling=True, **common)
         self._owns_client = True
 
     def get_many(self, keys: list[str]) -> list[bytes | None]:
@@ -72,9 +70,16 @@ class MemcachedTier(Tier):
         return [found.get(key) for key in keys]
 
     def set(self, key: str, value: bytes, ttl: float | None) -> None:
-        """``set``, expiring after ``ttl`` rounded up to a second."""
-        if not self.client.set(key, value, expire=_expire(ttl), noreply=False):
-            raise OSError("memcached did not store the value (too large?)")
+        """``set``, expiring after ``ttl`` rounded up to a second. A value larger than
+        the server's item size (1 MiB unless ``-I`` says more) is not stored: it stays
+        local, and the server is not counted as failing for it."""
+        from pymemcache.exceptions import MemcacheServerError
+
+        try:
+            self.client.set(key, value, expire=_expire(ttl), noreply=False)
+        except MemcacheServerError as exc:
+            if "too large" not in str(exc):
+                raise
 
     def delete(self, key: str) -> None:
         """``delete``."""

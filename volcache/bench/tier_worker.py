@@ -1,0 +1,51 @@
+"""A worker of the tier scenario: the pressure workload, with or without a shared tier.
+
+Run as ``python -m volcache.bench.tier_worker CONFIG_JSON``: waits for the
+start time in the config, looks up Zipf keys of its own stream for
+``duration`` seconds, checks every value for a wrong byte, and prints one
+JSON line: lookups, regenerations, tier hits, purges and wrong values.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from ..cache import VolatileCache
+from .workload import Workload, check_value, make_value
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    workload = Workload(**config["workload"])
+    tier = None
+    if config.get("redis"):
+        from ..tiers import RedisTier
+
+        tier = RedisTier(config["redis"], namespace=config["namespace"], timeout=0.5)
+    cache = VolatileCache(
+        backend=config["backend"], regenerate=lambda key: make_value(workload, key), tier=tier
+    )
+    keys = workload.stream(seed=config["stream_seed"])
+    time.sleep(max(0.0, config["start"] - time.time()))
+    ops = wrong = 0
+    began = time.perf_counter()
+    while time.perf_counter() - began < config["duration"]:
+        key = next(keys)
+        wrong += not check_value(key, cache[key])
+        ops += 1
+    seconds = time.perf_counter() - began
+    info = cache.info()
+    print(json.dumps({
+        "lookups": ops, "seconds": round(seconds, 3), "regenerated": info.regenerated,
+        "tier_hits": info.tier_hits, "tier_errors": info.tier_errors, "purged": info.purged,
+        "wrong": wrong,
+    }))  # fmt: skip
+    cache.close()
+    if tier is not None:
+        tier.close()
+
+
+if __name__ == "__main__":
+    main()
