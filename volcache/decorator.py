@@ -255,9 +255,11 @@ class Memoized:
                 if value is not _MISSING:
                     return value
             if getattr(cache, "_tier", None) is not None:
-                return cache._through_tier(
+                value = cache._through_tier(
                     key, lambda: self._store(cache, key, self._func(*args, **kwargs), purged)
                 )
+                self._stores += 1  # stored from the tier, or by _store
+                return value
             return self._store(cache, key, self._func(*args, **kwargs), purged)
 
         return self._flight.run((id(cache), key), compute, _Call(self.__qualname__, key))
@@ -309,15 +311,7 @@ class Memoized:
             with contextlib.suppress(TypeError, ValueError):
                 cache._set(key, value)
             return value
-        value = await self._func(*args, **kwargs)
-        try:
-            cache._set(key, value)
-        except ValueError:
-            return value
-        self._stores += 1
-        if purged:
-            with self._lock:
-                self._regenerated += 1
+        value = self._store(cache, key, await self._func(*args, **kwargs), purged, local=True)
         await asyncio.to_thread(tier.store, named, value)
         return value
 
@@ -327,9 +321,13 @@ class Memoized:
         if not task.cancelled():
             task.exception()  # retrieved: every waiter got it already
 
-    def _store(self, cache: Any, key: Any, value: Any, purged: bool) -> Any:
+    def _store(self, cache: Any, key: Any, value: Any, purged: bool, local: bool = False) -> Any:
+        """Store a computed result (``local``: not written through to a tier)."""
         try:
-            cache[key] = value
+            if local:
+                cache._set(key, value)
+            else:
+                cache[key] = value
         except ValueError:
             return value  # too large for maxsize: returned, not cached (as cachetools does)
         self._stores += 1  # any change tells a call that missed before it to look again
