@@ -26,6 +26,7 @@ from .backends import Backend, get_backend
 from .budget import MemoryBudget, shared_default_budget
 from .codecs import Codec, check_codec
 from .entries import COLD, HASH_MASK, MISSING, SEEN_BYTES, SEEN_LIMIT, Entries, Entry
+from .events import notifying_lock
 from .flight import SingleFlight
 from .info import CacheInfo
 from .keys import key_bytes
@@ -43,6 +44,7 @@ _MAINTAIN_EVERY = 1024  # hot hits between maintenance passes (a power of two)
 _SWEEP_SECONDS = 1.0  # the idle work looks for purged pages at most this often
 _SWEEP_OVER_BUDGET = 0.05  # over the budget, purged records are dropped first, this often
 _POP_TRIES = 3  # rounds of regenerating a purged entry in pop() before returning the value
+_EXPIRE_STEP = 256  # records the idle work looks at for expiry, each time
 
 # By id: a mapping is unhashable, so it cannot be in a WeakSet.
 _ALL: weakref.WeakValueDictionary[int, VolatileCache] = weakref.WeakValueDictionary()
@@ -52,7 +54,7 @@ def _new_locks_in_child() -> None:
     # Locks and flights held at fork() by other threads: those threads do not
     # exist in the child, and waiting for them would hang it.
     for cache in list(_ALL.values()):
-        cache._lock = threading.RLock()
+        cache._lock = cache._new_lock()
         cache._flight = SingleFlight()
 
 
@@ -95,6 +97,17 @@ class VolatileCache(MutableMapping):
             go through to it.
         namespace: the tier namespace of this cache's keys (default: the
             tier's own; one of them is needed with a tier).
+        ttl: seconds an entry lives after it was stored, or ``ttl(key, value)``
+            giving them per entry (None: for ever). An expired entry is
+            absent (``in`` is false, a lookup misses or regenerates); the idle
+            work frees it, :meth:`expire` at once.
+        timer: the clock of ``ttl``, in seconds (injectable for tests).
+        on_evict: ``on_evict(key, reason)`` when an entry leaves other than by
+            ``del``, ``pop`` or ``clear``: ``"evicted"`` (past ``maxsize`` or
+            the memory budget), ``"expired"``, or ``"purged"`` (a lookup found
+            its bytes purged and the cache cannot regenerate it). Called with
+            the cache's lock released; an exception in it goes to
+            ``sys.unraisablehook``.
         memory_budget: bytes of the cache's own memory that no purge takes
             back (records, books, Python objects, hot values; see
             ``info().nonvolatile_bytes``); past it the least recently used
@@ -134,6 +147,9 @@ class VolatileCache(MutableMapping):
         memory_budget: int | MemoryBudget | None = None,
         tier: Tier | None = None,
         namespace: str | None = None,
+        ttl: float | Callable[[Any, Any], float | None] | None = None,
+        timer: Callable[[], float] = time.monotonic,
+        on_evict: Callable[[Any, str], Any] | None = None,
     ) -> None:
         if not isinstance(maxsize, int | float) or math.isnan(maxsize) or maxsize < 0:
             raise ValueError(f"maxsize must be a non-negative number, got {maxsize!r}")
@@ -159,6 +175,13 @@ class VolatileCache(MutableMapping):
                 "memory_budget must be a positive int, a MemoryBudget or None, "
                 f"got {memory_budget!r}"
             )
+        seconds_ok = isinstance(ttl, int | float) and not isinstance(ttl, bool) and ttl > 0
+        if not (ttl is None or callable(ttl) or seconds_ok):
+            raise ValueError(f"ttl must be positive seconds, a callable or None, got {ttl!r}")
+        if not callable(timer):
+            raise TypeError(f"timer must be callable, got {timer!r}")
+        if on_evict is not None and not callable(on_evict):
+            raise TypeError(f"on_evict must be callable or None, got {on_evict!r}")
         self._codec = check_codec(codec)
         self._tier: BoundTier | None = None
         if tier is not None:
@@ -202,7 +225,13 @@ class VolatileCache(MutableMapping):
             "memory_budget": memory_budget,
             "tier": tier,
             "namespace": namespace if tier is not None else None,
+            "ttl": ttl,
+            "timer": timer,
+            "on_evict": on_evict,
         }
+        self._ttl = ttl
+        self._ttl_timer = timer
+        self._on_evict = on_evict
         self._maxsize = maxsize
         if memory_budget is None:
             self._pool = shared_default_budget()
@@ -219,16 +248,20 @@ class VolatileCache(MutableMapping):
         self._hot_seconds = hot_seconds
         self._mark_batch = mark_batch
         self._clock = clock
-        self._lock = threading.RLock()
         self._flight = SingleFlight()
         _ALL[id(self)] = self
         self._pool.join(self)
         sized = getsizeof is not None or type(self).getsizeof is not VolatileCache.getsizeof
         self._sized = sized  # else every value's size is 1: no call for it
-        self._entries = Entries(self._backend, slab_bytes, sized, exact=maxsize != math.inf)
+        self._entries = Entries(
+            self._backend, slab_bytes, sized, exact=maxsize != math.inf,
+            timer=timer if ttl is not None else None, events=on_evict is not None,
+        )  # fmt: skip
+        self._lock = self._new_lock()
         self._entries.seen_limit = max(16, min(SEEN_LIMIT, self._budget // (SEEN_BYTES * 16)))
-        # The lock-free hot hit reads these two directly.
-        self._objects = self._entries.objects
+        # The lock-free hot hit reads these two directly. With a TTL every hit
+        # takes the lock and checks the time: the hot hit sees an empty dict.
+        self._objects = self._entries.objects if ttl is None else {}
         self._hot = self._entries.hot
         # With a maxsize, the order is exact: hot hits keep the hot set in LRU
         # order, idle entries are in a list, older than every hot one, and
@@ -343,6 +376,10 @@ class VolatileCache(MutableMapping):
         except TypeError:  # the codec refuses it: kept as it is, an object no purge takes
             data = decode = None
         serialized, special = key_bytes(key)
+        expires = None
+        if self._ttl is not None:  # the user's callable, before anything changes
+            seconds = self._ttl(key, value) if callable(self._ttl) else self._ttl
+            expires = math.inf if seconds is None else self._ttl_timer() + seconds
         with self._lock:
             if self._closed:
                 self._check_open()
@@ -369,6 +406,8 @@ class VolatileCache(MutableMapping):
                 raise
             own = serialized is None or tag == OWN_DECODER
             entries.insert(rid, key, size, own, decode, value if data is None else MISSING)
+            if expires is not None:
+                entries.set_expiry(rid, expires)
             # Idle from the start: an entry becomes hot when it is read. A store
             # makes no Python object to keep, so that many stores of entries
             # never read again leave no garbage behind them.
@@ -558,6 +597,20 @@ class VolatileCache(MutableMapping):
             self._backend.settle()
             return marked
 
+    def expire(self) -> list[Hashable]:
+        """Remove the expired entries now; their keys (those still readable: one whose
+        bytes were purged meanwhile is dropped as purged)."""
+        with self._lock:
+            self._check_open()
+            if self._entries.expires is None:
+                return []
+            return self._entries.expire_due()
+
+    def _new_lock(self) -> Any:
+        if self._on_evict is None:
+            return threading.RLock()
+        return notifying_lock(self._entries.events, self._on_evict)
+
     def maintain(self) -> None:
         """Do the idle work now: demote idle hot entries, mark pending pages volatile,
         drop the entries whose pages were purged, and evict past the memory budget."""
@@ -588,7 +641,7 @@ class VolatileCache(MutableMapping):
                 maxsize=self._maxsize,
                 hot_entries=len(self._hot),
                 hot_bytes=entries.hot_nbytes,
-                pinned_entries=sum(1 for e in self._objects.values() if e.pins),
+                pinned_entries=sum(1 for e in entries.objects.values() if e.pins),
                 pinned_bytes=store.active_nbytes,
                 volatile_bytes=slabs["volatile_bytes"],
                 pending_bytes=slabs["pending_bytes"],
@@ -599,7 +652,7 @@ class VolatileCache(MutableMapping):
                 backend=self._backend.name,
                 nonvolatile_bytes=entries.nonvolatile_bytes(),
                 memory_budget=self._budget,
-                idle_entries=entries.count - len(self._objects),
+                idle_entries=entries.count - len(entries.objects),
                 index_bytes=store.nbytes(),
                 kept_entries=entries.kept,
                 **(self._tier.counts if self._tier is not None else {}),
@@ -651,13 +704,17 @@ class VolatileCache(MutableMapping):
         """The keys, least recently used first (reading idle ones back from their pages)."""
         entries = self._entries
         flags = entries.records.flags
+        expires = entries.expires
+        now = self._ttl_timer()
         keys = []
         for rid in list(entries.records.listed_ids()):
             if rid < len(flags) and flags[rid]:  # not dropped by a purge found meanwhile
+                if expires is not None and expires[rid] <= now:
+                    continue  # expired: absent, though not freed yet
                 key = entries.key(rid)
                 if key is not _MISSING:
                     keys.append(key)
-        keys.extend(self._hot)
+        keys.extend(e.key for e in self._hot.values() if expires is None or expires[e.rid] > now)
         return keys
 
     def _get_slow(self, key: Hashable, default: Any) -> Any:
@@ -728,6 +785,8 @@ class VolatileCache(MutableMapping):
                 return value, False
             purged = True
         self._counts["misses"] += count
+        if purged and entries.events is not None and not self._can_regenerate():
+            entries.note(key, "purged")
         return _MISSING, purged
 
     def _hot_value(self, key: Hashable) -> Any:
@@ -874,6 +933,7 @@ class VolatileCache(MutableMapping):
             if type(self).popitem is not VolatileCache.popitem:
                 self.popitem()  # a subclass watching evictions, as with cachetools
             else:
+                entries.note_eviction(entry, rid)
                 entries.remove(entry, rid)
             self._counts["evictions"] += 1
         self._report(force=True)
@@ -907,6 +967,7 @@ class VolatileCache(MutableMapping):
                 self.popitem()  # a subclass watching evictions, as with cachetools
             else:
                 entry, rid = entries.oldest()
+                entries.note_eviction(entry, rid)
                 entries.remove(entry, rid)
             self._counts["evictions"] += 1
 
@@ -916,6 +977,8 @@ class VolatileCache(MutableMapping):
         entries.now = now = self._clock()
         if now - self._last_sweep >= _SWEEP_SECONDS:
             self._sweep()
+        if entries.expires is not None:
+            entries.expire_due(_EXPIRE_STEP)
         hot = self._hot
         oldest_use = -math.inf if self._hot_seconds is None else now - self._hot_seconds
         objects_limit = self._budget // 4

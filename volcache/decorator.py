@@ -8,6 +8,7 @@ import inspect
 import itertools
 import math
 import os
+import random
 import threading
 import weakref
 from collections import deque, namedtuple
@@ -63,6 +64,8 @@ def cached(
     typed: bool = False,
     per_instance: bool = False,
     backend: str = "auto",
+    ttl_jitter: float = 0.0,
+    cache_if: Callable[[Any], bool] | None = None,
     **cache_options: Any,
 ) -> Any:
     """Memoize a function, method or ``async def`` in volatile memory.
@@ -85,10 +88,17 @@ def cached(
             entries go when it does. The instances' caches share one
             ``memory_budget`` (the process's default one unless given).
         backend: the backend of the caches made here.
-        cache_options: other :class:`~volcache.VolatileCache` arguments.
+        ttl_jitter: with a ``ttl`` (a cache option), each result lives up to
+            this fraction less (0 to below 1, at random), so that results stored
+            together do not expire together.
+        cache_if: ``cache_if(result)``: a result it refuses is returned and not
+            stored (the call counts as a miss).
+        cache_options: other :class:`~volcache.VolatileCache` arguments
+            (``maxsize``, ``ttl``, ``on_evict``, ``tier``, ...).
 
     The wrapper has ``cache_info()``, ``cache_clear()``, ``cache_parameters()``,
-    ``cache`` and ``__wrapped__``, as ``functools.lru_cache`` has.
+    ``cache`` and ``__wrapped__``, as ``functools.lru_cache`` has, and
+    ``cache_invalidate(*args, **kwargs)``, which removes one call's result.
     """
     if callable(cache) and not isinstance(cache, MutableMapping):
         return cached()(cache)  # used bare: @cached
@@ -99,6 +109,12 @@ def cached(
             raise TypeError("cache options and per_instance go with cache=None, not with a cache")
     if key is not None and not callable(key):
         raise TypeError(f"key must be callable, got {key!r}")
+    if cache_if is not None and not callable(cache_if):
+        raise TypeError(f"cache_if must be callable or None, got {cache_if!r}")
+    if not isinstance(ttl_jitter, int | float) or not 0 <= ttl_jitter < 1:
+        raise ValueError(f"ttl_jitter must be within [0, 1), got {ttl_jitter!r}")
+    if ttl_jitter and cache_options.get("ttl") is not None:
+        cache_options["ttl"] = _Jittered(cache_options["ttl"], ttl_jitter)
     maxsize = cache_options.get("maxsize", math.inf)
     if maxsize is None:  # as functools: unbounded
         cache_options["maxsize"] = math.inf
@@ -120,6 +136,7 @@ def cached(
                 name = getattr(func, "__qualname__", None) or type(func).__qualname__
                 made = {**options, "namespace": f"{func.__module__}.{name}"}
         memoized = Memoized(func, cache, key, typed, per_instance, made)
+        memoized._cache_if = cache_if
         if key is None and not typed and _plain_function(memoized):
             return _function_of(memoized)
         return memoized
@@ -172,6 +189,7 @@ class Memoized:
         self._func = func
         self._typed = typed
         self._per_instance = per_instance
+        self._cache_if: Callable[[Any], bool] | None = None  # cached() sets it
         budget = options.get("memory_budget")
         if per_instance and budget is not None and not isinstance(budget, MemoryBudget):
             # One limit for all the instances' caches, not one each.
@@ -311,7 +329,10 @@ class Memoized:
             with contextlib.suppress(TypeError, ValueError):
                 cache._set(key, value)
             return value
-        value = self._store(cache, key, await self._func(*args, **kwargs), purged, local=True)
+        value = await self._func(*args, **kwargs)
+        if self._cache_if is not None and not self._cache_if(value):
+            return value
+        self._store(cache, key, value, purged, local=True)
         await asyncio.to_thread(tier.store, named, value)
         return value
 
@@ -322,7 +343,10 @@ class Memoized:
             task.exception()  # retrieved: every waiter got it already
 
     def _store(self, cache: Any, key: Any, value: Any, purged: bool, local: bool = False) -> Any:
-        """Store a computed result (``local``: not written through to a tier)."""
+        """Store a computed result (``local``: not written through to a tier), unless
+        ``cache_if`` refuses it."""
+        if self._cache_if is not None and not self._cache_if(value):
+            return value
         try:
             if local:
                 cache._set(key, value)
@@ -335,6 +359,16 @@ class Memoized:
             with self._lock:
                 self._regenerated += 1
         return value
+
+    def cache_invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        """Remove the result of one call (these arguments); whether there was one."""
+        return _invalidate(self.cache, self._key(*args, **kwargs))
+
+    def _invalidate_method(self, instance: Any, args: tuple, kwargs: dict) -> bool:
+        if self._per_instance and id(instance) not in self._tokens:
+            return False  # no cache yet: nothing to remove
+        cache, key = self._for_instance(instance, args, kwargs)
+        return _invalidate(cache, key)
 
     def _count_miss(self, purged: bool) -> None:
         with self._lock:
@@ -492,6 +526,10 @@ class _BoundMemoized:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._memoized._call_method(self.__self__, args, kwargs)
 
+    def cache_invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        """Remove the result of one call of this instance's method; whether there was one."""
+        return self._memoized._invalidate_method(self.__self__, args, kwargs)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._memoized, name)
 
@@ -545,10 +583,34 @@ def _function_of(memoized: Memoized) -> Callable[..., Any]:
         return call(cache, key, args, kwargs)
 
     functools.update_wrapper(wrapper, memoized._func)
-    for name in ("cache", "cache_info", "cache_clear", "cache_parameters"):
+    for name in ("cache", "cache_info", "cache_clear", "cache_parameters", "cache_invalidate"):
         setattr(wrapper, name, getattr(memoized, name))
     wrapper._memoized = memoized  # type: ignore[attr-defined]
     return wrapper
+
+
+_ABSENT = object()  # pop()'s default in an invalidation (_MISSING means "no default" there)
+
+
+def _invalidate(cache: Any, key: Any) -> bool:
+    if cache is None:
+        return False
+    return cache.pop(key, _ABSENT) is not _ABSENT
+
+
+class _Jittered:
+    """A ``ttl`` made shorter by up to a fraction, at random, entry by entry."""
+
+    def __init__(self, ttl: Any, jitter: float) -> None:
+        self.ttl, self.jitter = ttl, jitter
+        self.random = random.Random(os.urandom(16)).random
+
+    def __call__(self, key: Any, value: Any) -> float | None:
+        seconds = self.ttl(key, value) if callable(self.ttl) else self.ttl
+        return None if seconds is None else seconds * (1.0 - self.jitter * self.random())
+
+    def __repr__(self) -> str:
+        return f"{self.ttl!r} less up to {self.jitter:.0%}"
 
 
 def _no_hot_value(key: Any) -> Any:

@@ -14,11 +14,12 @@ Not thread safe: the cache holds its lock around every call.
 from __future__ import annotations
 
 import gc
+import math
 import sys
 import types
 from array import array
-from collections import OrderedDict
-from collections.abc import Hashable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from .backends import Backend
@@ -95,8 +96,19 @@ def value_cost(value: Any) -> int:
 class Entries:
     """Records, objects and the hot set of one cache, and the sizes that go with them."""
 
-    def __init__(self, backend: Backend, slab_bytes: int, sized: bool, exact: bool) -> None:
+    def __init__(
+        self, backend: Backend, slab_bytes: int, sized: bool, exact: bool,
+        timer: Callable[[], float] | None = None, events: bool = False,
+    ) -> None:  # fmt: skip
         self.store = Store(backend, slab_bytes, exact)
+        # With a TTL: each record's expiry time by id (the timer's clock), and
+        # where the idle work's sweep for expired records goes on next.
+        self.timer = timer
+        self.expires: array | None = array("d") if timer is not None else None
+        self.expiry_hand = 0
+        # With an on_evict callback: (key, reason) of entries that left for
+        # it, handed to the callback once the cache's lock is released.
+        self.events: deque[tuple[Hashable, str]] | None = deque() if events else None
         self.records = self.store.records
         self.objects: dict[Hashable, Entry] = {}  # by key: hot, pinned or own entries
         self.by_rid: dict[int, Entry] = {}
@@ -129,6 +141,8 @@ class Entries:
         """
         entry = self.objects.get(key)
         if entry is not None:
+            if self.expires is not None and self.expire_if_due(entry, entry.rid, entry.key):
+                return None, NONE, None, False
             return entry, entry.rid, entry.key, False
         flags = self.records.flags
         store = self.store
@@ -147,6 +161,8 @@ class Entries:
                 store.deactivate(rid)
                 raise
             if match:
+                if self.expires is not None and self.expire_if_due(None, rid, stored):
+                    return None, NONE, None, purged
                 return None, rid, stored, purged
             store.deactivate(rid)
         return None, NONE, None, purged
@@ -172,6 +188,8 @@ class Entries:
                 if stored is PURGED:
                     return NONE, PURGED, None
                 if stored is not OTHER_KEY:
+                    if self.expires is not None and self.expire_if_due(None, rid, stored):
+                        return NONE, MISSING, None
                     return rid, stored, value
             rid = chain[rid]
         return NONE, MISSING, None
@@ -186,6 +204,8 @@ class Entries:
         """
         entry = self.objects.get(key)
         if entry is not None:
+            if self.expires is not None and self.expire_if_due(entry, entry.rid, entry.key):
+                return None, NONE
             return entry, entry.rid
         records = self.records
         flags, hashes, chain = records.flags, records.hash, records.chain
@@ -200,9 +220,75 @@ class Entries:
                         self.settle(entry, rid)
                     return entry, rid
                 if stored == key:
+                    if self.expires is not None and self.expire_if_due(None, rid, stored):
+                        return None, NONE
                     return None, rid
             rid = chain[rid]
         return None, NONE
+
+    # -- expiry and the reasons entries leave ---------------------------------------------
+
+    def set_expiry(self, rid: int, when: float) -> None:
+        """When a record expires, on the timer's clock (``math.inf``: never)."""
+        expires = self.expires
+        if len(expires) <= rid:
+            grow = max(64, len(expires) // 8, rid + 1 - len(expires))
+            expires.extend(array("d", [math.inf]) * grow)
+        expires[rid] = when
+
+    def expire_if_due(self, entry: Entry | None, rid: int, key: Hashable) -> bool:
+        """Remove the entry of ``key`` if its time has come; whether it had."""
+        if self.expires[rid] > self.timer():
+            return False
+        self.note(key, "expired")
+        self.remove(entry, rid)
+        return True
+
+    def note(self, key: Hashable, reason: str) -> None:
+        """An entry of ``key`` leaves for ``reason`` (kept for the callback, if any)."""
+        if self.events is not None:
+            self.events.append((key, reason))
+
+    def note_eviction(self, entry: Entry | None, rid: int) -> None:
+        """Before an eviction: its key, read back without re-pinning (none if purged)."""
+        if self.events is None:
+            return
+        key = entry.key if entry is not None else self.store.peek_key(rid)
+        if key is not PURGED:
+            self.events.append((key, "evicted"))
+
+    def expire_due(self, limit: int | None = None) -> list[Hashable]:
+        """Remove expired entries, looking at up to ``limit`` records from where the
+        last look stopped (None: all); the keys removed (of those still readable)."""
+        expires, flags = self.expires, self.records.flags
+        n = min(len(expires), len(flags))
+        if n == 0:
+            return []
+        now = self.timer()
+        count = n if limit is None else min(limit, n)
+        hand = self.expiry_hand % n if limit is not None else 0
+        removed = []
+        for _ in range(count):
+            rid = hand
+            hand = hand + 1 if hand + 1 < n else 0
+            if not flags[rid] or expires[rid] > now:
+                continue
+            if not flags[rid] & (INDEXED | LISTED) and rid not in self.by_rid:
+                continue  # not in the mapping (a detached pinned entry's record)
+            entry = self.by_rid.get(rid)
+            key = entry.key if entry is not None else self.store.peek_key(rid)
+            if key is PURGED:
+                self.lose([rid])  # gone already: a purge, not an expiry
+                continue
+            self.note(key, "expired")
+            self.remove(entry, rid)
+            removed.append(key)
+            n = min(len(expires), len(flags))  # a removal may empty the table
+            if n == 0:
+                break
+            hand %= n
+        self.expiry_hand = hand
+        return removed
 
     def seen_lately(self, rid: int, now: float, window: float | None) -> bool:
         """Whether an idle record was read within ``window`` seconds (None: ever)
@@ -421,6 +507,8 @@ class Entries:
                 entry.detached = True
                 return
         self.store.free(rid)
+        if self.count == 0 and self.expires is not None:
+            del self.expires[:]  # the records' columns went back to nothing too
 
     def unpin(self, entry: Entry) -> None:
         """A pin ended; the last one frees a detached entry or lets an idle one go."""
@@ -460,7 +548,7 @@ class Entries:
 
     def nonvolatile_bytes(self) -> int:
         """Memory no purge takes back: records, books, objects and hot values."""
-        sized = 8 * self.count if self.sizes is not None else 0
+        sized = 8 * self.count * ((self.sizes is not None) + (self.expires is not None))
         seen = SEEN_BYTES * len(self.seen)
         return self.store.nbytes() + self.object_nbytes + self.hot_nbytes + sized + seen
 

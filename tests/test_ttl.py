@@ -1,0 +1,178 @@
+"""Time to live: entries expire, per entry or for all, on an injected timer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from volcache import VolatileCache, cached
+
+
+class Timer:
+    """A clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_entry_is_there_until_its_ttl_then_absent(make):
+    timer = Timer()
+    cache = make(ttl=10, timer=timer)
+    cache["a"] = b"A"
+    cache["a"], cache["a"]  # hot: the lock-free hit may not skip the check
+    timer.now += 9.99
+    assert "a" in cache and cache["a"] == b"A" and cache.get("a") == b"A"
+    timer.now += 0.01
+    assert "a" not in cache and cache.get("a") is None
+    with pytest.raises(KeyError):
+        cache["a"]
+    assert len(cache) == 0 and cache.info().stored_bytes == 0  # found expired: freed
+    cache["a"] = b"again"  # stored again: a new ttl
+    timer.now += 5
+    assert cache["a"] == b"again"
+
+
+def test_an_expired_entry_is_regenerated(make):
+    timer, made = Timer(), []
+    cache = make(ttl=1, timer=timer, regenerate=lambda k: made.append(k) or b"v%d" % len(made))
+    assert cache[1] == b"v1"
+    timer.now += 0.5
+    assert cache[1] == b"v1"
+    timer.now += 0.5
+    assert cache[1] == b"v2" and made == [1, 1]
+    assert cache.info().regenerated == 2
+
+
+def test_ttl_per_entry_from_a_callable(make):
+    timer = Timer()
+
+    def ttl(key, value):
+        return None if key == "forever" else len(value)
+
+    cache = make(ttl=ttl, timer=timer)
+    cache["forever"] = b"x"
+    cache["short"] = b"x"
+    cache["long"] = b"x" * 100
+    timer.now += 1
+    assert set(cache) == {"forever", "long"}
+    timer.now += 99
+    assert list(cache) == ["forever"]
+    timer.now += 1e9
+    assert "forever" in cache
+
+
+def test_expire_removes_expired_entries_now_and_returns_their_keys(make):
+    timer = Timer()
+    cache = make(ttl=10, timer=timer)
+    for n in range(50):
+        cache[n] = b"v" * 5000
+        timer.now += 0.1
+    cache[7], cache[7]  # one of them hot
+    cache.volatilize()
+    assert cache.expire() == []
+    timer.now = 500 + 10 + 2.45  # those stored before 502.5: 0 to 24
+    assert sorted(cache.expire()) == list(range(25))
+    assert len(cache) == 25 and cache.info().entries == 25
+    timer.now += 100
+    assert sorted(cache.expire()) == list(range(25, 50))
+    assert cache.info().stored_bytes == 0 and cache.expire() == []
+
+
+def test_the_idle_work_frees_expired_entries(make):
+    timer = Timer()
+    cache = make(ttl=1, timer=timer)
+    for n in range(100):
+        cache[n] = b"v" * 100
+    timer.now += 2
+    for _ in range(2):  # 256 records a pass: all of them in one
+        cache.maintain()
+    assert cache.info().entries == 0 and cache.info().stored_bytes == 0
+
+
+def test_ttl_with_maxsize_evicts_and_expires(make):
+    timer = Timer()
+    cache = make(3, ttl=5, timer=timer)
+    for n in range(5):
+        cache[n] = b"v"
+        timer.now += 1
+    assert sorted(cache) == [2, 3, 4]  # 0 and 1 evicted by the maxsize
+    timer.now += 2.5  # 2 was stored at 502: expired at 507
+    assert sorted(cache) == [3, 4] and 2 not in cache
+
+
+def test_bad_ttls_are_refused_and_a_failing_ttl_stores_nothing(make):
+    for bad in (0, -1, "10", True):
+        with pytest.raises(ValueError, match="ttl"):
+            make(ttl=bad)
+    with pytest.raises(TypeError, match="timer"):
+        make(ttl=1, timer=5)
+
+    def broken(key, value):
+        raise RuntimeError("no ttl for you")
+
+    cache = make(ttl=broken)
+    with pytest.raises(RuntimeError):
+        cache["k"] = b"v"
+    assert len(cache) == 0 and "k" not in cache
+    cache2 = make(ttl=lambda k, v: 1.0)
+    cache2["k"] = b"v"
+    assert cache2["k"] == b"v"
+
+
+def test_a_decorated_function_with_ttl_and_jitter_spreads_expiries():
+    timer, calls = Timer(), []
+
+    @cached(backend="sim", ttl=100, ttl_jitter=0.2, timer=timer)
+    def f(x):
+        calls.append(x)
+        return b"%d" % x
+
+    for n in range(200):
+        f(n)
+    timer.now += 79.99  # the shortest life is 80
+    assert f.cache.expire() == []
+    timer.now += 10.01
+    early = f.cache.expire()
+    assert 0 < len(early) < 200  # spread, not all together
+    timer.now += 10
+    assert sorted(key for (key,) in early + f.cache.expire()) == list(range(200))
+    f(3)
+    assert calls.count(3) == 2
+
+
+def test_jitter_is_checked():
+    with pytest.raises(ValueError, match="ttl_jitter"):
+        cached(ttl=1, ttl_jitter=1.0)
+    with pytest.raises(ValueError, match="ttl_jitter"):
+        cached(ttl=1, ttl_jitter=-0.1)
+
+
+def test_an_async_function_with_ttl():
+    timer, calls = Timer(), []
+
+    @cached(backend="sim", ttl=1, timer=timer)
+    async def f(x):
+        calls.append(x)
+        return x
+
+    async def main():
+        assert await f(1) == 1 and await f(1) == 1
+        timer.now += 1
+        assert await f(1) == 1
+
+    asyncio.run(main())
+    assert calls == [1, 1]
+
+
+def test_without_ttl_the_lock_free_hot_hit_is_used():
+    with VolatileCache(backend="sim") as plain, VolatileCache(backend="sim", ttl=5) as timed:
+        for cache in (plain, timed):
+            cache["k"] = b"v"
+            cache["k"], cache["k"]
+        assert plain._objects is plain._entries.objects and "k" in plain._objects
+        assert timed._objects == {}  # every hit of a timed cache takes the lock and checks
+        assert plain.info().hot_entries == timed.info().hot_entries == 1
