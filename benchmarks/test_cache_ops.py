@@ -72,6 +72,21 @@ def test_hot_hit_volcache_bounded(benchmark, backend):
         assert benchmark(cache.__getitem__, "key") == b"v" * 100
 
 
+def test_hot_hit_volcache_with_ttl(benchmark, backend):
+    """With a TTL every hit takes the lock and checks the time."""
+    benchmark.group = "hot hit"
+    with VolatileCache(backend=backend, ttl=3600) as cache:
+        cache["key"] = b"v" * 100
+        assert benchmark(cache.__getitem__, "key") == b"v" * 100
+
+
+def test_hot_hit_cachetools_ttl(benchmark):
+    benchmark.group = "hot hit"
+    ttl = cachetools.TTLCache(1000, 3600)
+    ttl["key"] = b"v" * 100
+    assert benchmark(ttl.__getitem__, "key") == b"v" * 100
+
+
 def test_hot_hit_cachetools_lru(benchmark):
     benchmark.group = "hot hit"
     lru = cachetools.LRUCache(1000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -168,11 +169,38 @@ def test_an_async_function_with_ttl():
     assert calls == [1, 1]
 
 
-def test_without_ttl_the_lock_free_hot_hit_is_used():
-    with VolatileCache(backend="sim") as plain, VolatileCache(backend="sim", ttl=5) as timed:
-        for cache in (plain, timed):
-            cache["k"] = b"v"
-            cache["k"], cache["k"]
-        assert plain._objects is plain._entries.objects and "k" in plain._objects
-        assert timed._objects == {}  # every hit of a timed cache takes the lock and checks
-        assert plain.info().hot_entries == timed.info().hot_entries == 1
+def test_a_hot_hit_with_a_ttl_takes_no_lock_until_it_expires():
+    timer = Timer()
+    with VolatileCache(backend="sim", ttl=5, timer=timer) as cache:
+        cache["k"] = b"v"
+        cache["k"], cache["k"]  # hot
+        held, done = threading.Event(), threading.Event()
+
+        def hold():
+            with cache._lock:
+                held.set()
+                done.wait(10)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait(5)
+        try:
+            assert cache["k"] == b"v"  # while another thread holds the lock
+            timer.now += 5
+            seen = []
+
+            def read():
+                try:
+                    seen.append(cache["k"])
+                except KeyError:
+                    seen.append("absent")
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            reader.join(0.2)
+            assert reader.is_alive()  # expired: this lookup waits for the lock
+        finally:
+            done.set()
+            holder.join()
+        reader.join(5)
+        assert seen == ["absent"] and "k" not in cache

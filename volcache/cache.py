@@ -46,6 +46,11 @@ _SWEEP_OVER_BUDGET = 0.05  # over the budget, purged records are dropped first, 
 _POP_TRIES = 3  # rounds of regenerating a purged entry in pop() before returning the value
 _EXPIRE_STEP = 256  # records the idle work looks at for expiry, each time
 
+
+class _Expired(Exception):
+    """A hot hit found its entry's time up: the lookup goes the locked way."""
+
+
 # By id: a mapping is unhashable, so it cannot be in a WeakSet.
 _ALL: weakref.WeakValueDictionary[int, VolatileCache] = weakref.WeakValueDictionary()
 
@@ -259,9 +264,8 @@ class VolatileCache(MutableMapping):
         )  # fmt: skip
         self._lock = self._new_lock()
         self._entries.seen_limit = max(16, min(SEEN_LIMIT, self._budget // (SEEN_BYTES * 16)))
-        # The lock-free hot hit reads these two directly. With a TTL every hit
-        # takes the lock and checks the time: the hot hit sees an empty dict.
-        self._objects = self._entries.objects if ttl is None else {}
+        # The lock-free hot hit reads these two directly.
+        self._objects = self._entries.objects
         self._hot = self._entries.hot
         # With a maxsize, the order is exact: hot hits keep the hot set in LRU
         # order, idle entries are in a list, older than every hot one, and
@@ -269,9 +273,16 @@ class VolatileCache(MutableMapping):
         # marks the entry and idle records are ordered by a CLOCK: no memory
         # spent on an exact order that only the budget would use.
         self._exact_lru = maxsize != math.inf
-        # What a hot hit calls to keep the order: None without a maxsize (one
-        # test of it costs the hit less than testing _exact_lru and then calling).
-        self._touch = self._hot.move_to_end if self._exact_lru else None
+        # What a hot hit calls to keep the order (and, with a TTL, to check the
+        # time): None without either (one test of it costs the hit less than
+        # testing _exact_lru and then calling).
+        self._touch: Callable[[Hashable], None] | None = (
+            self._check_ttl
+            if ttl is not None
+            else self._hot.move_to_end
+            if self._exact_lru
+            else None
+        )
         self._last_sweep = clock()
         self._entries.now = clock()
         self._counts = dict.fromkeys(("hits", "misses", "regenerated", "evictions"), 0)
@@ -323,10 +334,12 @@ class VolatileCache(MutableMapping):
         hits = entry.hits = entry.hits + 1
         touch = self._touch
         if touch is not None:
-            try:  # noqa: SIM105 - contextlib.suppress costs 100 ns on the hot hit
+            try:
                 touch(key)
             except KeyError:
                 pass
+            except _Expired:
+                return self._get_slow(key, _GETITEM)
         if hits & 1023:  # maintenance every 1024 hits of an entry (_MAINTAIN_EVERY)
             return value
         with self._lock:
@@ -435,7 +448,7 @@ class VolatileCache(MutableMapping):
             raise KeyError(key)
 
     def __contains__(self, key: object) -> bool:
-        if key in self._objects:
+        if self._ttl is None and key in self._objects:
             return True
         with self._lock:
             if self._closed:
@@ -605,6 +618,19 @@ class VolatileCache(MutableMapping):
             if self._entries.expires is None:
                 return []
             return self._entries.expire_due()
+
+    def _check_ttl(self, key: Hashable) -> None:
+        """A hot hit's touch with a TTL: ``_Expired`` sends it the locked way, which
+        removes the entry; else its place in the order, with a maxsize."""
+        entry = self._objects.get(key)
+        if entry is not None:
+            try:
+                if self._entries.expires[entry.rid] <= self._ttl_timer():
+                    raise _Expired
+            except IndexError:  # removed meanwhile: the locked way will know
+                raise _Expired from None
+        if self._exact_lru:
+            self._hot.move_to_end(key)
 
     def _new_lock(self) -> Any:
         if self._on_evict is None:
@@ -804,10 +830,12 @@ class VolatileCache(MutableMapping):
         hits = entry.hits = entry.hits + 1
         touch = self._touch
         if touch is not None:
-            try:  # noqa: SIM105 - contextlib.suppress costs 100 ns here
+            try:
                 touch(key)
             except KeyError:
                 pass
+            except _Expired:
+                return _MISSING
         if hits & 1023:
             return value
         with self._lock:
