@@ -34,14 +34,25 @@ def _source_hash() -> str | None:
     return digest.hexdigest()
 
 
+def _not_built(error: ImportError) -> str:
+    """Why the helper cannot be imported: the install's own words if it recorded them."""
+    unbuilt = Path(__file__).resolve().parent / "_native.unbuilt"
+    try:
+        why = unbuilt.read_text().strip()
+    except OSError:
+        why = str(error)
+    return (
+        f"the native helper (volcache.backends._native) was not built at install: {why}. "
+        "Install a C compiler and the Python headers (apt-get install gcc python3-dev) "
+        "and reinstall volcache, or install its wheel"
+    )
+
+
 try:
     from ._native import ffi, lib
-except ImportError as exc:  # not built: no compiler at install time, or not installed
+except ImportError as exc:  # not built: no compiler at install time, or not Linux
     ffi = lib = None
-    _REASON: str | None = (
-        f"the native helper is not built ({exc}); install a C compiler and the Python "
-        "headers, then reinstall volcache (pip install -e .)"
-    )
+    _REASON: str | None = _not_built(exc)
 else:
     if lib.VC_NATIVE_VERSION != NATIVE_VERSION:
         _REASON = (

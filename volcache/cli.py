@@ -37,6 +37,11 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  {name:7} {'available' if reason is None else 'unavailable: ' + reason}")
         print(f"          purged by {caps.purger}")
         print(f"          touching a purged page {caps.touch_purged}")
+    reasons = available_backends()
+    chosen = next(name for name, reason in reasons.items() if reason is None)
+    passed = [name for name in reasons if name != chosen][: list(reasons).index(chosen)]
+    why = f" ({' and '.join(passed)} unavailable: see above)" if passed else ""
+    print(f"auto picks: {chosen}{why}")
     print("this machine:")
     for what, how in machine.report():
         print(f"  {what:23} {how}")
