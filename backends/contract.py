@@ -180,8 +180,10 @@ class Region:
         view, self._view = self._view, None
         mapping, self._map = self._map, None
         try:
-            view.release()
-            mapping.close()
+            if view is not None:
+                view.release()
+            if mapping is not None:
+                mapping.close()
         except BufferError:
             # Someone still holds a view derived from ours; the mapping is
             # unmapped when the last of them is gone, never before.
@@ -360,7 +362,7 @@ class Backend(abc.ABC):
                 return VRange(0)
             self._counters["vrange_calls"] += 1
             allowed, err = self._limit(npages)
-            done, purged = 0, []
+            done, purged = 0, list[int]()
             if allowed and mode is VOLATILE:
                 done, stop_err = self._mark_range(region, first, allowed)
             elif allowed:

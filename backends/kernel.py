@@ -12,6 +12,7 @@ reads the tag back (intact, and the write took the page back) or zero
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import math
 import mmap
@@ -167,7 +168,7 @@ class KernelBackend(Backend):
         try:
             done, err = self._pages_of(region).mark(first, npages, TAG, drain, self._native)
         except OSError as exc:
-            return 0, exc.errno
+            return 0, exc.errno or errno.EIO
         if drain:
             self._drained_at = now
             self._free_again()

@@ -162,7 +162,7 @@ class SimBackend(Backend):
             return npages, [], 0
         if not self._make_room(wanted, (region.ident, first, first + npages)):
             # Re-pin only as many purged pages as there is memory for.
-            room = self._limit_pages - self._resident()
+            room = (self._limit_pages or 0) - self._resident()  # a limit is set: no room
             states = book.states(region.ident)
             page = first
             while page < first + npages:

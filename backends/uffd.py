@@ -340,7 +340,8 @@ class UffdBackend(Backend):
             self._purge_for_limit(excess, None)
 
     def _purge_for_limit(self, excess: int, woke: float | None) -> None:
-        npages = -(-(excess + self._memory_limit.slack) // self.page_size)
+        slack = self._memory_limit.slack if self._memory_limit is not None else 0
+        npages = -(-(excess + slack) // self.page_size)
         purged = self._purge(npages)
         self._own["limit_purges"] += 1
         self._own["limit_purged_bytes"] += purged * self.page_size

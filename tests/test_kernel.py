@@ -330,7 +330,7 @@ def _probe_in_child(prelude: str) -> dict:
 def test_without_the_native_helper_the_kernel_backend_says_why_and_sim_works():
     """A missing helper makes kernel unavailable with a reason; auto still works."""
     found = _probe_in_child("import sys; sys.modules['volcache.backends._native'] = None\n")
-    assert "native helper is not built" in found["available"]["kernel"]
+    assert "native helper (volcache.backends._native) was not built" in found["available"]["kernel"]
     assert "reinstall" in found["available"]["kernel"]
     assert found["available"]["sim"] is None and found["auto"] != "kernel"
 

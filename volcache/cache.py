@@ -161,7 +161,8 @@ class VolatileCache(MutableMapping):
         if getsizeof is not None:
             if not callable(getsizeof):
                 raise TypeError(f"getsizeof must be callable, got {getsizeof!r}")
-            self.getsizeof = getsizeof
+            # An instance's own, as cachetools lets it be:
+            self.getsizeof = getsizeof  # type: ignore[method-assign, assignment]
         if regenerate is not None and not callable(regenerate):
             raise TypeError(f"regenerate must be callable, got {regenerate!r}")
         if not callable(clock):
@@ -387,7 +388,7 @@ class VolatileCache(MutableMapping):
         try:
             data, decode, raw = self._codec.encode_with_decoder(value)
         except TypeError:  # the codec refuses it: kept as it is, an object no purge takes
-            data = decode = None
+            data, decode, raw = None, None, False
         serialized, special = key_bytes(key)
         expires = None
         if self._ttl is not None:  # the user's callable, before anything changes
@@ -398,8 +399,8 @@ class VolatileCache(MutableMapping):
                 self._check_open()
             entries = self._entries
             store = entries.store
-            if data is None:
-                rid, lost = store.put_kept(h), []
+            if data is None or decode is None:
+                rid, lost = store.put_kept(h), list[int]()
                 tag = OWN_DECODER
             else:
                 tag, spec, flags = store.decoders.tag(decode, raw)
@@ -615,7 +616,7 @@ class VolatileCache(MutableMapping):
         bytes were purged meanwhile is dropped as purged)."""
         with self._lock:
             self._check_open()
-            if self._entries.expires is None:
+            if not self._entries.timed:
                 return []
             return self._entries.expire_due()
 
@@ -633,9 +634,10 @@ class VolatileCache(MutableMapping):
             self._hot.move_to_end(key)
 
     def _new_lock(self) -> Any:
-        if self._on_evict is None:
+        events = self._entries.events
+        if self._on_evict is None or events is None:
             return threading.RLock()
-        return notifying_lock(self._entries.events, self._on_evict)
+        return notifying_lock(events, self._on_evict)
 
     def maintain(self) -> None:
         """Do the idle work now: demote idle hot entries, mark pending pages volatile,
@@ -730,7 +732,7 @@ class VolatileCache(MutableMapping):
         """The keys, least recently used first (reading idle ones back from their pages)."""
         entries = self._entries
         flags = entries.records.flags
-        expires = entries.expires
+        expires = entries.expires if entries.timed else None
         now = self._ttl_timer()
         keys = []
         for rid in list(entries.records.listed_ids()):
@@ -798,7 +800,7 @@ class VolatileCache(MutableMapping):
             hot = entry is not None and entry.value is not COLD
             value = entries.value(entry, rid)
             if value is not _MISSING:
-                if hot:
+                if hot and entry is not None:
                     entry.mark = -1  # used: maintenance gives it a second chance
                     if self._exact_lru:
                         self._hot.move_to_end(entry.key)
@@ -895,6 +897,8 @@ class VolatileCache(MutableMapping):
         :meth:`~volcache.tiers.bound.BoundTier.computing`).
         """
         tier = self._tier
+        if tier is None:
+            return produce()
         named = tier.key_of(key)
         value = tier.fetch(named)
         if value is TIER_MISSING:
@@ -907,7 +911,7 @@ class VolatileCache(MutableMapping):
             self._set(key, value)
         return value
 
-    def _from_tier_only(self, key_in_flight: tuple[object, Hashable]) -> Any:
+    def _from_tier_only(self, key_in_flight: Any) -> Any:
         key = key_in_flight[1]
         with self._lock:  # a flight that just ended may have stored it
             self._check_open()
@@ -1005,7 +1009,7 @@ class VolatileCache(MutableMapping):
         entries.now = now = self._clock()
         if now - self._last_sweep >= _SWEEP_SECONDS:
             self._sweep()
-        if entries.expires is not None:
+        if entries.timed:
             entries.expire_due(_EXPIRE_STEP)
         hot = self._hot
         oldest_use = -math.inf if self._hot_seconds is None else now - self._hot_seconds
@@ -1117,8 +1121,12 @@ def _rebuild(
 
 
 class _Items(ItemsView):
+    def __init__(self, cache: VolatileCache) -> None:
+        super().__init__(cache)
+        self._cache = cache
+
     def __iter__(self) -> Iterator[tuple[Hashable, Any]]:
-        cache = self._mapping
+        cache = self._cache
         for key in cache:
             value = cache.get(key, _MISSING)
             if value is not _MISSING:
@@ -1126,8 +1134,12 @@ class _Items(ItemsView):
 
 
 class _Values(ValuesView):
+    def __init__(self, cache: VolatileCache) -> None:
+        super().__init__(cache)
+        self._cache = cache
+
     def __iter__(self) -> Iterator[Any]:
-        cache = self._mapping
+        cache = self._cache
         for key in cache:
             value = cache.get(key, _MISSING)
             if value is not _MISSING:

@@ -36,6 +36,9 @@ class CacheInfo(namedtuple("CacheInfo", "hits misses maxsize currsize")):
     computed again for them. ``maxsize`` is None when unbounded.
     """
 
+    purged: int
+    regenerated: int
+
     def __new__(
         cls, hits: int, misses: int, maxsize: float | None, currsize: float,
         purged: int = 0, regenerated: int = 0,
@@ -175,6 +178,8 @@ os.register_at_fork(after_in_child=_new_locks_in_child)
 
 class Memoized:
     """A memoized callable; also a descriptor, so that it works as a method."""
+
+    __qualname__: str  # the function's, from functools.update_wrapper
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import math
 import sys
+import time
 import types
 from array import array
 from collections import OrderedDict, deque
@@ -103,8 +104,9 @@ class Entries:
         self.store = Store(backend, slab_bytes, exact)
         # With a TTL: each record's expiry time by id (the timer's clock), and
         # where the idle work's sweep for expired records goes on next.
-        self.timer = timer
-        self.expires: array | None = array("d") if timer is not None else None
+        self.timed = timer is not None
+        self.timer: Callable[[], float] = timer or time.monotonic
+        self.expires = array("d")  # empty unless timed
         self.expiry_hand = 0
         # With an on_evict callback: (key, reason) of entries that left for
         # it, handed to the callback once the cache's lock is released.
@@ -141,7 +143,7 @@ class Entries:
         """
         entry = self.objects.get(key)
         if entry is not None:
-            if self.expires is not None and self.expire_if_due(entry, entry.rid, entry.key):
+            if self.timed and self.expire_if_due(entry, entry.rid, entry.key):
                 return None, NONE, None, False
             return entry, entry.rid, entry.key, False
         flags = self.records.flags
@@ -161,7 +163,7 @@ class Entries:
                 store.deactivate(rid)
                 raise
             if match:
-                if self.expires is not None and self.expire_if_due(None, rid, stored):
+                if self.timed and self.expire_if_due(None, rid, stored):
                     return None, NONE, None, purged
                 return None, rid, stored, purged
             store.deactivate(rid)
@@ -188,7 +190,7 @@ class Entries:
                 if stored is PURGED:
                     return NONE, PURGED, None
                 if stored is not OTHER_KEY:
-                    if self.expires is not None and self.expire_if_due(None, rid, stored):
+                    if self.timed and self.expire_if_due(None, rid, stored):
                         return NONE, MISSING, None
                     return rid, stored, value
             rid = chain[rid]
@@ -204,7 +206,7 @@ class Entries:
         """
         entry = self.objects.get(key)
         if entry is not None:
-            if self.expires is not None and self.expire_if_due(entry, entry.rid, entry.key):
+            if self.timed and self.expire_if_due(entry, entry.rid, entry.key):
                 return None, NONE
             return entry, entry.rid
         records = self.records
@@ -220,7 +222,7 @@ class Entries:
                         self.settle(entry, rid)
                     return entry, rid
                 if stored == key:
-                    if self.expires is not None and self.expire_if_due(None, rid, stored):
+                    if self.timed and self.expire_if_due(None, rid, stored):
                         return None, NONE
                     return None, rid
             rid = chain[rid]
@@ -346,7 +348,7 @@ class Entries:
             self.store.deactivate(rid)
             self.disown(entry)
 
-    def item(self, rid: int) -> tuple[Any, Any]:
+    def item(self, rid: int) -> Any:
         """(key, value) of a listed or hot record, left as it was; ``MISSING`` if purged."""
         entry = self.by_rid.get(rid)
         if entry is not None and entry.value is not COLD:
@@ -507,7 +509,7 @@ class Entries:
                 entry.detached = True
                 return
         self.store.free(rid)
-        if self.count == 0 and self.expires is not None:
+        if self.count == 0 and self.timed:
             del self.expires[:]  # the records' columns went back to nothing too
 
     def unpin(self, entry: Entry) -> None:
@@ -548,7 +550,7 @@ class Entries:
 
     def nonvolatile_bytes(self) -> int:
         """Memory no purge takes back: records, books, objects and hot values."""
-        sized = 8 * self.count * ((self.sizes is not None) + (self.expires is not None))
+        sized = 8 * self.count * ((self.sizes is not None) + self.timed)
         seen = SEEN_BYTES * len(self.seen)
         return self.store.nbytes() + self.object_nbytes + self.hot_nbytes + sized + seen
 

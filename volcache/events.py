@@ -22,7 +22,9 @@ _delivering = threading.local()  # this thread is calling a callback now
 EVICTED, EXPIRED, PURGED = "evicted", "expired", "purged"
 
 
-class NotifyingLock(_thread.RLock):
+# typeshed calls _thread.RLock final and does not list its _is_owned(); CPython
+# lets it be subclassed and has had that method as long as RLock itself.
+class NotifyingLock(_thread.RLock):  # type: ignore[misc]
     """The cache's reentrant lock, delivering noted evictions at its outermost release."""
 
     events: deque[tuple[Hashable, str]]
@@ -32,7 +34,8 @@ class NotifyingLock(_thread.RLock):
         """Release; the outermost release of this thread delivers pending events
         (not one inside the callback: the delivery going on takes those too)."""
         super().release()
-        if self.events and not self._is_owned() and not getattr(_delivering, "on", False):
+        owned = self._is_owned()  # type: ignore[attr-defined]
+        if self.events and not owned and not getattr(_delivering, "on", False):
             _delivering.on = True
             try:
                 deliver(self.events, self.callback)

@@ -33,6 +33,9 @@ class DeadlockError(RuntimeError):
     """A computation needs, through others waiting in turn, a result it is computing itself."""
 
 
+_LEAD, _WAIT, _AGAIN = range(3)  # run(): computes, waits for another thread, re-enters
+
+
 class _Flight:
     __slots__ = ("done", "error", "finished", "key", "owner", "value")
 
@@ -78,20 +81,22 @@ class SingleFlight:
         """
         me = threading.get_ident()
         with self._lock:
-            flight = self._flights.get(key)
-            leader = flight is None
-            if leader:
+            found = self._flights.get(key)
+            if found is None:
                 flight = self._flights[key] = _Flight(key if label is None else label)
-            elif flight.owner == me:
+                role = _LEAD
+            elif found.owner == me:
                 if not self._reentrant:
                     what = key if label is None else label
                     raise RuntimeError(f"computing {what!r} needs {what!r} again: a cycle")
-                leader = None  # computed again, below, outside the flight
-            elif flight.done is None:
-                flight.done = threading.Event()
-        if leader is None:
+                flight, role = found, _AGAIN  # computed again, below, outside the flight
+            else:
+                flight, role = found, _WAIT
+                if flight.done is None:
+                    flight.done = threading.Event()
+        if role == _AGAIN:
             return compute(key)
-        if not leader:
+        if role == _WAIT:
             _wait(flight, me)
             if flight.error is not None:
                 raise flight.error
@@ -117,8 +122,10 @@ class SingleFlight:
 def _wait(flight: _Flight, me: int) -> None:
     """Wait for another thread's flight, unless that wait would close a cycle."""
     with _WAITS:
-        link = flight
+        link: _Flight | None = flight
         for _ in range(len(_waiting) + 1):
+            if link is None:
+                break
             if link.owner == me:
                 raise DeadlockError(
                     f"waiting for {flight.key!r} would never end: its computation waits, "
@@ -129,7 +136,8 @@ def _wait(flight: _Flight, me: int) -> None:
                 break
         _waiting[me] = flight
     try:
-        flight.done.wait()
+        if flight.done is not None:  # always, for a flight waited for: run() made it
+            flight.done.wait()
     finally:
         with _WAITS:
             del _waiting[me]

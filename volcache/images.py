@@ -9,7 +9,6 @@ size, ``reduce`` shrinks by whole factors first). Pillow comes with the
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import struct
 from collections.abc import Iterator
@@ -157,7 +156,7 @@ class ThumbnailCache:
         info = self.cache.info()
         if self._tier is None:
             return info
-        return dataclasses.replace(info, **self._tier.counts)
+        return CacheInfo(**{**info.as_dict(), **self._tier.counts})
 
     def close(self) -> None:
         """Release all memory."""

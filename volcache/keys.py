@@ -26,7 +26,9 @@ C_HASHED = frozenset({int, str, bytes, float, bool, complex, type(None), type, f
 
 #: Objects that ``marshal`` refuses in keys made by ``cachetools.keys``: the
 #: keyword marker and the types a typed key appends. By id: these live forever.
-_SPECIALS = (cachekeys._kwmark[0], int, str, bytes, float, bool, complex, type(None), tuple,
+#: (cachetools' keyword marker is private there, but its keys hold it.)
+KWMARK = cachekeys._kwmark[0]  # type: ignore[attr-defined]
+_SPECIALS = (KWMARK, int, str, bytes, float, bool, complex, type(None), tuple,
              frozenset, bytearray, list, dict, set, type, range, slice)  # fmt: skip
 _SPECIAL_CODES = {id(obj): code for code, obj in enumerate(_SPECIALS)}
 

@@ -68,7 +68,7 @@ class Pin:
     def _try_finish(self) -> bool:
         """Release the views and unpin; False if a buffer made from them is still alive."""
         try:
-            for view in self._views:  # releasing twice is harmless: retries start over
+            for view in self._views or ():  # releasing twice is harmless: retries start over
                 view.release()
         except BufferError:
             return False

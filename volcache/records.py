@@ -54,8 +54,8 @@ class RecordTable:
         self.length = array("I")  # how many bytes (the store keeps longer ones apart)
         self.flags = array("B")
         self.chain = array("i")  # the next id in its bucket; free ids are chained here too
-        self.prev = array("i") if exact else None  # the exact recency list
-        self.next = array("i") if exact else None
+        self.prev = array("i")  # the exact recency list (empty if not exact)
+        self.next = array("i")
         self.count = 0  # records in use
         self.listed = 0
         self.head = self.tail = NONE  # least and most recently listed (exact)

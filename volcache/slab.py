@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from array import array
 from bisect import bisect_left
+from typing import cast
 
 from .backends import NONVOLATILE, VOLATILE, Backend, Region
 
@@ -105,6 +106,9 @@ class _Slab:
         self.free_end: dict[int, int] = {n: 0}
 
 
+_VACANT = cast("_Slab", None)  # a free place in SlabAllocator._slabs
+
+
 def _bucket(npages: int) -> int:
     return npages.bit_length() - 1
 
@@ -125,7 +129,9 @@ class SlabAllocator:
         self.slab_pages = max(1, slab_bytes // ps)
         self.classes = size_classes(ps)
         self._full = [(1 << (ps // size)) - 1 for size in self.classes]
-        self._slabs: list[_Slab | None] = []
+        # By index; a slab given back leaves _VACANT (None) in its place until
+        # reused. A loc always names a live slab, so lookups by loc need no test.
+        self._slabs: list[_Slab] = []
         self._vacant_indexes: list[int] = []
         self._free: list[dict[tuple[int, int], None]] = [{} for _ in range(64)]
         # Per class, shared pages with a vacancy as (slab index << 32 | page),
@@ -151,8 +157,9 @@ class SlabAllocator:
         """
         if nbytes <= 0:
             raise ValueError(f"nbytes must be positive, got {nbytes!r}")
+        lost: list[int] = []
         if nbytes > self.classes[-1]:
-            loc, lost = self._allocate_large(nbytes, ident), []
+            loc = self._allocate_large(nbytes, ident)
         else:
             loc, lost = self._allocate_small(bisect_left(self.classes, nbytes), ident)
         self.stored_bytes += nbytes
@@ -522,7 +529,7 @@ class SlabAllocator:
             self._unlink(slab, 0, slab.npages)
             self.npending -= slab.npending
             self.total_pages -= slab.npages
-            self._slabs[slab.index] = None
+            self._slabs[slab.index] = _VACANT
             self._vacant_indexes.append(slab.index)
 
     def _link_run(self, slab: _Slab, start: int, length: int) -> None:
@@ -541,7 +548,7 @@ class SlabAllocator:
             index = self._vacant_indexes.pop()
         else:
             index = len(self._slabs)
-            self._slabs.append(None)
+            self._slabs.append(_VACANT)
         slab = self._slabs[index] = _Slab(region, index)
         self.total_pages += slab.npages
         self._free[_bucket(slab.npages)][(index, 0)] = None

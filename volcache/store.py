@@ -220,11 +220,12 @@ class Store:
         slabs = self.slabs
         if length <= _READ_WHOLE:
             slab = slabs.slab(loc)
-            blob = None if slab.nlost else slab.reader(loc & OFFSET_MASK, length)
-            if blob is None:
-                blob = slabs.read(loc, length)  # the careful way
-                if blob is None:
+            found = None if slab.nlost else slab.reader(loc & OFFSET_MASK, length)
+            if found is None:
+                found = slabs.read(loc, length)  # the careful way
+                if found is None:
                     return PURGED, None
+            blob = found
             nkey, nspec, tag, flags = TRAILER.unpack_from(blob, length - TRAILER.size)
             nvalue = length - TRAILER.size - nspec - nkey
             view = memoryview(blob)
@@ -236,7 +237,7 @@ class Store:
                 return PURGED, None
             view, start, nkey, nspec, tag, flags = tail
             nvalue = self.length(rid) - TRAILER.size - nspec - nkey
-            whole = False
+            whole, blob = False, b""  # the value is read below, apart
         if flags & SPECIAL_KEY:
             stored = key_from_bytes(view[start : start + nkey], True)
         else:
@@ -327,6 +328,8 @@ class Store:
         view, nvalue, nkey, nspec, tag, flags = self._open(rid)
         try:
             if tag == OWN_DECODER:
+                if own is None:
+                    raise TypeError("the entry keeps its own decoder, and none was given")
                 decode = own
             else:
                 start = nvalue + nkey

@@ -74,12 +74,13 @@ class Getter:
         self.get: Callable[[int], tuple[bytes, bool]]
         kind = contestant.kind
         if kind == "volcache":
-            backend = get_backend(contestant.backend, **dict(backend_options or {}))
+            backend = get_backend(contestant.backend or "auto", **dict(backend_options or {}))
             self.cache = VolatileCache(backend=backend)
             self._owned_backend = backend
             self.get = self._mapping_get
         elif kind == "lru":
-            self.cache = cachetools.LRUCache(int(limit * contestant.fraction), getsizeof=len)
+            fraction = contestant.fraction or 1.0
+            self.cache = cachetools.LRUCache(int(limit * fraction), getsizeof=len)
             self.get = self._mapping_get
         elif kind == "lru_cache":
             self._memo = functools.lru_cache(maxsize=LRU_CACHE_MAXSIZE)(self._make)

@@ -51,7 +51,7 @@ def _memoizer(contestant: str, budget: int | None) -> Callable[[int], bytes]:
         return value_of(n, 256)
 
     if contestant.startswith("volcache"):
-        options = {} if budget is None else {"memory_budget": budget}
+        options: dict[str, Any] = {} if budget is None else {"memory_budget": budget}
         return cached(backend="kernel", **options)(make)
     if contestant.startswith("cachetools"):
         return cachetools.cached(cachetools.LRUCache(100_000))(make)
@@ -60,7 +60,7 @@ def _memoizer(contestant: str, budget: int | None) -> Callable[[int], bytes]:
 
 def _mapping(contestant: str, limit: int, budget: int | None) -> Any:
     if contestant.startswith("volcache"):
-        options = {} if budget is None else {"memory_budget": budget}
+        options: dict[str, Any] = {} if budget is None else {"memory_budget": budget}
         return VolatileCache(backend="kernel", **options)
     if contestant.startswith("cachetools"):
         return cachetools.LRUCache(limit // 2, getsizeof=len)

@@ -85,7 +85,7 @@ def returned_memory(result: Result, settings: Settings) -> None:
         return
     start_rss = before[-1]
     returned = start_rss - min(s["rss"] for s in during)
-    result.returned = returned if returned >= NOISE else 0
+    result.returned = int(returned) if returned >= NOISE else 0
     if result.returned:
         half = start_rss - result.returned / 2
         result.return_s = next(round(s["t"] - grow, 3) for s in during if s["rss"] <= half)

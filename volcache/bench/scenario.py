@@ -71,8 +71,10 @@ def run_contestant(
         rival = None
         if _wait_ready(lines, result):
             start = time.time() + 0.2  # both processes start their clocks together
-            worker.stdin.write(f"{start}\n")
-            worker.stdin.flush()
+            stdin = worker.stdin
+            if stdin is not None:  # always: made with PIPE
+                stdin.write(f"{start}\n")
+                stdin.flush()
             peak, duration = str(settings.competitor_peak), str(settings.duration)
             rival = subprocess.Popen(
                 group.command([*python, "volcache.bench.competitor", peak, duration, str(start)])
@@ -88,7 +90,7 @@ def run_contestant(
             rival.kill()
             rival.wait()
         oom_kills = group.oom_kills()
-        errors = worker.stderr.read()
+        errors = worker.stderr.read() if worker.stderr is not None else ""
     rival_code = None if rival is None else rival.returncode
     _finish(result, worker.returncode, rival_code, oom_kills, errors, settings, last)
     return result
@@ -183,7 +185,7 @@ def _finish(
         result.note = (errors.strip().splitlines() or [f"exit status {code}"])[-1]
     if rival_code == -9 and oom_kills and result.status != "killed":
         result.competitor_killed = True
-    result.peak_rss = max((s["rss"] for s in result.samples), default=0)
+    result.peak_rss = int(max((s["rss"] for s in result.samples), default=0))
     returned_memory(result, settings)
 
 

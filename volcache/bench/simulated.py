@@ -87,7 +87,7 @@ def run_simulated(
     result.served = min(time.time() - start, settings.duration)
     for name in ("ops", "hits", "misses", "wrong"):
         setattr(result, name, counts.get(name, 0))
-    result.peak_rss = max((s["rss"] for s in result.samples), default=BASELINE)
+    result.peak_rss = int(max((s["rss"] for s in result.samples), default=BASELINE))
     if contestant.kind == "volcache":
         result.info = getter.cache.info().as_dict()
     returned_memory(result, settings)

@@ -15,6 +15,7 @@ import random
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 _NIBBLES = bytes(range(16)) * 16  # translate table: keep the low four bits
 _TAG = 16
@@ -38,7 +39,7 @@ class Workload:
     seed: int = 0
 
     @classmethod
-    def for_memory(cls, working_set: int, **options: object) -> Workload:
+    def for_memory(cls, working_set: int, **options: Any) -> Workload:
         """Enough keys for a working set of ``working_set`` bytes."""
         low = options.get("min_size", cls.min_size)
         high = options.get("max_size", cls.max_size)

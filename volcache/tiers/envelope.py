@@ -153,7 +153,7 @@ def decode(blob: bytes, codec: Codec, generation: int, secret: bytes | None, whe
 
 
 def _numpy_value(meta: bytes, payload: memoryview) -> Any:
-    numpy = sys.modules.get("numpy")
+    numpy: Any = sys.modules.get("numpy")
     if numpy is None:
         try:
             import numpy

@@ -15,16 +15,14 @@ import math
 import re
 from typing import Any
 
-from cachetools import keys as cachekeys
-
-from ..keys import HashedKey
+from ..keys import KWMARK, HashedKey
 
 #: Types that keys made by ``cachetools.keys.typedkey`` hold, written by name.
 _TYPES = {t: t.__name__.encode() for t in (
     int, str, bytes, float, bool, complex, type(None), tuple, frozenset, bytearray, list, dict,
     set, type, range, slice,
 )}  # fmt: skip
-_KWMARK = cachekeys._kwmark[0]
+_KWMARK = KWMARK
 _SAFE_NAMESPACE = re.compile(r"[A-Za-z0-9_.<>\-]{1,120}")
 
 
