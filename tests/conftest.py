@@ -142,3 +142,23 @@ def crowd(call: Callable[[], object], threads: int, started: threading.Event,
     release.set()
     for worker in workers:
         worker.join()
+
+
+@contextlib.contextmanager
+def held_by_another_thread(lock):
+    """The block runs while another thread holds ``lock``; it lets go after."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()

@@ -9,6 +9,8 @@ import pytest
 
 from volcache import VolatileCache, cached
 
+from .conftest import held_by_another_thread
+
 
 class Timer:
     """A clock that moves only when told to."""
@@ -174,20 +176,10 @@ def test_a_hot_hit_with_a_ttl_takes_no_lock_until_it_expires():
     with VolatileCache(backend="sim", ttl=5, timer=timer) as cache:
         cache["k"] = b"v"
         cache["k"], cache["k"]  # hot
-        held, done = threading.Event(), threading.Event()
-
-        def hold():
-            with cache._lock:
-                held.set()
-                done.wait(10)
-
-        holder = threading.Thread(target=hold)
-        holder.start()
-        held.wait(5)
-        try:
+        seen: list[object] = []
+        with held_by_another_thread(cache._lock):
             assert cache["k"] == b"v"  # while another thread holds the lock
             timer.now += 5
-            seen = []
 
             def read():
                 try:
@@ -199,8 +191,5 @@ def test_a_hot_hit_with_a_ttl_takes_no_lock_until_it_expires():
             reader.start()
             reader.join(0.2)
             assert reader.is_alive()  # expired: this lookup waits for the lock
-        finally:
-            done.set()
-            holder.join()
         reader.join(5)
         assert seen == ["absent"] and "k" not in cache

@@ -26,7 +26,7 @@ from volcache.backends import NONVOLATILE, VOLATILE, get_backend
 from volcache.backends.pressure import ManualSource, PressureWatcher
 from volcache.backends.uffd import PurgedAccessError
 
-from .conftest import need_backend, wait_child
+from .conftest import held_by_another_thread, need_backend, wait_child
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 PS = os.sysconf("SC_PAGE_SIZE")
@@ -147,26 +147,15 @@ def test_a_cache_locked_by_another_thread_at_fork_works_in_the_child():
     """The cache's lock, held by a thread that does not exist in the child, is replaced."""
     cache = VolatileCache(backend="sim")
     cache["k"] = b"value"
-    held, release = threading.Event(), threading.Event()
-
-    def hold():
-        with cache._lock:
-            held.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    held.wait(10)
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            cache["j"] = b"other"
-            status = 0 if cache["k"] == b"value" and cache["j"] == b"other" else 2
-        finally:
-            os._exit(status)
-    release.set()
-    thread.join()
+    with held_by_another_thread(cache._lock):
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                cache["j"] = b"other"
+                status = 0 if cache["k"] == b"value" and cache["j"] == b"other" else 2
+            finally:
+                os._exit(status)
     assert wait_child(pid) == 0
     cache.close()
 
