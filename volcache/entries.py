@@ -281,10 +281,10 @@ class Entries:
             key = entry.key if entry is not None else self.store.peek_key(rid)
             if key is PURGED:
                 self.lose([rid])  # gone already: a purge, not an expiry
-                continue
-            self.note(key, "expired")
-            self.remove(entry, rid)
-            removed.append(key)
+            else:
+                self.note(key, "expired")
+                self.remove(entry, rid)
+                removed.append(key)
             n = min(len(expires), len(flags))  # a removal may empty the table
             if n == 0:
                 break
