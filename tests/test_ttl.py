@@ -193,3 +193,18 @@ def test_a_hot_hit_with_a_ttl_takes_no_lock_until_it_expires():
             assert reader.is_alive()  # expired: this lookup waits for the lock
         reader.join(5)
         assert seen == ["absent"] and "k" not in cache
+
+
+def test_expired_entries_whose_bytes_were_purged_are_dropped_as_purged():
+    timer = Timer()
+    with VolatileCache(backend="sim", ttl=1, timer=timer) as cache:
+        for n in range(20):
+            cache[n] = b"v" * 5000  # a page each: a purge takes key and value
+        cache.volatilize()
+        assert cache.backend.reclaim(1 << 30) > 0
+        timer.now += 2
+        assert cache.expire() == []  # no key to tell: they went with their pages
+        info = cache.info()
+        assert info.entries == 0 and info.purged == 20 and info.stored_bytes == 0
+        cache["again"] = b"v"  # the emptied table takes new entries
+        assert cache["again"] == b"v"
