@@ -29,6 +29,10 @@ class Unavailable(Exception):
     """The tier failed or is being skipped: the caller goes on without it."""
 
 
+class Skipped(Unavailable):
+    """Not even tried: the tier failed lately (the circuit breaker is open)."""
+
+
 class Tier(abc.ABC):
     """A shared second tier: values stored by one process, found by the others.
 
@@ -133,7 +137,7 @@ class Tier(abc.ABC):
         with self._breaker:
             if self._failures >= FAILURES:
                 if self.clock() < self._open_until or self._trial:
-                    raise Unavailable("skipped: the tier failed lately")
+                    raise Skipped("skipped: the tier failed lately")
                 self._trial = True  # one call tries; the others keep skipping meanwhile
         try:
             result = operation(*args)

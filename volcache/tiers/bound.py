@@ -24,7 +24,7 @@ from typing import Any
 
 from ..codecs import Codec, DefaultCodec
 from . import envelope
-from .base import Tier, Unavailable
+from .base import Skipped, Tier, Unavailable
 from .keys import namespace_part, stable_key_bytes
 
 MISSING = object()
@@ -63,11 +63,13 @@ class BoundTier:
 
     def _call(self, operation: Any, *args: Any) -> Any:
         """The tier's call; counts a failure or a skip and re-raises ``Unavailable``."""
-        skipping = self.tier.skipping
         try:
             return self.tier.call(operation, *args)
+        except Skipped:
+            self._count("tier_skipped")
+            raise
         except Unavailable:
-            self._count("tier_skipped" if skipping else "tier_errors")
+            self._count("tier_errors")
             raise
 
     def key_of(self, key: Any) -> tuple[str, bytes]:
