@@ -46,6 +46,12 @@ def make_tier(server, **options) -> Tier:
     return MemcachedTier(server.url, **options)
 
 
+def sealed(value, codec, generation, secret, where):
+    """A value's envelope, as a cache writing it through makes it."""
+    data, decode, _ = codec.encode_with_decoder(value)
+    return envelope.encode((data, decode), codec, generation, secret, where)
+
+
 def raw_set(tier: Tier, name: str, blob: bytes) -> None:
     tier.set(name, blob, None)
 
@@ -202,15 +208,15 @@ def test_tampered_or_foreign_values_are_rejected_never_unpickled(server, tmp_pat
         bound = c._tier
     name, data = bound.key_of("k")
     where = bound._where(data)
-    good = envelope.encode({"v": 1}, bound.codec, 0, SECRET, where)
-    evil = envelope.encode(Boom(), bound.codec, 0, b"another secret, not ours", where)
+    good = sealed({"v": 1}, bound.codec, 0, SECRET, where)
+    evil = sealed(Boom(), bound.codec, 0, b"another secret, not ours", where)
     forged = bytearray(good)
     forged[-40] ^= 1  # a payload byte: the MAC no longer matches
     # A pickle without a MAC, which encode() would not even write:
     unsigned = envelope.HEADER.pack(envelope.MAGIC, 1, envelope.CODEC, 0, 0, 6) + b"pickle"
     unsigned += pickle.dumps(Boom())
     other_codec = good.replace(b"pickle", b"pickl3")
-    moved = envelope.encode({"v": 2}, bound.codec, 0, SECRET, bound._where(b"another key"))
+    moved = sealed({"v": 2}, bound.codec, 0, SECRET, bound._where(b"another key"))
     blobs = [evil, bytes(forged), b"garbage", unsigned, other_codec, moved]
     for n, blob in enumerate(blobs):
         raw_set(tier, name, blob)
@@ -229,7 +235,7 @@ def test_without_a_secret_a_pickle_from_the_server_is_refused(server, tmp_path, 
     tier = make_tier(server)
     with VolatileCache(backend="sim", tier=tier) as cache:
         name, data = cache._tier.key_of("k")
-        blob = envelope.encode(Boom(), PickleCodec(), 0, SECRET, cache._tier._where(data))
+        blob = sealed(Boom(), PickleCodec(), 0, SECRET, cache._tier._where(data))
         raw_set(tier, name, blob[: -envelope.MAC_BYTES].replace(b"\x01\x00", b"\x00\x00", 1))
         raw_set(tier, name, blob)
         assert cache.get("k") is None
@@ -457,7 +463,7 @@ def test_volcache_imports_without_the_client_libraries():
 
 
 def test_pickle_is_never_loaded_from_an_unauthenticated_envelope():
-    blob = envelope.encode({"a": 1}, PickleCodec(), 0, SECRET, b"where")
+    blob = sealed({"a": 1}, PickleCodec(), 0, SECRET, b"where")
     assert pickle.loads(blob[envelope.HEADER.size + 6 : -envelope.MAC_BYTES]) == {"a": 1}
     with pytest.raises(envelope.Rejected):
         envelope.decode(blob, PickleCodec(), 0, None, b"where")
@@ -495,3 +501,19 @@ def test_memcached_keys_spread_over_several_servers():
             counts.append(int(alone.client.stats()[b"curr_items"]))
             alone.close()
         assert all(count > 5 for count in counts) and sum(counts) >= 40
+
+
+def test_a_write_through_encodes_the_value_once(server):
+    class Counting(PickleCodec):
+        encoded = 0
+
+        def encode(self, value):
+            Counting.encoded += 1
+            return super().encode(value)
+
+    tier = make_tier(server, secret=SECRET)
+    with VolatileCache(backend="sim", tier=tier, codec=Counting()) as one:
+        one["k"] = {"big": list(range(1000))}
+        assert Counting.encoded == 1  # the same bytes go to the slab and to the server
+        with VolatileCache(backend="sim", tier=tier, codec=Counting()) as two:
+            assert two["k"] == {"big": list(range(1000))}

@@ -24,7 +24,7 @@ import cachetools
 
 from .backends import Backend, get_backend
 from .budget import MemoryBudget, shared_default_budget
-from .codecs import Codec, check_codec
+from .codecs import Codec, Decoder, check_codec
 from .entries import COLD, HASH_MASK, MISSING, SEEN_BYTES, SEEN_LIMIT, Entries, Entry
 from .events import notifying_lock
 from .flight import SingleFlight
@@ -374,11 +374,13 @@ class VolatileCache(MutableMapping):
             self._set(key, value)
             return
         named = tier.key_of(key)  # a key the tier cannot name fails here, before anything
-        self._set(key, value)
-        tier.store(named, value)  # after the lock: the server's time is not the cache's
+        encoded = self._set(key, value)
+        if encoded is not None:  # not a value kept as an object: it can travel
+            tier.store(named, encoded)  # after the lock: the server's time is not the cache's
 
-    def _set(self, key: Hashable, value: Any) -> None:
-        """Store locally only (a value that came from the tier is not written back)."""
+    def _set(self, key: Hashable, value: Any) -> tuple[memoryview, Decoder] | None:
+        """Store locally only (a value that came from the tier is not written back);
+        the codec's (bytes, decoder) for it, None for a value kept as an object."""
         h = hash(key) & HASH_MASK  # an unhashable key fails here, before anything changes
         size = self.getsizeof(value) if self._sized else 1
         if size > self._maxsize:
@@ -436,6 +438,7 @@ class VolatileCache(MutableMapping):
                 self._fit_budget(rid)
             if not stores & 7 or store.slabs.npending >= self._mark_batch:
                 self._maintain()
+        return None if data is None or decode is None else (data, decode)
 
     def __delitem__(self, key: Hashable) -> None:
         with self._lock:

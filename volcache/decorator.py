@@ -338,7 +338,7 @@ class Memoized:
         if self._cache_if is not None and not self._cache_if(value):
             return value
         self._store(cache, key, value, purged, local=True)
-        await asyncio.to_thread(tier.store, named, value)
+        await asyncio.to_thread(tier.store_value, named, value)
         return value
 
     def _task_done(self, flight: tuple[int, int, Any], task: Any) -> None:

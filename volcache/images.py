@@ -211,7 +211,7 @@ class ThumbnailCache:
                     thumbnail = _from_wire(found)
                     if thumbnail is None:
                         thumbnail = self._decode_file(key)
-                        tier.store(named, _to_wire(thumbnail))
+                        tier.store_value(named, _to_wire(thumbnail))
         self._current[path] = (key, thumbnail.mode, thumbnail.size)
         return thumbnail
 

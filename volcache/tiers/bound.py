@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..codecs import Codec, DefaultCodec
+from ..codecs import Codec, Decoder, DefaultCodec
 from . import envelope
 from .base import Skipped, Tier, Unavailable
 from .keys import namespace_part, stable_key_bytes
@@ -112,8 +112,17 @@ class BoundTier:
             self._count("tier_hits")
         return value
 
-    def store(self, named: tuple[str, bytes], value: Any) -> None:
-        """Write ``value`` through to the tier (a value that may not travel stays local)."""
+    def store_value(self, named: tuple[str, bytes], value: Any) -> None:
+        """:meth:`store` of a value not encoded yet (one the codec refuses stays local)."""
+        try:
+            data, decode, _ = self.codec.encode_with_decoder(value)
+        except TypeError:
+            return
+        self.store(named, (data, decode))
+
+    def store(self, named: tuple[str, bytes], encoded: tuple[memoryview, Decoder]) -> None:
+        """Write a value through to the tier, as the codec encoded it for the cache
+        (one that may not travel stays local)."""
         name, data = named
         generation = self._generation
         if generation is None:
@@ -123,7 +132,7 @@ class BoundTier:
                 )
             except Unavailable:
                 return
-        blob = envelope.encode(value, self.codec, generation, self.tier.secret, self._where(data))
+        blob = envelope.encode(encoded, self.codec, generation, self.tier.secret, self._where(data))
         if blob is None:
             return
         with contextlib.suppress(Unavailable):

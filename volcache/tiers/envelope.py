@@ -25,7 +25,7 @@ import sys
 from functools import partial
 from typing import Any
 
-from ..codecs import Codec, _array_decode, _numpy_decode
+from ..codecs import Codec, Decoder, _array_decode, _numpy_decode
 
 MAGIC = b"VCT"
 FORMAT = 1
@@ -66,18 +66,14 @@ def context(namespace: str, version: int, key: bytes) -> bytes:
 
 
 def encode(
-    value: Any, codec: Codec, generation: int, secret: bytes | None, where: bytes
-) -> bytes | None:
-    """The envelope of a value, or None if it may not travel (a codec's bytes
-    without a secret, or a value the codec refuses)."""
-    try:
-        data, decode, _ = codec.encode_with_decoder(value)
-    except TypeError:
-        return None
+    encoded: tuple[memoryview, Decoder], codec: Codec, generation: int, secret: bytes | None,
+    where: bytes,
+) -> bytes | None:  # fmt: skip
+    """The envelope of a value the codec made ``(bytes, decoder)`` of (as the cache
+    stores it), or None if it may not travel (a codec's bytes without a secret)."""
+    data, decode = encoded
     meta = b""
-    if decode is bytes and type(value) is bytes:
-        kind = BYTES
-    elif decode is bytes or decode is bytearray:
+    if decode is bytes or decode is bytearray:
         kind = BYTES if decode is bytes else BYTEARRAY
     elif type(decode) is partial and decode.func is _array_decode:
         kind, meta = ARRAY, decode.args[0].encode()
