@@ -67,14 +67,49 @@ def hashed(key: Any) -> Any:
     return key if _hashed_in_c(key) else HashedKey(key)
 
 
+#: Types ``marshal`` reads back as what it wrote. It writes any other object
+#: with the buffer protocol (a numpy scalar, a ``bytes`` subclass) as plain
+#: ``bytes``, which would then answer for another key or none.
+_SCALARS = frozenset({int, str, bytes, bool, type(None)})
+_CONTAINERS = frozenset({tuple, frozenset, list, dict, set})
+
+
+def marshals_exactly(obj: Any) -> bool:
+    """Whether ``marshal`` gives ``obj`` back with the same types, transitively."""
+    kind = type(obj)
+    if kind in _SCALARS or kind is float or kind is complex:
+        return True
+    if kind in _CONTAINERS:
+        items = obj.items() if kind is dict else obj
+        return all(marshals_exactly(item) for item in items)
+    return False
+
+
+def _storable(part: Any) -> bool:
+    """A key part read back equal to itself: exact built-in types, and no NaN, which
+    a dict finds by identity only and a key read back is a new object."""
+    kind = type(part)
+    if kind in _SCALARS:
+        return True
+    if kind is float or kind is complex:
+        return part == part
+    if kind is tuple or kind is frozenset:
+        return all(_storable(item) for item in part)
+    return False
+
+
 def key_bytes(key: Any) -> tuple[bytes | None, bool]:
-    """(the key serialized, whether in the special form); None if it must stay an object."""
+    """(the key serialized, whether in the special form); None if it must stay an object.
+
+    Only keys of exact built-in types (``int``, ``str``, ``bytes``, ``float``,
+    ``tuple``, ...) without NaN are serialized: they are the keys that compare
+    equal to themselves when read back. Others stay Python objects, found as a
+    dict finds them.
+    """
     if type(key) is HashedKey:
         key = tuple(key)
-    try:
+    if _storable(key):
         return marshal.dumps(key, _VERSION), False
-    except ValueError:
-        pass
     if type(key) is not tuple:
         return None, False
     parts = list(key)
@@ -84,12 +119,11 @@ def key_bytes(key: Any) -> tuple[bytes | None, bool]:
         if code is not None:
             parts[index] = None
             codes.append(index << 5 | code)
+        elif not _storable(part):
+            return None, False
     if not codes:
         return None, False
-    try:
-        return marshal.dumps((tuple(parts), tuple(codes)), _VERSION), True
-    except ValueError:
-        return None, False
+    return marshal.dumps((tuple(parts), tuple(codes)), _VERSION), True
 
 
 def key_from_bytes(data: bytes | memoryview, special: bool) -> Any:

@@ -25,7 +25,7 @@ from typing import Any
 
 from .backends import Backend
 from .codecs import Decoder, decoder_from_spec, decoder_spec
-from .keys import key_from_bytes
+from .keys import key_from_bytes, marshals_exactly
 from .records import ACTIVE, KEPT, RecordTable
 from .slab import OFFSET_MASK, SlabAllocator
 
@@ -66,11 +66,9 @@ class Decoders:
         if type(decode) is partial and not decode.keywords:
             # A decoder made per value (a shape, a mode): its function gets the
             # tag, its arguments go beside the key.
-            try:
+            # Only arguments marshal gives back as they were (not a numpy scalar).
+            if marshals_exactly(decode.args):
                 params = marshal.dumps(decode.args, _KEY_VERSION)
-            except ValueError:
-                pass
-            else:
                 tag = self._intern(decode.func)
                 if tag != OWN_DECODER:
                     return tag, params, flags | _PARTIAL
