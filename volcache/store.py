@@ -63,15 +63,14 @@ class Decoders:
         spec = decoder_spec(decode)
         if spec is not None:
             return spec[0], spec[1], flags
-        if type(decode) is partial and not decode.keywords:
-            # A decoder made per value (a shape, a mode): its function gets the
-            # tag, its arguments go beside the key.
-            # Only arguments marshal gives back as they were (not a numpy scalar).
-            if marshals_exactly(decode.args):
-                params = marshal.dumps(decode.args, _KEY_VERSION)
-                tag = self._intern(decode.func)
-                if tag != OWN_DECODER:
-                    return tag, params, flags | _PARTIAL
+        # A decoder made per value (a shape, a mode): its function gets the tag,
+        # its arguments go beside the key, if marshal gives them back as they
+        # were (it writes a numpy scalar as bytes).
+        if type(decode) is partial and not decode.keywords and marshals_exactly(decode.args):
+            params = marshal.dumps(decode.args, _KEY_VERSION)
+            tag = self._intern(decode.func)
+            if tag != OWN_DECODER:
+                return tag, params, flags | _PARTIAL
         return self._intern(decode), b"", flags
 
     def _intern(self, decode: Decoder) -> int:
