@@ -269,6 +269,36 @@ def test_methods_cache_per_instance_and_do_not_keep_self_alive(method):
     assert wrapper.cache_info().currsize == before - 1  # and its entries went with it
 
 
+@pytest.mark.parametrize("method", ["statement", "summary"])
+def test_a_method_called_through_its_class_is_the_call_through_the_instance(method):
+    """Account.method(obj, x) makes and finds obj.method(x)'s entry, and does not keep obj."""
+    alice = Account("alice")
+    wrapper = getattr(Account, method)
+    before = wrapper.cache_info().currsize
+    assert wrapper(alice, 1) == getattr(alice, method)(1) == wrapper(alice, 1)
+    assert alice.computed == 1 and wrapper.cache_info().currsize == before + 1
+    assert wrapper.cache_invalidate(alice, 1) and not getattr(alice, method).cache_invalidate(1)
+    wrapper(alice, 2)
+    ref = weakref.ref(alice)
+    del alice
+    gc.collect()
+    assert ref() is None  # the cache did not keep it alive
+    assert wrapper.cache_info().currsize == before  # and its entries went with it
+    with pytest.raises(TypeError, match="instance"):
+        wrapper()
+
+
+def test_a_memoized_function_assigned_to_a_class_attribute_stays_a_function():
+    @cached(backend="sim", typed=True)
+    def double(x):
+        return 2 * x
+
+    class Holder:
+        twice = double
+
+    assert Holder.twice(21) == double(21) == 42 and double.cache_info().currsize == 1
+
+
 def test_methods_need_weak_references():
     class Slotted:
         __slots__ = ()

@@ -177,7 +177,11 @@ os.register_at_fork(after_in_child=_new_locks_in_child)
 
 
 class Memoized:
-    """A memoized callable; also a descriptor, so that it works as a method."""
+    """A memoized callable; also a descriptor, so that it works as a method.
+
+    A method called through its class, ``Class.method(obj, x)``, is the call
+    ``obj.method(x)``: the same entry, and ``obj`` is not kept alive either.
+    """
 
     __qualname__: str  # the function's, from functools.update_wrapper
 
@@ -206,6 +210,9 @@ class Memoized:
             self._key = lambda *args, **kwargs: hashed(key(*args, **kwargs))
         self._method_key = key or (cachekeys.typedmethodkey if typed else cachekeys.methodkey)
         self._is_async = inspect.iscoroutinefunction(func)
+        # A method: called through its class, the first argument is the instance (set
+        # here for per_instance, which only methods have, and by __set_name__).
+        self._method = per_instance
         self.cache: MutableMapping | None = None
         if not per_instance:
             self.cache = cache if cache is not None else VolatileCache(**options)
@@ -230,6 +237,9 @@ class Memoized:
     # -- calling ------------------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._method:  # Class.method(obj, x): obj.method(x), as with functools.lru_cache
+            instance, args = self._split(args)
+            return self._call_method(instance, args, kwargs)
         if kwargs or self._key is not hashkey:
             key = self._key(*args, **kwargs)
         else:  # hashkey inline: a call less on every hit
@@ -250,6 +260,22 @@ class Memoized:
         if instance is None:
             return self
         return _BoundMemoized(self, instance)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        # Only a function defined in this class's body is its method: a memoized
+        # function assigned to a class attribute stays a function when called directly.
+        qualname = getattr(self._func, "__qualname__", None)
+        if isinstance(qualname, str) and qualname.rpartition(".")[0] == owner.__qualname__:
+            self._method = True
+
+    def _split(self, args: tuple) -> tuple[Any, tuple]:
+        """A method called through its class: (the instance, the other arguments)."""
+        if not args:
+            raise TypeError(
+                f"{self.__qualname__}() called through its class needs the instance "
+                "as its first argument"
+            )
+        return args[0], args[1:]
 
     def _call_method(self, instance: Any, args: tuple, kwargs: dict) -> Any:
         if getattr(self.cache, "_tier", None) is not None:
@@ -366,7 +392,13 @@ class Memoized:
         return value
 
     def cache_invalidate(self, *args: Any, **kwargs: Any) -> bool:
-        """Remove the result of one call (these arguments); whether there was one."""
+        """Remove the result of one call (these arguments); whether there was one.
+
+        For a method, the instance is the first argument, as in a call through the class.
+        """
+        if self._method:
+            instance, args = self._split(args)
+            return self._invalidate_method(instance, args, kwargs)
         return _invalidate(self.cache, self._key(*args, **kwargs))
 
     def _invalidate_method(self, instance: Any, args: tuple, kwargs: dict) -> bool:
