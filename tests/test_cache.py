@@ -177,6 +177,22 @@ def test_delete_iterate_len_clear_popitem(make):
         cache.popitem()
 
 
+@pytest.mark.parametrize("maxsize", [math.inf, 3])
+def test_popitem_of_an_empty_cache_raises_key_error_without_context(make, maxsize):
+    """As cachetools' and MutableMapping's: ``raise KeyError(...) from None``."""
+    cache = make(maxsize)
+    for i in range(2):
+        cache[i] = b"v"
+        cache[i], cache[i]  # hot
+    cache[2] = b"w"
+    for _ in range(3):
+        cache.popitem()
+    for _ in range(2):
+        with pytest.raises(KeyError) as raised:
+            cache.popitem()
+        assert raised.value.__suppress_context__ and raised.value.__cause__ is None
+
+
 # -- entry life --------------------------------------------------------------------------
 
 

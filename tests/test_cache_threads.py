@@ -214,3 +214,52 @@ def test_many_keys_a_small_budget_and_sweeps_under_threads(backend_name, maxsize
     finally:
         stop.set()
         cache.close()
+
+
+class ReorderingKey:
+    """A key whose hashing makes a lock-free hot hit on ``other`` (reordering the
+    hot set), as another thread may while this one iterates under the lock."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.cache: VolatileCache | None = None
+        self.other: object = None
+
+    def __hash__(self) -> int:
+        cache, self.cache = self.cache, None  # not again while hashing for the hit
+        if cache is not None:
+            cache[self.other]
+            self.cache = cache
+        return hash(self.name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ReorderingKey) and other.name == self.name
+
+
+@pytest.mark.parametrize("maxsize", [math.inf, 100])
+def test_reading_the_hot_set_is_not_broken_by_lock_free_hits(backend_name, maxsize):
+    """info(), iteration and copies take the hot set in one step: a hit reordering
+    it meanwhile (here from a key's __hash__, deterministically) breaks nothing."""
+    import copy
+
+    with VolatileCache(maxsize, backend=backend_name, hot_seconds=None) as cache:
+        keys = [ReorderingKey(f"k{i}") for i in range(4)]
+        for key in keys:
+            cache[key] = key.name.encode()
+            cache[key], cache[key]  # hot
+        assert len(cache._hot) == 4
+        for key in keys:
+            key.other = keys[0] if key is not keys[0] else keys[1]
+            key.cache = cache  # from now on, each hashing is a hot hit on another key
+        assert sorted(k.name for k in cache) == ["k0", "k1", "k2", "k3"]
+        assert cache.info().hot_entries == 4
+        assert sorted(cache.values()) == [b"k0", b"k1", b"k2", b"k3"]
+        for key in keys:
+            key.cache = None
+        clone = copy.copy(cache)
+        try:
+            assert sorted((k.name, v) for k, v in clone.items()) == sorted(
+                (k.name, k.name.encode()) for k in keys
+            )
+        finally:
+            clone.close()

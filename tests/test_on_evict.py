@@ -128,3 +128,75 @@ def test_the_callback_may_use_the_cache_and_other_threads_meanwhile(make):
 def test_a_bad_callback_is_refused(make):
     with pytest.raises(TypeError, match="on_evict"):
         make(on_evict="print")
+
+
+def free_in_another_thread(lock) -> bool:
+    """Whether another thread can take ``lock`` now (without waiting)."""
+    result = []
+
+    def attempt() -> None:
+        taken = lock.acquire(blocking=False)
+        if taken:
+            lock.release()
+        result.append(taken)
+
+    worker = threading.Thread(target=attempt)
+    worker.start()
+    worker.join()
+    return result[0]
+
+
+@pytest.mark.parametrize("storing_has_callback", [False, True])
+def test_a_donors_callback_runs_after_the_storing_cache_releases_its_lock(
+    make, storing_has_callback
+):
+    """A cache evicting from another of its memory budget (the donor) does so under
+    its own lock; the donor's callback waits until that lock is released."""
+    budget = MemoryBudget(60_000)
+    storing = make(
+        memory_budget=budget, on_evict=(lambda k, r: None) if storing_has_callback else None
+    )
+    seen = []
+
+    def on_evict(key, reason):
+        seen.append((reason, storing._lock._is_owned(), free_in_another_thread(storing._lock)))
+
+    donor = make(memory_budget=budget, on_evict=on_evict)
+    i = 0
+    while not seen and i < 5000:  # the donor fills the budget (evicting from itself)
+        donor[i] = b"v"
+        i += 1
+    assert seen, "setup: the donor never evicted"
+    seen.clear()
+    for j in range(5000):  # the small cache stores: it evicts from the donor
+        storing[("s", j)] = b"w"
+        if seen:
+            break
+    assert seen, "setup: the storing cache never evicted from the donor"
+    assert all(event == ("evicted", False, True) for event in seen), seen[:3]
+    assert not donor._entries.events  # none left waiting
+
+
+def test_a_cache_written_from_another_caches_callback_delivers_its_own_events(make):
+    log_events = []
+    log = make(maxsize=20, on_evict=lambda key, reason: log_events.append((key, reason)))
+    first = make(maxsize=1, on_evict=lambda key, reason: log.__setitem__(key, reason.encode()))
+    for i in range(2000):
+        first[i] = b"v"
+    # 1999 evictions logged; the log holds 20 and evicted the rest, each told at once.
+    assert len(log) == 20
+    assert log_events == [(i, "evicted") for i in range(1979)]
+    assert not log._entries.events and not first._entries.events
+
+
+def test_callbacks_of_caches_nested_three_deep_are_all_delivered(make):
+    """A callback writes to a cache whose callback writes to a third: one delivery
+    takes all their events, in the order their caches noted them first."""
+    got = []
+    third = make(maxsize=1, on_evict=lambda key, reason: got.append(("third", key)))
+    second = make(maxsize=1, on_evict=lambda key, reason: third.__setitem__(key, b"x"))
+    first = make(maxsize=1, on_evict=lambda key, reason: second.__setitem__(key, b"x"))
+    for i in range(5):
+        first[i] = b"v"
+    # first evicts 0..3, second 0..2 of those, third 0..1 of those.
+    assert got == [("third", 0), ("third", 1)]

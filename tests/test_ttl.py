@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 
 import pytest
@@ -208,3 +209,108 @@ def test_expired_entries_whose_bytes_were_purged_are_dropped_as_purged():
         assert info.entries == 0 and info.purged == 20 and info.stored_bytes == 0
         cache["again"] = b"v"  # the emptied table takes new entries
         assert cache["again"] == b"v"
+
+
+class DemotingKey:
+    """Equal to 5, with 5's hash; its second hashing runs ``between`` (what another
+    thread may do between a lock-free hit's two looks at the key)."""
+
+    def __init__(self, between) -> None:
+        self.hashes = 0
+        self.between = between
+
+    def __hash__(self) -> int:
+        self.hashes += 1
+        if self.hashes == 2:
+            self.between()
+        return hash(5)
+
+    def __eq__(self, other: object) -> bool:
+        return other == 5
+
+
+@pytest.mark.parametrize("maxsize", [math.inf, 10])
+@pytest.mark.parametrize("meanwhile", ["volatilize", "replace", "delete"])
+def test_a_hot_hit_checks_the_expiry_of_the_entry_it_read(make, maxsize, meanwhile):
+    """Not of whatever entry the key has when it checks (demoted or replaced meanwhile)."""
+    timer = Timer()
+    cache = make(maxsize, ttl=10, timer=timer, hot_seconds=None)
+    cache[5] = b"v1"
+    for _ in range(3):
+        cache[5]  # hot: the next hit takes the lock-free way
+    assert 5 in cache._hot
+    timer.now += 11  # expired
+    if meanwhile == "replace":  # a live value stored meanwhile is the answer
+        key = DemotingKey(lambda: cache.__setitem__(5, b"v2"))
+        assert cache[key] == b"v2"
+        return
+    between = cache.volatilize if meanwhile == "volatilize" else lambda: cache.pop(5, None)
+    with pytest.raises(KeyError):
+        cache[DemotingKey(between)]
+    assert 5 not in cache
+
+
+@pytest.mark.parametrize("maxsize", [math.inf, 10])
+def test_popitem_skips_expired_entries_and_reports_them_expired(make, maxsize):
+    timer = Timer()
+    events = []
+    cache = make(maxsize, ttl=lambda k, v: 10 if k == "old" else 100, timer=timer,
+                 on_evict=lambda key, reason: events.append((key, reason)))  # fmt: skip
+    cache["old"] = b"expired value"
+    cache["new"] = b"live value"
+    timer.now += 12  # "old" expired at +10
+    assert cache.popitem() == ("new", b"live value")
+    assert events == [("old", "expired")]
+    with pytest.raises(KeyError):
+        cache.popitem()
+
+
+def test_eviction_past_maxsize_expires_what_is_expired_instead(make):
+    timer = Timer()
+    events = []
+    cache = make(2, ttl=lambda k, v: 1 if k == "a" else 100, timer=timer,
+                 on_evict=lambda key, reason: events.append((key, reason)))  # fmt: skip
+    cache["a"] = b"1"
+    cache["b"] = b"2"
+    timer.now += 2
+    cache["c"] = b"3"
+    assert sorted(cache) == ["b", "c"] and events == [("a", "expired")]
+
+
+class SharedTimer(Timer):
+    """Pickled as a reference to the one below, so that a copy's clock is this one."""
+
+    def __reduce__(self) -> str:
+        return "SHARED_TIMER"
+
+
+SHARED_TIMER = SharedTimer()
+
+
+def session_ttl(key: str, value: object) -> float | None:
+    return None if key == "forever" else 20
+
+
+@pytest.mark.parametrize("how", ["copy", "pickle"])
+def test_a_copy_keeps_what_is_left_of_each_lifetime_and_no_expired_entry(make, how):
+    import copy
+    import pickle
+
+    timer = SHARED_TIMER
+    timer.now = 500.0
+    cache = make(ttl=session_ttl, timer=timer)
+    cache["session"] = b"stale token"
+    timer.now += 15
+    cache["fresh"] = b"new token"
+    cache["forever"] = b"kept"
+    cache["fresh"], cache["fresh"]  # hot: copied from the hot set too
+    timer.now += 10  # "session" expired 5 s ago; "fresh" has 10 s left
+    clone = copy.copy(cache) if how == "copy" else pickle.loads(pickle.dumps(cache))
+    try:
+        assert sorted(clone) == ["forever", "fresh"]
+        timer.now += 9.9
+        assert clone["fresh"] == b"new token"
+        timer.now += 0.2  # past its original expiry, not a fresh TTL's
+        assert "fresh" not in clone and clone["forever"] == b"kept"
+    finally:
+        clone.close()

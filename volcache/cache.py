@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import heapq
 import itertools
 import math
 import os
@@ -26,7 +27,7 @@ from .backends import Backend, get_backend
 from .budget import MemoryBudget, shared_default_budget
 from .codecs import Codec, Decoder, check_codec
 from .entries import COLD, HASH_MASK, MISSING, SEEN_BYTES, SEEN_LIMIT, Entries, Entry
-from .events import notifying_lock
+from .events import deferring, notifying_lock
 from .flight import SingleFlight
 from .info import CacheInfo
 from .keys import key_bytes
@@ -269,15 +270,17 @@ class VolatileCache(MutableMapping):
         self._objects = self._entries.objects
         self._hot = self._entries.hot
         # With a maxsize, the order is exact: hot hits keep the hot set in LRU
-        # order, idle entries are in a list, older than every hot one, and
-        # eviction takes the least recently used. Without one, a hot hit only
-        # marks the entry and idle records are ordered by a CLOCK: no memory
-        # spent on an exact order that only the budget would use.
+        # order, idle records are in lists by the stamp of their last use, and
+        # eviction takes the least recently used of both. Without one, a hot
+        # hit only stamps the entry and idle records are ordered by a CLOCK:
+        # no memory spent on an exact order that only the budget would use.
         self._exact_lru = maxsize != math.inf
-        # What a hot hit calls to keep the order (and, with a TTL, to check the
-        # time): None without either (one test of it costs the hit less than
-        # testing _exact_lru and then calling).
-        self._touch: Callable[[Hashable], None] | None = (
+        # What a hot hit calls with (key, entry) to keep the order (and, with a
+        # TTL, to check the time): None without either (one test of it costs
+        # the hit less than testing _exact_lru and then calling). move_to_end
+        # takes the entry as its ``last``, which an object is (true).
+        self._tick = self._entries.tick
+        self._touch: Callable[[Hashable, Entry], Any] | None = (
             self._check_ttl
             if ttl is not None
             else self._hot.move_to_end
@@ -332,16 +335,16 @@ class VolatileCache(MutableMapping):
         value = entry.value  # read once: a racing demotion may make it COLD
         if value is COLD:
             return self._get_slow(key, _GETITEM)
-        hits = entry.hits = entry.hits + 1
+        used = entry.used = self._tick()  # also counts the hit
         touch = self._touch
         if touch is not None:
             try:
-                touch(key)
+                touch(key, entry)
             except KeyError:
                 pass
             except _Expired:
                 return self._get_slow(key, _GETITEM)
-        if hits & 1023:  # maintenance every 1024 hits of an entry (_MAINTAIN_EVERY)
+        if used & 1023:  # maintenance every 1024 ticks of the clock (_MAINTAIN_EVERY)
             return value
         with self._lock:
             self._maintain()
@@ -378,9 +381,14 @@ class VolatileCache(MutableMapping):
         if encoded is not None:  # not a value kept as an object: it can travel
             tier.store(named, encoded)  # after the lock: the server's time is not the cache's
 
-    def _set(self, key: Hashable, value: Any) -> tuple[memoryview, Decoder] | None:
+    def _set(
+        self, key: Hashable, value: Any, lifetime: float | None = None
+    ) -> tuple[memoryview, Decoder] | None:
         """Store locally only (a value that came from the tier is not written back);
-        the codec's (bytes, decoder) for it, None for a value kept as an object."""
+        the codec's (bytes, decoder) for it, None for a value kept as an object.
+
+        ``lifetime``: with a TTL, the seconds it has left (a copy's entry), not
+        the TTL's."""
         h = hash(key) & HASH_MASK  # an unhashable key fails here, before anything changes
         size = self.getsizeof(value) if self._sized else 1
         if size > self._maxsize:
@@ -394,7 +402,12 @@ class VolatileCache(MutableMapping):
         serialized, special = key_bytes(key)
         expires = None
         if self._ttl is not None:  # the user's callable, before anything changes
-            seconds = self._ttl(key, value) if callable(self._ttl) else self._ttl
+            if lifetime is not None:
+                seconds = lifetime
+            elif callable(self._ttl):
+                seconds = self._ttl(key, value)
+            else:
+                seconds = self._ttl
             expires = math.inf if seconds is None else self._ttl_timer() + seconds
         with self._lock:
             if self._closed:
@@ -558,9 +571,11 @@ class VolatileCache(MutableMapping):
             with self._lock:
                 self._check_open()
                 entries = self._entries
+                if entries.expire_oldest():
+                    continue
                 _, rid = entries.oldest()
                 if rid == NONE:
-                    raise KeyError(f"{type(self).__name__} is empty")
+                    raise KeyError(f"{type(self).__name__} is empty") from None
                 item = entries.item(rid)
                 if item is not _MISSING:
                     entries.remove(None, rid)
@@ -607,8 +622,8 @@ class VolatileCache(MutableMapping):
         with self._lock:
             self._check_open()
             entries = self._entries
-            while self._hot:
-                entries.demote(next(iter(self._hot.values())))
+            while (entry := entries.oldest_hot()) is not None:
+                entries.demote(entry)
             entries.seen.clear()  # idle from now: reads start over before anything is hot
             marked = entries.store.slabs.flush() * self._backend.page_size
             self._backend.settle()
@@ -623,24 +638,24 @@ class VolatileCache(MutableMapping):
                 return []
             return self._entries.expire_due()
 
-    def _check_ttl(self, key: Hashable) -> None:
-        """A hot hit's touch with a TTL: ``_Expired`` sends it the locked way, which
-        removes the entry; else its place in the order, with a maxsize."""
-        entry = self._objects.get(key)
-        if entry is not None:
-            try:
-                if self._entries.expires[entry.rid] <= self._ttl_timer():
-                    raise _Expired
-            except IndexError:  # removed meanwhile: the locked way will know
-                raise _Expired from None
+    def _check_ttl(self, key: Hashable, entry: Entry) -> None:
+        """A hot hit's touch with a TTL, given the entry whose value it read:
+        ``_Expired`` sends it the locked way, which removes the entry if its time
+        is up; else its place in the order, with a maxsize."""
+        # The entry read must still be the key's, else its record id may be
+        # another's now (demoted, replaced or removed meanwhile).
+        if self._objects.get(key) is not entry:
+            raise _Expired
+        try:
+            if self._entries.expires[entry.rid] <= self._ttl_timer():
+                raise _Expired
+        except IndexError:  # removed meanwhile: the locked way will know
+            raise _Expired from None
         if self._exact_lru:
             self._hot.move_to_end(key)
 
     def _new_lock(self) -> Any:
-        events = self._entries.events
-        if self._on_evict is None or events is None:
-            return threading.RLock()
-        return notifying_lock(events, self._on_evict)
+        return notifying_lock(self._entries.events, self._on_evict)
 
     def maintain(self) -> None:
         """Do the idle work now: demote idle hot entries, mark pending pages volatile,
@@ -661,7 +676,7 @@ class VolatileCache(MutableMapping):
             slabs = store.slabs.stats()
             counts = self._counts
             return CacheInfo(
-                hits=counts["hits"] + entries.hot_hits + sum(e.hits for e in self._hot.values()),
+                hits=counts["hits"] + entries.lock_free_hits(),
                 misses=counts["misses"],
                 purged=entries.purged,
                 regenerated=counts["regenerated"],
@@ -711,18 +726,22 @@ class VolatileCache(MutableMapping):
         self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # A copy holds the live values, least recently used first; purged ones are dropped.
+        # A copy holds the live values, least recently used first, each with the
+        # rest of its lifetime; purged and expired ones are dropped.
         with self._lock:
             self._check_open()
             entries = self._entries
-            rids = list(entries.records.listed_ids()) + [e.rid for e in self._hot.values()]
             items = []
             flags = entries.records.flags
-            for rid in rids:
+            now = self._ttl_timer()
+            for rid in self._ordered_ids():
                 if rid < len(flags) and flags[rid]:  # not dropped by a purge found meanwhile
+                    left = entries.expires[rid] - now if entries.timed else None
+                    if left is not None and left <= 0:
+                        continue  # expired: absent, though not freed yet
                     item = entries.item(rid)
                     if item is not _MISSING:
-                        items.append(item)
+                        items.append((*item, left))
         return _rebuild, (type(self), self._config, items)
 
     # -- internals (the lock is held) -----------------------------------------------------
@@ -738,15 +757,28 @@ class VolatileCache(MutableMapping):
         expires = entries.expires if entries.timed else None
         now = self._ttl_timer()
         keys = []
-        for rid in list(entries.records.listed_ids()):
+        for rid in self._ordered_ids():
             if rid < len(flags) and flags[rid]:  # not dropped by a purge found meanwhile
                 if expires is not None and expires[rid] <= now:
                     continue  # expired: absent, though not freed yet
                 key = entries.key(rid)
                 if key is not _MISSING:
                     keys.append(key)
-        keys.extend(e.key for e in self._hot.values() if expires is None or expires[e.rid] > now)
         return keys
+
+    def _ordered_ids(self) -> list[int]:
+        """The record ids of the entries, least recently used first (exactly so with
+        a maxsize; else the idle ones in id order, then the hot ones)."""
+        entries = self._entries
+        records = entries.records
+        hot = entries.hot_entries()
+        if not records.exact:
+            return [*records.listed_ids(), *(e.rid for e in hot)]
+        used = records.used
+        merged = heapq.merge(
+            ((used[rid], rid) for rid in records.listed_ids()), ((e.used, e.rid) for e in hot)
+        )
+        return [rid for _, rid in merged]
 
     def _get_slow(self, key: Hashable, default: Any) -> Any:
         """A lookup under the lock; ``default is _GETITEM`` means ``cache[key]``.
@@ -804,7 +836,7 @@ class VolatileCache(MutableMapping):
             value = entries.value(entry, rid)
             if value is not _MISSING:
                 if hot and entry is not None:
-                    entry.mark = -1  # used: maintenance gives it a second chance
+                    entry.used = entries.stamp()  # maintenance gives it a second chance
                     if self._exact_lru:
                         self._hot.move_to_end(entry.key)
                 else:
@@ -832,16 +864,16 @@ class VolatileCache(MutableMapping):
         value = entry.value
         if value is COLD:
             return _MISSING
-        hits = entry.hits = entry.hits + 1
+        used = entry.used = self._tick()
         touch = self._touch
         if touch is not None:
             try:
-                touch(key)
+                touch(key, entry)
             except KeyError:
                 pass
             except _Expired:
                 return _MISSING
-        if hits & 1023:
+        if used & 1023:
             return value
         with self._lock:
             self._maintain()
@@ -946,10 +978,12 @@ class VolatileCache(MutableMapping):
             if donor is not self and donor._lock.acquire(blocking=False):
                 # Not blocking: a donor waiting for this cache's lock meanwhile
                 # would deadlock; it fits the budget itself on its next store.
-                try:
-                    freed = not donor._closed and donor._evict_one(NONE)
-                finally:
-                    donor._lock.release()
+                # Its callback runs when this thread releases this cache's lock.
+                with deferring():
+                    try:
+                        freed = not donor._closed and donor._evict_one(NONE)
+                    finally:
+                        donor._lock.release()
                 if freed:
                     continue
             if not self._evict_one(keep):
@@ -962,6 +996,9 @@ class VolatileCache(MutableMapping):
         entry, rid = entries.oldest()
         if rid in (NONE, keep):
             return False
+        if entries.expire_oldest():
+            self._report(force=True)
+            return True
         if entry is not None and entry.value is not COLD:
             entries.demote(entry)  # the hot set is younger than every idle entry
         else:
@@ -998,6 +1035,8 @@ class VolatileCache(MutableMapping):
         entries = self._entries
         custom = type(self).popitem is not VolatileCache.popitem
         while entries.currsize + size > self._maxsize and entries.count:
+            if entries.expire_oldest():
+                continue  # expired: no eviction
             if custom:
                 self.popitem()  # a subclass watching evictions, as with cachetools
             else:
@@ -1018,18 +1057,21 @@ class VolatileCache(MutableMapping):
         oldest_use = -math.inf if self._hot_seconds is None else now - self._hot_seconds
         objects_limit = self._budget // 4
         for _ in range(len(hot)):
-            entry = next(iter(hot.values()))
-            if entry.hits != entry.mark:
-                # Used since it was placed here: a second chance at the end (CLOCK).
-                entry.mark = entry.hits
-                entry.hot_since = now
-                hot.move_to_end(entry.key)
+            entry = entries.oldest_hot()
+            if entry is None:
+                break
+            if entries.hot_nbytes > self._hot_limit or entries.object_nbytes > objects_limit:
+                entries.demote(entry)  # the least recently used goes first
                 continue
-            if (
-                entries.hot_nbytes > self._hot_limit
-                or entries.object_nbytes > objects_limit
-                or entry.hot_since <= oldest_use
-            ):
+            if entry.used != entry.mark:
+                # Used since maintenance last looked: idle from now on.
+                entry.mark = entry.used
+                entry.hot_since = now
+                if self._exact_lru:
+                    break  # and so is every entry after it, in the exact order
+                hot.move_to_end(entry.key)  # a second chance at the end (CLOCK)
+                continue
+            if entry.hot_since <= oldest_use:
                 entries.demote(entry)
                 continue
             break
@@ -1115,11 +1157,12 @@ def _count_of(counter: itertools.count) -> int:
 
 
 def _rebuild(
-    cls: type[VolatileCache], config: dict[str, Any], items: list[tuple[Any, Any]]
+    cls: type[VolatileCache], config: dict[str, Any], items: list[tuple[Any, Any, float | None]]
 ) -> VolatileCache:
     cache = cls(**config)
-    for key, value in items:
-        cache[key] = value
+    for key, value, lifetime in items:
+        # Here only: a tier has the values already (or a clear removed them since).
+        cache._set(key, value, lifetime)
     return cache
 
 

@@ -5,8 +5,10 @@ value in volatile memory). An entry also has a Python :class:`Entry` while it
 is *hot* (decoded and pinned, so that a hit is a dict lookup), while a
 :meth:`~volcache.VolatileCache.pin` holds it, or for good if its key or decoder
 cannot be kept in volatile memory. Idle entries are records only, in the
-recency list, least recently used first; hot ones are in the hot set, all more
-recent than any idle one.
+recency order, least recently used first; hot ones are in the hot set, least
+recently used first. With a finite ``maxsize`` the two orders are merged by
+stamps of one logical clock, which a hot hit reads without the lock
+(:meth:`Entries.oldest`).
 
 Not thread safe: the cache holds its lock around every call.
 """
@@ -14,6 +16,7 @@ Not thread safe: the cache holds its lock around every call.
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 import sys
 import time
@@ -44,8 +47,8 @@ class Entry:
     """The Python side of an entry that is hot, pinned, or keeps its key as an object."""
 
     __slots__ = (
-        "cost", "decode", "detached", "hits", "hot_since", "kept", "key", "mark", "own", "pins",
-        "rid", "value",
+        "cost", "decode", "detached", "hot_since", "kept", "key", "mark", "own", "pins", "rid",
+        "used", "value",
     )  # fmt: skip
 
     def __init__(self, rid: int, key: Hashable) -> None:
@@ -54,10 +57,10 @@ class Entry:
         self.value: Any = COLD
         self.pins = 0
         # In the hot set: when it was last known used (set when it is promoted
-        # or found used by maintenance); its hits taken without the lock, and
-        # their count when maintenance last looked (-1: a locked hit used it since).
+        # or found used by maintenance); the stamp of its last use (a hit with
+        # or without the lock), and that stamp when maintenance last looked.
         self.hot_since = 0.0
-        self.hits = 0
+        self.used = 0
         self.mark = 0
         self.own = False  # kept as an object for good: its key or decoder has no record form
         self.decode: Decoder | None = None  # its decoder, if the record has no tag for it
@@ -101,7 +104,12 @@ class Entries:
         self, backend: Backend, slab_bytes: int, sized: bool, exact: bool,
         timer: Callable[[], float] | None = None, events: bool = False,
     ) -> None:  # fmt: skip
-        self.store = Store(backend, slab_bytes, exact)
+        # One logical clock orders uses: a hot hit takes a tick without the
+        # lock (so the ticks count those hits), everything else through stamp().
+        self.ticks = itertools.count(1)
+        self.tick = self.ticks.__next__
+        self.locked_ticks = 0  # ticks not taken by lock-free hits
+        self.store = Store(backend, slab_bytes, exact, self.stamp)
         # With a TTL: each record's expiry time by id (the timer's clock), and
         # where the idle work's sweep for expired records goes on next.
         self.timed = timer is not None
@@ -123,11 +131,37 @@ class Entries:
         self.purged = 0
         self.purged_bytes = 0
         self.kept = 0  # entries whose values are kept as objects
-        self.hot_hits = 0  # hits taken without the lock by entries no longer hot
         self.now = 0.0  # the cache's clock at its last maintenance: a promotion's time
         # Idle records read without re-pinning, and when: read again soon, one is made hot.
         self.seen: dict[int, float] = {}
         self.seen_limit = SEEN_LIMIT
+
+    def stamp(self) -> int:
+        """A tick of the clock of uses, for a use made with the lock held."""
+        self.locked_ticks += 1
+        return self.tick()
+
+    def lock_free_hits(self) -> int:
+        """The hits taken without the lock so far (the clock's other ticks)."""
+        return int(repr(self.ticks)[6:-1]) - 1 - self.locked_ticks
+
+    def oldest_hot(self) -> Entry | None:
+        """The least recently used hot entry, or None."""
+        while True:
+            try:
+                return next(iter(self.hot.values()))
+            except StopIteration:
+                return None
+            except RuntimeError:  # a lock-free hit reordered the hot set meanwhile
+                continue
+
+    def hot_entries(self) -> list[Entry]:
+        """The hot entries, least recently used first (a snapshot that lock-free hits,
+        which reorder the hot set, cannot break)."""
+        # dict's own view: read in C without hashing a key, so no other thread runs.
+        entries = list(dict.values(self.hot))
+        entries.sort(key=_last_use)
+        return entries
 
     # -- finding ---------------------------------------------------------------------
 
@@ -277,13 +311,8 @@ class Entries:
                 continue
             if not flags[rid] & (INDEXED | LISTED) and rid not in self.by_rid:
                 continue  # not in the mapping (a detached pinned entry's record)
-            entry = self.by_rid.get(rid)
-            key = entry.key if entry is not None else self.store.peek_key(rid)
-            if key is PURGED:
-                self.lose([rid])  # gone already: a purge, not an expiry
-            else:
-                self.note(key, "expired")
-                self.remove(entry, rid)
+            key = self._expire(self.by_rid.get(rid), rid)
+            if key is not PURGED:
                 removed.append(key)
             n = min(len(expires), len(flags))  # a removal may empty the table
             if n == 0:
@@ -291,6 +320,17 @@ class Entries:
             hand %= n
         self.expiry_hand = hand
         return removed
+
+    def _expire(self, entry: Entry | None, rid: int) -> Any:
+        """Remove an expired entry; its key, or ``PURGED`` if a purge took it first
+        (then it was dropped as purged)."""
+        key = entry.key if entry is not None else self.store.peek_key(rid)
+        if key is PURGED:
+            self.lose([rid])  # gone already: a purge, not an expiry
+        else:
+            self.note(key, "expired")
+            self.remove(entry, rid)
+        return key
 
     def seen_lately(self, rid: int, now: float, window: float | None) -> bool:
         """Whether an idle record was read within ``window`` seconds (None: ever)
@@ -374,15 +414,31 @@ class Entries:
             self.store.deactivate(rid)
 
     def oldest(self) -> tuple[Entry | None, int]:
-        """The entry to evict first: the least recently used idle one (approximately,
-        unless the order is exact), else the oldest hot one."""
-        rid = self.records.victim()
-        if rid != NONE:
-            return self.by_rid.get(rid), rid
-        if self.hot:
-            entry = next(iter(self.hot.values()))
-            return entry, entry.rid
-        return None, NONE
+        """The entry to evict first: exactly the least recently used one if the
+        order is exact; else the CLOCK's idle choice, or the oldest hot one."""
+        records = self.records
+        if records.exact:
+            rid, used = records.oldest_use()
+            hot = self.oldest_hot()
+            if hot is not None and (rid == NONE or hot.used < used):
+                return hot, hot.rid
+        else:
+            rid = records.victim()
+            if rid == NONE:
+                hot = self.oldest_hot()
+                return (hot, hot.rid) if hot is not None else (None, NONE)
+        return self.by_rid.get(rid), rid
+
+    def expire_oldest(self) -> bool:
+        """Remove the entry :meth:`oldest` names if its time is up (as expired: a TTL
+        cache never evicts or pops such an entry); whether it did."""
+        if not self.timed:
+            return False
+        entry, rid = self.oldest()
+        if rid == NONE or self.expires[rid] > self.timer():
+            return False
+        self._expire(entry, rid)
+        return True
 
     # -- changing ----------------------------------------------------------------------
 
@@ -455,8 +511,6 @@ class Entries:
         if entry.value is COLD:
             return False
         entry.value = COLD
-        self.hot_hits += entry.hits
-        entry.hits = entry.mark = 0
         self.hot_nbytes -= self.store.length(entry.rid)
         return True
 
@@ -480,12 +534,12 @@ class Entries:
                 records.unlist(rid)
         entry.value = value
         entry.hot_since = self.now
-        entry.mark = entry.hits
+        entry.used = entry.mark = self.stamp()
 
     def demote(self, entry: Entry) -> None:
         """A hot entry goes idle: its pages may become volatile, its objects go."""
         if self._cool(entry) and not entry.detached:
-            self.records.append(entry.rid)
+            self.records.place(entry.rid, entry.used)  # as old as its last hit
         if entry.pins == 0 and not entry.detached:
             self.store.deactivate(entry.rid)
             self.disown(entry)
@@ -565,3 +619,7 @@ class Entries:
         self.count = 0
         self.currsize = 0
         self.hot_nbytes = self.object_nbytes = self.kept = 0
+
+
+def _last_use(entry: Entry) -> int:
+    return entry.used

@@ -2,21 +2,35 @@
 
 Entries leave for a reason while the cache holds its lock (an LRU eviction
 inside a store, an expiry found by a lookup, the idle work's sweep). The
-lock's outermost release hands what was noted meanwhile to the callback, so
-that the callback may use the cache, and a slow one delays nobody holding
-the lock. An exception in it goes to ``sys.unraisablehook``, as one in a
+thread's outermost release of the cache locks it holds hands what was noted
+meanwhile to the callback, so that the callback may use the cache (or any
+other), and a slow one delays nobody holding a lock. Events noted while a
+callback runs (by a cache it writes to) are delivered by the same delivery.
+An exception in it goes to ``sys.unraisablehook``, as one in a
 ``__del__`` does, and the cache goes on.
 """
 
 from __future__ import annotations
 
 import _thread
+import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
-_delivering = threading.local()  # this thread is calling a callback now
+
+class _ThreadState(threading.local):
+    """What one thread is doing with callbacks (each thread has its own)."""
+
+    def __init__(self) -> None:
+        self.delivering = False  # calling a callback now (a delivery takes later events too)
+        self.deferring = 0  # holding a cache's lock while it takes and releases another's
+        # Locks whose events wait for this thread to hold no cache's lock, in order.
+        self.waiting: dict[NotifyingLock, None] = {}
+
+
+_thread_state = _ThreadState()
 
 #: Why an entry left, as ``on_evict`` is told.
 EVICTED, EXPIRED, PURGED = "evicted", "expired", "purged"
@@ -25,35 +39,66 @@ EVICTED, EXPIRED, PURGED = "evicted", "expired", "purged"
 # typeshed calls _thread.RLock final and does not list its _is_owned(); CPython
 # lets it be subclassed and has had that method as long as RLock itself.
 class NotifyingLock(_thread.RLock):  # type: ignore[misc]
-    """The cache's reentrant lock, delivering noted evictions at its outermost release."""
+    """A cache's reentrant lock; a thread's outermost release of the cache locks it
+    holds delivers the events noted meanwhile, of every cache, oldest cache first.
 
-    events: deque[tuple[Hashable, str]]
-    callback: Callable[[Hashable, str], Any]
+    Every cache has one, with or without a callback: a cache that evicts from
+    another (a shared memory budget) releases that one's lock while holding
+    its own, and its own release is where the other's events are delivered.
+    """
+
+    events: deque[tuple[Hashable, str]] | None
+    callback: Callable[[Hashable, str], Any] | None
 
     def release(self) -> None:
-        """Release; the outermost release of this thread delivers pending events
-        (not one inside the callback: the delivery going on takes those too)."""
+        """Release; unless this thread still holds it, or another cache's lock
+        (:func:`deferring`), or is delivering already (that delivery takes
+        them), deliver the pending events."""
         super().release()
-        owned = self._is_owned()  # type: ignore[attr-defined]
-        if self.events and not owned and not getattr(_delivering, "on", False):
-            _delivering.on = True
-            try:
-                deliver(self.events, self.callback)
-            finally:
-                _delivering.on = False
+        if self._is_owned():  # type: ignore[attr-defined]
+            return
+        state = _thread_state
+        if self.events:
+            state.waiting[self] = None
+        if state.waiting and not state.delivering and not state.deferring:
+            _deliver_waiting(state)
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
 
 
 def notifying_lock(
-    events: deque[tuple[Hashable, str]], callback: Callable[[Hashable, str], Any]
+    events: deque[tuple[Hashable, str]] | None, callback: Callable[[Hashable, str], Any] | None
 ) -> NotifyingLock:
-    """A lock for a cache whose ``events`` go to ``callback``."""
+    """A lock for a cache whose ``events`` go to ``callback`` (None: a cache without one)."""
     lock = NotifyingLock()
     lock.events = events
     lock.callback = callback
     return lock
+
+
+@contextlib.contextmanager
+def deferring() -> Iterator[None]:
+    """While a cache's lock is held: another cache's lock released inside delivers
+    nothing; its events wait for this thread's release of the outer lock."""
+    state = _thread_state
+    state.deferring += 1
+    try:
+        yield
+    finally:
+        state.deferring -= 1
+
+
+def _deliver_waiting(state: _ThreadState) -> None:
+    state.delivering = True
+    try:
+        while state.waiting:
+            lock = next(iter(state.waiting))
+            del state.waiting[lock]
+            if lock.events is not None and lock.callback is not None:
+                deliver(lock.events, lock.callback)
+    finally:
+        state.delivering = False
 
 
 def deliver(events: deque[tuple[Hashable, str]], callback: Callable[[Hashable, str], Any]) -> None:

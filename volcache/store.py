@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import marshal
 import struct
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -107,8 +108,11 @@ class Store:
     the ids a purge took (see :meth:`SlabAllocator.activate`).
     """
 
-    def __init__(self, backend: Backend, slab_bytes: int, exact: bool = False) -> None:
-        self.records = RecordTable(exact)
+    def __init__(
+        self, backend: Backend, slab_bytes: int, exact: bool = False,
+        stamp: Callable[[], int] | None = None,
+    ) -> None:  # fmt: skip
+        self.records = RecordTable(exact, stamp)
         self.slabs = SlabAllocator(backend, slab_bytes)
         self.decoders = Decoders()
         self.active_nbytes = 0
@@ -353,6 +357,6 @@ class Store:
     def close(self) -> None:
         """Give every slab back and forget every record."""
         self.slabs.close()
-        self.records = RecordTable(self.records.exact)
+        self.records = RecordTable(self.records.exact, self.records.stamp)
         self._long.clear()
         self.active_nbytes = 0
