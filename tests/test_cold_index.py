@@ -224,3 +224,17 @@ def test_a_member_collected_while_its_budget_is_locked_does_not_deadlock():
     worker.join(10)
     assert done.is_set(), "the finalizer waited for the lock held around it"
     assert not budget.over and budget.used == 0  # drained at the next call
+
+
+def test_a_new_entry_on_a_reused_record_id_is_not_taken_as_read_lately(backend_name):
+    """Being read lately (twice makes an idle entry hot) belongs to an entry, not to
+    its record id, which a later entry may get; removed entries are forgotten."""
+    with VolatileCache(backend=backend_name, hot_seconds=None) as cache:
+        cache["a"] = b"A"
+        assert cache["a"] == b"A"  # read once: remembered
+        del cache["a"]
+        assert not cache._entries.seen
+        cache["b"] = b"B"
+        assert cache["b"] == b"B"  # its first read: idle still
+        assert "b" not in cache._hot
+        assert cache["b"] == b"B" and "b" in cache._hot  # the second: hot

@@ -547,6 +547,8 @@ class Entries:
     def remove(self, entry: Entry | None, rid: int) -> None:
         """Take an entry out of the mapping; its memory goes when no pin holds it."""
         records = self.records
+        # Its id may be reused: a new entry is not read twice lately by inheritance.
+        self.seen.pop(rid, None)
         self.count -= 1
         self.currsize -= self.sizes[rid] if self.sizes is not None else 1
         flags = records.flags[rid]
@@ -589,6 +591,7 @@ class Entries:
                 self.remove(None, rid)
             else:
                 self.store.free(rid)
+                self.seen.pop(rid, None)
 
     def sweep(self) -> None:
         """Drop the records whose pages the backend knows purged, without re-pinning."""
