@@ -51,6 +51,17 @@ def test_iteration_is_least_recently_used_first_across_hot_and_idle(backend_name
         assert [cache.popitem()[0] for _ in range(5)] == ["d", "b", "e", "a", "c"]
 
 
+def test_a_touch_of_the_last_idle_entry_makes_it_newer_than_a_hot_one(backend_name: str) -> None:
+    """The last listed record read again is stamped again: a hot hit came between."""
+    with VolatileCache(4, backend=backend_name, hot_seconds=None) as cache:
+        cache["a"] = b"a"
+        cache["e"] = b"e"
+        cache["a"], cache["a"]  # hot; "e" is now the last idle record
+        cache["e"]
+        assert list(cache) == ["a", "e"]
+        assert cache.popitem()[0] == "a"
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -115,5 +126,5 @@ class LRUOrder(RuleBasedStateMachine):
         assert list(self.cache) == list(self.model)
 
 
-LRUOrder.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+LRUOrder.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 TestLRUOrder = LRUOrder.TestCase

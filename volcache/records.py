@@ -232,7 +232,9 @@ class RecordTable:
     def touch(self, rid: int) -> None:
         """A listed record was used: the most recently used (exact), or referenced."""
         if self.exact:
-            if self.tail != rid or self.flags[rid] & DEMOTED:
+            if self.tail == rid and not self.flags[rid] & DEMOTED:
+                self.used[rid] = self.stamp()  # last already, but used after hot hits since
+            else:
                 self.unlist(rid)
                 self.append(rid)
         else:
