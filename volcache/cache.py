@@ -280,7 +280,7 @@ class VolatileCache(MutableMapping):
         # the hit less than testing _exact_lru and then calling). move_to_end
         # takes the entry as its ``last``, which an object is (true).
         self._tick = self._entries.tick
-        self._touch: Callable[[Hashable, Entry], Any] | None = (
+        self._touch: Callable[[Hashable, Any], Any] | None = (
             self._check_ttl
             if ttl is not None
             else self._hot.move_to_end
@@ -402,6 +402,7 @@ class VolatileCache(MutableMapping):
         serialized, special = key_bytes(key)
         expires = None
         if self._ttl is not None:  # the user's callable, before anything changes
+            seconds: float | None
             if lifetime is not None:
                 seconds = lifetime
             elif callable(self._ttl):
