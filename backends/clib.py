@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 #: The version of the C declarations this module was written against.
-NATIVE_VERSION = 6
+NATIVE_VERSION = 7
 MADV_FREE = 8  # Linux 4.5+, the same on every architecture
 
 _SOURCES = Path(__file__).resolve().parent / "native"

@@ -4,24 +4,38 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+from volcache.backends import native_table
 from volcache.records import INDEXED, LISTED, NONE, RECORD_BYTES, RecordTable
 
+from .conftest import require
 
-def test_ids_are_reused_and_an_empty_table_gives_its_columns_back():
-    table = RecordTable()
+
+@pytest.fixture(params=["python", "native"])
+def Table(request):
+    """Each record table: the reference in Python, and the one in C."""
+    if request.param == "python":
+        return RecordTable
+    require("kernel", native_table.unavailable())  # the helper the kernel backend needs too
+    return native_table.NativeRecordTable
+
+
+def test_ids_are_reused_and_an_empty_table_gives_its_columns_back(Table):
+    table = Table()
     ids = [table.new(h, h * 10, h, 0) for h in range(100)]
     assert ids == list(range(100)) and table.count == 100
     table.delete(42)
     assert table.new(7, 70, 7, 0) == 42  # the freed id first
     for rid in range(100):
         table.delete(rid)
-    assert table.count == 0 and len(table.hash) == 0 and table.nbytes() == 8 * 4
+    assert table.count == 0 and table.size == 0 and table.nbytes() == 8 * 4
 
 
-def test_the_index_finds_every_record_of_a_hash_through_deletions():
+def test_the_index_finds_every_record_of_a_hash_through_deletions(Table):
     """Against a dict of sets, with colliding hashes, deletions, growth and shrinking."""
     rng = random.Random(5)
-    table = RecordTable()
+    table = Table()
     model: dict[int, set[int]] = {}
     live: list[int] = []
     for step in range(20_000):
@@ -42,8 +56,8 @@ def test_the_index_finds_every_record_of_a_hash_through_deletions():
     assert table.candidates(0xDEADBEEF) == [] or 0xDEADBEEF in model
 
 
-def test_the_index_grows_and_shrinks_with_its_records():
-    table = RecordTable()
+def test_the_index_grows_and_shrinks_with_its_records(Table):
+    table = Table()
     ids = []
     for n in range(10_000):
         ids.append(table.new(n, 0, 0, 0))
@@ -56,8 +70,8 @@ def test_the_index_grows_and_shrinks_with_its_records():
     assert all(table.candidates(n) == [ids[n]] for n in range(9_900, 10_000))
 
 
-def test_the_exact_recency_list_keeps_order_through_unlisting():
-    table = RecordTable(exact=True)
+def test_the_exact_recency_list_keeps_order_through_unlisting(Table):
+    table = Table(exact=True)
     ids = [table.new(0, 0, 0, 0) for _ in range(6)]
     for rid in ids:
         table.append(rid)
@@ -72,8 +86,8 @@ def test_the_exact_recency_list_keeps_order_through_unlisting():
     assert not table.flags[ids[3]] & LISTED and table.prev[ids[3]] == NONE
 
 
-def test_the_clock_spares_records_listed_since_its_hand_passed():
-    table = RecordTable()
+def test_the_clock_spares_records_listed_since_its_hand_passed(Table):
+    table = Table()
     ids = [table.new(0, 0, 0, 0) for _ in range(4)]
     for rid in ids:
         table.append(rid)

@@ -25,8 +25,12 @@ passes it, and the first listed record found without one is the one to evict.
 from __future__ import annotations
 
 import heapq
+import os
 from array import array
 from collections.abc import Callable, Iterator
+from typing import Any
+
+from .backends import native_table
 
 NONE = -1  # no record: an empty bucket, the end of a chain or list
 
@@ -79,6 +83,11 @@ class RecordTable:
         self._bits = _MIN_BITS
         self._heads = array("i", [NONE]) * (1 << _MIN_BITS)
         self._indexed = 0
+
+    @property
+    def size(self) -> int:
+        """The columns' length: ids below it have been used."""
+        return len(self.flags)
 
     # -- ids ----------------------------------------------------------------------
 
@@ -332,3 +341,19 @@ def _counter() -> Callable[[], int]:
         return count
 
     return stamp
+
+
+#: Which record table the stores make: "native" (the C one, where the helper
+#: is built) or "python" (this module's, the reference), from VOLCACHE_CORE;
+#: by default the C one where it works.
+CORE = os.environ.get("VOLCACHE_CORE", "native")
+if CORE not in ("native", "python"):
+    raise ImportError(f"VOLCACHE_CORE must be 'native' or 'python', not {CORE!r}")
+
+
+def new_table(exact: bool = False, stamp: Callable[[], int] | None = None) -> Any:
+    """A new record table: the C one where it works and is not turned off, else this
+    module's (the same interface and behaviour)."""
+    if CORE == "native" and native_table.unavailable() is None:
+        return native_table.NativeRecordTable(exact, stamp)
+    return RecordTable(exact, stamp)

@@ -27,7 +27,7 @@ from typing import Any
 from .backends import Backend
 from .codecs import Decoder, decoder_from_spec, decoder_spec
 from .keys import key_from_bytes, marshals_exactly
-from .records import ACTIVE, KEPT, RecordTable
+from .records import ACTIVE, KEPT, new_table
 from .slab import OFFSET_MASK, SlabAllocator
 
 TRAILER = struct.Struct("<IIHBx")
@@ -112,7 +112,7 @@ class Store:
         self, backend: Backend, slab_bytes: int, exact: bool = False,
         stamp: Callable[[], int] | None = None,
     ) -> None:  # fmt: skip
-        self.records = RecordTable(exact, stamp)
+        self.records = new_table(exact, stamp)
         self.slabs = SlabAllocator(backend, slab_bytes)
         self.decoders = Decoders()
         self.active_nbytes = 0
@@ -357,6 +357,6 @@ class Store:
     def close(self) -> None:
         """Give every slab back and forget every record."""
         self.slabs.close()
-        self.records = RecordTable(self.records.exact, self.records.stamp)
+        self.records = new_table(self.records.exact, self.records.stamp)
         self._long.clear()
         self.active_nbytes = 0

@@ -5,7 +5,7 @@
  * Bump VC_NATIVE_VERSION with any change here; backends/clib.py checks it.
  */
 
-#define VC_NATIVE_VERSION 6
+#define VC_NATIVE_VERSION 7
 
 /* sha256 of the .h and .c files beside this one, stamped by build.py. */
 extern const char vc_source_hash[];
@@ -86,3 +86,4 @@ long vc_uffd_close(struct vc_uffd *u);
 
 /* After fork(), in the child: close the descriptors only (no thread to join). */
 long vc_uffd_forget(struct vc_uffd *u);
+

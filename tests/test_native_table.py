@@ -1,0 +1,179 @@
+"""The record table in C answers every call as the Python one, its reference, does.
+
+A hypothesis state machine gives both tables the same random calls (colliding
+hashes, the index growing and shrinking, both recency orders, ids reused, the
+table emptied) and compares every answer and every column after each step.
+``.ci/run`` runs this file once more against the C table built with
+AddressSanitizer and UndefinedBehaviorSanitizer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from volcache.backends import native_table
+from volcache.records import ACTIVE, INDEXED, KEPT, LISTED, NONE, RecordTable
+
+from .conftest import require
+
+#: Another build of table.c to test (CI's sanitized one), by module name.
+SANITIZED = os.environ.get("VOLCACHE_TABLE_MODULE")
+NATIVE = importlib.import_module(SANITIZED) if SANITIZED else None
+
+
+def native(**options) -> native_table.NativeRecordTable:
+    """A C table: the installed helper's, or the one named by VOLCACHE_TABLE_MODULE."""
+    return native_table.NativeRecordTable(native=NATIVE, **options)
+
+
+HASHES = st.one_of(st.sampled_from([0, 1, 7, 0xFFFFFFFF]), st.integers(0, 2**32 - 1))
+COLUMNS = ("hash", "loc", "length", "flags", "chain")
+
+
+class SameAnswers(RuleBasedStateMachine):
+    """RecordTable and NativeRecordTable, driven alike."""
+
+    @initialize(exact=st.booleans())
+    def make(self, exact: bool) -> None:
+        self.exact = exact
+        self.reference = RecordTable(exact)
+        self.native = native(exact=exact, max_records=1 << 16)
+        self.live: list[int] = []
+
+    def both(self, name: str, *args):
+        expected = getattr(self.reference, name)(*args)
+        got = getattr(self.native, name)(*args)
+        if name == "listed_ids":
+            expected, got = list(expected), list(got)
+        assert got == expected, (name, args)
+        return got
+
+    @rule(h=HASHES, loc=st.integers(0, 2**40), length=st.integers(0, 2**32 - 1),
+          flags=st.sampled_from([ACTIVE, KEPT, 0]), many=st.sampled_from([1, 1, 40]))  # fmt: skip
+    def new(self, h: int, loc: int, length: int, flags: int, many: int) -> None:
+        for i in range(many):  # forty at once: the index grows
+            rid = self.both("new", (h + i) & 0xFFFFFFFF, loc, length, flags)
+            self.live.append(rid)
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data(), many=st.sampled_from([1, 1, 1, 30]))
+    def delete(self, data, many: int) -> None:
+        for _ in range(min(many, len(self.live))):
+            rid = self.live.pop(data.draw(st.integers(0, len(self.live) - 1)))
+            self.both("delete", rid)
+
+    def pick(self, data, want: int, have: int) -> int | None:
+        """A live id whose flags & want == have, or None."""
+        flags = self.reference.flags
+        fitting = [rid for rid in self.live if flags[rid] & want == have]
+        return data.draw(st.sampled_from(fitting)) if fitting else None
+
+    @rule(data=st.data())
+    def index(self, data) -> None:
+        rid = self.pick(data, INDEXED, 0)
+        if rid is not None:
+            self.both("index", rid)
+
+    @rule(data=st.data())
+    def unindex(self, data) -> None:
+        rid = self.pick(data, INDEXED, INDEXED)
+        if rid is not None:
+            self.both("unindex", rid)
+
+    @rule(data=st.data())
+    def append(self, data) -> None:
+        rid = self.pick(data, LISTED, 0)
+        if rid is not None:
+            self.both("append", rid)
+
+    @rule(data=st.data(), back=st.integers(0, 20))
+    def place(self, data, back: int) -> None:
+        """A demotion: listed by the stamp of its last use, some stamps ago."""
+        rid = self.pick(data, LISTED, 0)
+        if rid is not None:
+            used = max(0, self.reference.stamp() - back)
+            assert self.native.stamp() == used + back or used == 0
+            self.both("place", rid, used)
+
+    @rule(data=st.data())
+    def touch(self, data) -> None:
+        rid = self.pick(data, LISTED, LISTED)
+        if rid is not None:
+            self.both("touch", rid)
+
+    @rule(data=st.data())
+    def unlist(self, data) -> None:
+        rid = self.pick(data, LISTED, LISTED)
+        if rid is not None:
+            self.both("unlist", rid)
+
+    @rule()
+    def victim(self) -> None:
+        self.both("victim")  # the CLOCK's hand moves alike
+
+    @rule(h=HASHES)
+    def candidates(self, h: int) -> None:
+        assert sorted(self.native.candidates(h)) == sorted(self.reference.candidates(h))
+
+    @invariant()
+    def same_books(self) -> None:
+        reference, native = self.reference, self.native
+        size = reference.size
+        assert native.size == size
+        for name in COLUMNS:
+            assert list(getattr(native, name)[:size]) == list(getattr(reference, name)), name
+        assert native.count == reference.count and native.listed == reference.listed
+        assert native.nbytes() == reference.nbytes()
+        assert list(native.listed_ids()) == list(reference.listed_ids())
+        if self.exact:
+            assert (native.head, native.tail) == (reference.head, reference.tail)
+            assert (native.demoted_head, native.demoted_tail) == (
+                reference.demoted_head, reference.demoted_tail
+            )  # fmt: skip
+            assert native.oldest_use() == reference.oldest_use()
+            for name in ("prev", "next", "used"):
+                assert list(getattr(native, name)[:size]) == list(getattr(reference, name))
+        for h in {reference.hash[rid] for rid in self.live}:
+            assert native.head_of(h) == reference.head_of(h)
+        assert native.head_of(12345) in (NONE, reference.head_of(12345))
+
+
+SameAnswers.TestCase.settings = settings(max_examples=120, stateful_step_count=50, deadline=None)
+
+
+@pytest.fixture(autouse=True)
+def _needs_the_helper():
+    if NATIVE is None:
+        require("kernel", native_table.unavailable())
+
+
+class TestSameAnswers(SameAnswers.TestCase):
+    pass
+
+
+def test_a_full_table_refuses_a_new_record_and_stays_usable():
+    table = native(max_records=1 << 16)
+    ids = [table.new(1, 0, 0, ACTIVE) for _ in range(table.max_records)]
+    with pytest.raises(MemoryError, match="full"):
+        table.new(1, 0, 0, ACTIVE)
+    table.delete(ids[5])
+    assert table.new(2, 0, 0, ACTIVE) == ids[5]
+
+
+def test_bad_ids_are_refused_not_followed():
+    table = native(exact=True, max_records=1 << 16)
+    rid = table.new(1, 0, 0, ACTIVE)
+    for call, args in [("delete", (5,)), ("index", (-1,)), ("unlist", (rid,)),
+                       ("touch", (rid,)), ("unindex", (rid,)), ("append", (1 << 20,))]:  # fmt: skip
+        with pytest.raises(ValueError, match="refused"):
+            getattr(table, call)(*args)
+    table.append(rid)
+    with pytest.raises(ValueError):
+        table.append(rid)  # listed already
+    assert list(table.listed_ids()) == [rid] and table.count == 1
