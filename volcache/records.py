@@ -30,8 +30,6 @@ from array import array
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .backends import native_table
-
 NONE = -1  # no record: an empty bucket, the end of a chain or list
 
 # Flags.
@@ -354,6 +352,9 @@ if CORE not in ("native", "python"):
 def new_table(exact: bool = False, stamp: Callable[[], int] | None = None) -> Any:
     """A new record table: the C one where it works and is not turned off, else this
     module's (the same interface and behaviour)."""
+    # Imported here, not with this module: the helper is loaded when first needed.
+    from .backends import native_table
+
     if CORE == "native" and native_table.unavailable() is None:
         return native_table.NativeRecordTable(exact, stamp)
     return RecordTable(exact, stamp)
