@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
+import sys
+import textwrap
 
 import hypothesis.strategies as st
 import pytest
@@ -177,3 +180,36 @@ def test_bad_ids_are_refused_not_followed():
     with pytest.raises(ValueError):
         table.append(rid)  # listed already
     assert list(table.listed_ids()) == [rid] and table.count == 1
+
+
+def test_without_the_helper_caches_use_the_python_table():
+    """Where the helper is missing, the reference is the table: the cache works on sim."""
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules['volcache.backends._native'] = None
+        from volcache import VolatileCache
+        from volcache.records import RecordTable
+        with VolatileCache(2, backend="sim") as cache:
+            for i in range(5):
+                cache[i] = bytes([i]) * 100
+            assert list(cache) == [3, 4] and cache[3] == bytes([3]) * 100
+            assert type(cache._entries.records) is RecordTable
+        print("ok")
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+
+
+@pytest.mark.parametrize("machine", ["lru_order", "cache_model"])
+def test_the_cache_machines_pass_on_the_python_table_too(monkeypatch, machine):
+    """The suite runs the C table; the cache's own state machines run the reference here."""
+    from volcache import records
+
+    monkeypatch.setattr(records, "CORE", "python")
+    if machine == "lru_order":
+        from .test_lru_order import LRUOrder as Machine
+    else:
+        from .test_cache_model import CacheMachine as Machine
+    Machine.TestCase("runTest").runTest()
