@@ -10,7 +10,9 @@ import sys
 import pytest
 from cachetools import keys as cachekeys
 
+from volcache import cached
 from volcache.keys import HashedKey, hashed, hashkey, key_bytes, key_from_bytes, typedkey
+from volcache.tiers import Tier
 
 
 class Counted:
@@ -105,3 +107,58 @@ def test_typed_and_keyword_keys_are_records_in_the_cache(make):
     for n, key in enumerate(keys):
         assert cache.get(key) == n
     assert sorted(map(repr, cache)) == sorted(map(repr, keys))
+
+
+# -- the cachetools that pyproject.toml allows --------------------------------------------------
+
+
+class MemoryTier(Tier):
+    """A tier in a dict: what a server would hold, without one."""
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.data: dict[str, bytes] = {}
+
+    def get_many(self, keys):
+        return [self.data.get(key) for key in keys]
+
+    def set(self, key, value, ttl):
+        self.data[key] = bytes(value)
+
+    def delete(self, key):
+        self.data.pop(key, None)
+
+    def incr(self, key):
+        self.data[key] = b"%d" % (int(self.data.get(key, b"0")) + 1)
+        return int(self.data[key])
+
+    def add(self, key, value, ttl):
+        if key in self.data:
+            return False
+        self.data[key] = bytes(value)
+        return True
+
+
+def test_cachetools_keys_are_plain_tuples_stored_as_records():
+    """What cachetools >= 8 (the floor in pyproject.toml) makes: plain tuples. Before
+    8 its keys were a tuple subclass, which stays a Python object and which a tier
+    cannot name; before 5.4 it had no typedmethodkey."""
+    me = object()
+    keys = [cachekeys.hashkey(1, y=2), cachekeys.typedkey(1, y=2.0)]
+    keys += [cachekeys.methodkey(me, 1, y=2), cachekeys.typedmethodkey(me, 1)]
+    for key in keys:
+        assert type(key) is tuple and key_bytes(key)[0] is not None
+
+
+@pytest.mark.parametrize("typed", [False, True])
+def test_keyword_and_typed_calls_are_shared_through_a_tier(typed):
+    tier = MemoryTier(namespace=f"calls-{typed}")
+    computed = []
+
+    def render(x, y=0):
+        computed.append((x, y))
+        return b"%d" % (x + y)
+
+    first = cached(backend="sim", tier=tier, typed=typed)(render)
+    again = cached(backend="sim", tier=tier, typed=typed)(render)  # another process's cache
+    assert first(1, y=2) == again(1, y=2) == b"3" and computed == [(1, 2)]
