@@ -54,7 +54,17 @@ class NotifyingLock(_thread.RLock):  # type: ignore[misc]
         """Release; unless this thread still holds it, or another cache's lock
         (:func:`deferring`), or is delivering already (that delivery takes
         them), deliver the pending events."""
-        super().release()
+        _release(self)
+        if self.events or _thread_state.waiting:  # else nothing to do: the common case
+            self._deliver()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        # release()'s lines, not a call of it: a lock's every use pays for this frame.
+        _release(self)
+        if self.events or _thread_state.waiting:
+            self._deliver()
+
+    def _deliver(self) -> None:
         if self._is_owned():  # type: ignore[attr-defined]
             return
         state = _thread_state
@@ -63,8 +73,8 @@ class NotifyingLock(_thread.RLock):  # type: ignore[misc]
         if state.waiting and not state.delivering and not state.deferring:
             _deliver_waiting(state)
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
+
+_release = _thread.RLock.release
 
 
 def notifying_lock(
