@@ -108,3 +108,16 @@ def test_a_decorated_function_hits_for_one_nan_object(backend_name: str) -> None
     for _ in range(10):
         f(NAN)
     assert len(calls) == 1 and len(f.cache) == 1
+
+
+def test_a_key_made_by_cachetools_before_8_is_stored_as_the_tuple_it_equals(backend_name: str):
+    """cachetools < 8 made keys as its _HashedTuple (a key pickled then still is one)."""
+    from cachetools import keys as cachekeys
+
+    hashed = cachekeys._HashedTuple((1, cachekeys._kwmark[0], ("y", 2)))
+    assert key_bytes(hashed)[0] is not None
+    with VolatileCache(backend=backend_name) as cache:
+        cache[hashed] = b"v"
+        cache.volatilize()
+        assert cache[hashed] == b"v" and cache[tuple(hashed)] == b"v"
+        assert len(cache) == 1 and "k" not in cache

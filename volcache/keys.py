@@ -33,6 +33,11 @@ _SPECIALS = (KWMARK, int, str, bytes, float, bool, complex, type(None), tuple,
 _SPECIAL_CODES = {id(obj): code for code, obj in enumerate(_SPECIALS)}
 
 
+#: cachetools' own tuple with a remembered hash: the keys it made before 8.0,
+#: which a key pickled then still is; stored as the plain tuple it equals.
+_CACHETOOLS_HASHED = getattr(cachekeys, "_HashedTuple", None)
+
+
 class HashedKey(tuple):
     """A tuple whose hash is computed once (and equal to the plain tuple's)."""
 
@@ -46,6 +51,9 @@ class HashedKey(tuple):
     def __reduce__(self) -> tuple[Any, ...]:
         # A hash is valid in one process only (strings' hashes are salted).
         return HashedKey, (tuple(self),)
+
+
+_HASHED_TUPLES = frozenset(t for t in (HashedKey, _CACHETOOLS_HASHED) if t is not None)
 
 
 def _hashed_in_c(part: Any) -> bool:
@@ -106,7 +114,7 @@ def key_bytes(key: Any) -> tuple[bytes | None, bool]:
     equal to themselves when read back. Others stay Python objects, found as a
     dict finds them.
     """
-    if type(key) is HashedKey:
+    if type(key) in _HASHED_TUPLES:
         key = tuple(key)
     if _storable(key):
         return marshal.dumps(key, _VERSION), False
