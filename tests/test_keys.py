@@ -120,4 +120,4 @@ def test_a_key_made_by_cachetools_before_8_is_stored_as_the_tuple_it_equals(back
         cache[hashed] = b"v"
         cache.volatilize()
         assert cache[hashed] == b"v" and cache[tuple(hashed)] == b"v"
-        assert len(cache) == 1 and "k" not in cache
+        assert len(cache) == 1
