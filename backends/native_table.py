@@ -103,6 +103,13 @@ class NativeRecordTable:
         self.next = view[t.off_next : t.off_next + 4 * n].cast("i")
         self.used = view[t.off_used : t.off_used + 8 * n].cast("q")
         self._ids = self._ffi.new("int32_t[]", 64)  # room for candidates and listed ids
+        # The calls a store makes most, found once (not two lookups a call).
+        native = self._lib
+        self._new, self._delete = native.vc_rec_new, native.vc_rec_delete
+        self._index, self._unindex = native.vc_rec_index, native.vc_rec_unindex
+        self._head_of, self._append = native.vc_rec_head_of, native.vc_rec_append
+        self._place, self._touch = native.vc_rec_place, native.vc_rec_touch
+        self._unlist = native.vc_rec_unlist
 
     def _reserve(self, max_records: int) -> mmap.mmap:
         while True:
@@ -161,23 +168,27 @@ class NativeRecordTable:
 
     def new(self, h: int, loc: int, length: int, flags: int) -> int:
         """A record id for a new record (not indexed, not listed)."""
-        return _check(self._lib.vc_rec_new(self._t, h, loc, length, flags), "new")
+        rid = self._new(self._t, h, loc, length, flags)
+        return rid if rid >= 0 else _check(rid, "new")
 
     def delete(self, rid: int) -> None:
         """Forget a record: out of the index and the order, its id free for reuse."""
-        _check(self._lib.vc_rec_delete(self._t, rid), "delete")
+        if (done := self._delete(self._t, rid)) < 0:
+            _check(done, "delete")
 
     def index(self, rid: int) -> None:
         """Put a record in the hash index."""
-        _check(self._lib.vc_rec_index(self._t, rid), "index")
+        if (done := self._index(self._t, rid)) < 0:
+            _check(done, "index")
 
     def unindex(self, rid: int) -> None:
         """Take a record out of the hash index."""
-        _check(self._lib.vc_rec_unindex(self._t, rid), "unindex")
+        if (done := self._unindex(self._t, rid)) < 0:
+            _check(done, "unindex")
 
     def head_of(self, h: int) -> int:
         """The first id in the bucket of hash ``h`` (chained through ``chain``), or NONE."""
-        rid = self._lib.vc_rec_head_of(self._t, h)
+        rid = self._head_of(self._t, h)
         return NONE if rid < 0 else rid
 
     def candidates(self, h: int) -> list[int]:
@@ -186,19 +197,23 @@ class NativeRecordTable:
 
     def append(self, rid: int) -> None:
         """List a record as the most recently used."""
-        _check(self._lib.vc_rec_append(self._t, rid, self.stamp() if self.exact else 0), "append")
+        if (done := self._append(self._t, rid, self.stamp() if self.exact else 0)) < 0:
+            _check(done, "append")
 
     def place(self, rid: int, used: int) -> None:
         """List a record last used at stamp ``used``, in its place by it (exact)."""
-        _check(self._lib.vc_rec_place(self._t, rid, used), "place")
+        if (done := self._place(self._t, rid, used)) < 0:
+            _check(done, "place")
 
     def touch(self, rid: int) -> None:
         """A listed record was used: the most recently used (exact), or referenced."""
-        _check(self._lib.vc_rec_touch(self._t, rid, self.stamp() if self.exact else 0), "touch")
+        if (done := self._touch(self._t, rid, self.stamp() if self.exact else 0)) < 0:
+            _check(done, "touch")
 
     def unlist(self, rid: int) -> None:
         """Take a record out of the recency order."""
-        _check(self._lib.vc_rec_unlist(self._t, rid), "unlist")
+        if (done := self._unlist(self._t, rid)) < 0:
+            _check(done, "unlist")
 
     def oldest_use(self) -> tuple[int, int]:
         """Exact: (the listed record least recently used or NONE, its stamp)."""
