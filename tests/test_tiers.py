@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 
 from volcache import PickleCodec, VolatileCache, cached
 from volcache.bench import servers
-from volcache.tiers import MemcachedTier, RedisTier, Tier, envelope
+from volcache.tiers import MemcachedTier, RedisTier, Tier, Unavailable, envelope
 from volcache.tiers.keys import stable_key_bytes
 
 from .conftest import require
@@ -368,6 +369,56 @@ def test_the_breaker_skips_then_tries_again():
         assert tier.calls == 6 and not tier.skipping
         info = cache.info()
         assert info.tier_errors == 4 and info.tier_skipped > 5
+
+
+def test_calls_failing_together_open_the_breaker_for_the_first_pause_only():
+    """Calls in flight when the server goes away are not trials: eight of them failing
+    at once open the breaker for 1 s, and only the failed trial after it doubles it."""
+    threads = 8
+
+    class GoneTogether(Tier):
+        def __init__(self):
+            super().__init__(namespace="gone")
+            self.barrier = threading.Barrier(threads)
+            self.now = 100.0
+            self.clock = lambda: self.now
+
+        def get_many(self, keys):
+            self.barrier.wait(10)  # every call is in flight before any fails
+            raise ConnectionError("server went away")
+
+        def set(self, key, value, ttl):
+            raise ConnectionError("server went away")
+
+        def delete(self, key):
+            pass
+
+        def incr(self, key):
+            return 0
+
+        def add(self, key, value, ttl):
+            return True
+
+    tier = GoneTogether()
+    failed = []
+
+    def call():
+        try:
+            tier.call(tier.get_many, ["k"])
+        except Unavailable:
+            failed.append(1)
+
+    workers = [threading.Thread(target=call) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(10)
+    assert len(failed) == threads
+    assert tier._open_until - tier.now == 1.0 and tier.skipping
+    tier.now += 1.0  # the pause is over: one trial, which fails
+    with pytest.raises(Unavailable):
+        tier.call(tier.set, "k", b"v", None)
+    assert tier._open_until - tier.now == 2.0
 
 
 # -- the cross-process lock ------------------------------------------------------------------------

@@ -4,9 +4,10 @@ A :class:`Tier` talks to one server (or pool); subclass it for another store
 by implementing its five storage methods. Every call to the server goes
 through :meth:`Tier.call`, which turns any failure into "not available" and
 keeps the circuit breaker: after ``failures`` errors in a row the tier is
-skipped for ``backoff`` seconds, doubling with each failed retry up to
+skipped for ``backoff`` seconds, doubling with each failed trial up to
 ``max_backoff``; the first call after the pause is a trial, and a success
-closes the breaker.
+closes the breaker. Calls in flight together when the server goes away are
+not trials: however many fail, the first pause is ``backoff``.
 """
 
 from __future__ import annotations
@@ -134,28 +135,34 @@ class Tier(abc.ABC):
 
     def call(self, operation: Callable[..., T], *args: Any) -> T:
         """``operation(*args)``; ``Unavailable`` if it fails or the breaker is open."""
+        trial = False
         with self._breaker:
             if self._failures >= FAILURES:
                 if self.clock() < self._open_until or self._trial:
                     raise Skipped("skipped: the tier failed lately")
-                self._trial = True  # one call tries; the others keep skipping meanwhile
+                trial = self._trial = True  # one call tries; the others keep skipping meanwhile
         try:
             result = operation(*args)
         except BaseException as exc:
             if not isinstance(exc, Exception):  # an interrupt: no verdict on the server
-                with self._breaker:
-                    self._trial = False
+                if trial:
+                    with self._breaker:
+                        self._trial = False
                 raise
             with self._breaker:
-                self._trial = False
                 self._failures += 1
-                if self._failures >= FAILURES:
-                    if self._failures > FAILURES:
-                        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+                if trial:
+                    self._trial = False
+                    self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+                    self._open_until = self.clock() + self._backoff
+                elif self._failures == FAILURES:
+                    # Opens now. Calls that were in flight with this one and fail
+                    # after it are no trials: they neither double nor extend the pause.
                     self._open_until = self.clock() + self._backoff
             raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
         with self._breaker:
-            self._trial = False
+            if trial:
+                self._trial = False
             self._failures = 0
             self._backoff = BACKOFF
         return result
