@@ -243,6 +243,31 @@ def test_without_a_secret_a_pickle_from_the_server_is_refused(server, tmp_path, 
         assert not boom.exists() and cache.info().tier_rejected == 1
 
 
+def test_a_reader_without_the_secret_takes_no_signed_value(server):
+    """A signed value is absent to a reader that cannot check its MAC (counted as
+    rejected, made again there), never its bytes with the MAC on their end."""
+    signed, unsigned = make_tier(server, secret=SECRET), make_tier(server)
+    unsigned.namespace = signed.namespace
+    made = []
+
+    def regenerate(key):
+        made.append(key)
+        return b"<html> made here"
+
+    with (
+        VolatileCache(backend="sim", tier=signed) as writer,
+        VolatileCache(backend="sim", tier=unsigned, regenerate=regenerate) as reader,
+    ):
+        writer["page"] = b"<html>"
+        writer["buffer"] = bytearray(b"<html>")
+        assert reader.get("page") is None and reader.get("buffer") is None
+        assert reader.info().tier_rejected == 2 and reader.info().tier_hits == 0
+        assert reader["page"] == b"<html> made here" and made == ["page"]
+        # What it made was written unsigned: a reader with the secret takes none of it.
+        with VolatileCache(backend="sim", tier=signed) as another:
+            assert another.get("page") is None and another.info().tier_rejected == 1
+
+
 def test_a_pickling_codec_without_a_secret_is_refused_at_construction(server):
     tier = make_tier(server)
     with pytest.raises(TypeError, match="secret="):

@@ -10,7 +10,9 @@ typecode, a numpy array with its dtype and shape as JSON), which decode
 without running anything a writer chose; and a codec's bytes (``pickle``,
 or a codec of yours, by name), which decode by running that codec. The MAC
 covers namespace, version, key and everything before it: a value that
-fails it, or that cannot be parsed, is absent to the reader.
+fails it, or that cannot be parsed, is absent to the reader. A reader
+without a secret takes only values without a MAC: a signed one is absent
+to it, as an unsigned one is to a reader with a secret.
 """
 
 from __future__ import annotations
@@ -98,8 +100,8 @@ def decode(blob: bytes, codec: Codec, generation: int, secret: bytes | None, whe
 
     Raises:
         Rejected: garbage, another format or codec, a missing or wrong MAC when
-            a secret is set, a codec's bytes without one, or another generation
-            (a cleared namespace); nothing in it was decoded then.
+            a secret is set, a MAC or a codec's bytes without one, or another
+            generation (a cleared namespace); nothing in it was decoded then.
     """
     if len(blob) < HEADER.size:
         raise Rejected("too short for a header")
@@ -113,6 +115,10 @@ def decode(blob: bytes, codec: Codec, generation: int, secret: bytes | None, whe
         end -= MAC_BYTES
         if not hmac.compare_digest(_mac(secret, where, memoryview(blob)[:end]), blob[end:]):
             raise Rejected("wrong MAC")
+    elif flags & _MAC:
+        # The writer asked for its values to be checked, and this reader cannot:
+        # it takes none of them, as a reader with a secret takes no unsigned value.
+        raise Rejected("a MAC, and this tier has no secret to check it")
     elif kind not in RAW_KINDS:
         raise Rejected("a codec's bytes, and this tier has no secret to authenticate them")
     if gen != generation:
