@@ -57,6 +57,19 @@ def raw_set(tier: Tier, name: str, blob: bytes) -> None:
     tier.set(name, blob, None)
 
 
+def generation_of(cache) -> int:
+    """The generation under which values of the cache's namespace are current now."""
+    bound = cache._tier
+    bound.fetch(bound.key_of("any key"))
+    return bound._generation
+
+
+def unsigned_envelope(kind: int, meta: bytes, payload: bytes, generation: int) -> bytes:
+    """An envelope as anyone who can write to the server could make one."""
+    header = envelope.HEADER.pack(envelope.MAGIC, envelope.FORMAT, kind, 0, generation, len(meta))
+    return header + meta + payload
+
+
 def run_child(server, namespace: str, log: Path, keys: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(CHILD), server.kind, server.url, namespace, str(log), keys, *extra],
@@ -319,6 +332,35 @@ def test_ttl_expires_values_in_the_tier(server):
             assert three.get("k") is None and three.info().tier_misses == 1
 
 
+def test_a_numpy_value_numpy_cannot_make_is_absent_not_an_error(server):
+    """Without a secret anyone may write raw values: one whose dtype or shape numpy
+    cannot make (or that its bytes do not fill) is rejected, and the key made here."""
+    hostile = [
+        ("<i8", [-1, -1], 8),  # fills 8 bytes by the product alone
+        ("<i8", [0, 10**30], 0),
+        ("<i8", [2**40, 0, 2**40], 0),  # zero items, but too many for numpy's index
+        ("<i8", [1] * 40, 8),
+        ("<i8", ["1"], 8),
+        ("<i8", [1.0], 8),
+        ("<i8", [True], 8),
+        ("<i8", 1, 8),
+        ("|V0", [10**30], 0),
+        ("|O", [1], 8),
+        ("<q9", [1], 8),
+        ("<i8", [2], 8),  # too few bytes
+    ]
+    tier = make_tier(server)
+    with VolatileCache(backend="sim", tier=tier, regenerate=lambda k: b"made here") as cache:
+        name, _ = cache._tier.key_of("k")
+        generation = generation_of(cache)
+        for n, (descr, shape, size) in enumerate(hostile):
+            meta = json.dumps({"descr": descr, "shape": shape}).encode()
+            raw_set(tier, name, unsigned_envelope(envelope.NUMPY, meta, b"\0" * size, generation))
+            assert cache.get("k") is None, n
+            assert cache.info().tier_rejected == n + 1, n
+        assert cache["k"] == b"made here" and cache.info().tier_hits == 0
+
+
 # -- faults -----------------------------------------------------------------------------------
 
 
@@ -492,6 +534,37 @@ def test_thumbnails_are_shared_through_the_tier(server, tmp_path):
         assert second.size == first.size and second.tobytes() == first.tobytes()
         with two.pin(path) as pinned:
             assert pinned.size == first.size
+
+
+def test_a_thumbnail_in_the_tier_that_is_not_one_is_absent_not_an_error(server, tmp_path):
+    """Bytes in a thumbnail's key that are not a thumbnail this cache could have made
+    (no pixel, larger than its size, or not filled by its bytes) are rejected, and
+    the file is decoded here."""
+    import struct
+
+    from PIL import Image
+
+    from volcache import ThumbnailCache
+
+    path = tmp_path / "picture.png"
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(path)
+    header = struct.Struct("<4s4sII")
+    hostile = [
+        header.pack(b"VCTH", b"L\0\0\0", 2**31, 0),  # 0 bytes of pixels, as its size says
+        header.pack(b"VCTH", b"L\0\0\0", 0, 2**31),
+        header.pack(b"VCTH", b"L\0\0\0", 64, 1) + b"\0" * 64,  # wider than 32
+        header.pack(b"VCTH", b"L\0\0\0", 2, 2) + b"\0" * 3,
+        header.pack(b"VCTH", b"P\0\0\0", 1, 1) + b"\0",
+        b"not a thumbnail",
+    ]
+    tier = make_tier(server, namespace=None)
+    for n, blob in enumerate(hostile):
+        with ThumbnailCache((32, 32), backend="sim", tier=tier) as thumbnails:
+            named = thumbnails._tier.key_of(thumbnails._key(path)[:3])
+            thumbnails._tier.store_value(named, blob)
+            assert thumbnails.get(path).size == (32, 32), n
+            info = thumbnails.info()
+            assert info.tier_rejected == 1 and info.tier_hits == 0, n
 
 
 def test_an_async_function_shares_through_the_tier(server):

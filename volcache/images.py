@@ -20,7 +20,8 @@ from .cache import VolatileCache
 from .codecs import Codec, Decoder, DefaultCodec
 from .info import CacheInfo
 from .tiers.base import Tier
-from .tiers.bound import BoundTier
+from .tiers.bound import MISSING, BoundTier
+from .tiers.envelope import Rejected
 
 Image: Any = None  # PIL.Image, imported by the first ThumbnailCache (Pillow is optional)
 UnidentifiedImageError: Any = None
@@ -111,7 +112,8 @@ class ThumbnailCache:
         if tier is not None:
             namespace = namespace or getattr(tier, "namespace", None)
             default = f"volcache.ThumbnailCache.{width}x{height}.{reducing_gap}"
-            self._tier = BoundTier(tier, namespace or default, DefaultCodec())
+            parse = partial(_from_wire, limit=(width, height))
+            self._tier = BoundTier(tier, namespace or default, DefaultCodec(), parse)
         self.cache = VolatileCache(
             backend=backend, regenerate=self._render, codec=_PixelCodec(), **cache_options
         )
@@ -205,11 +207,10 @@ class ThumbnailCache:
         else:
             # Not the inode: it names the file on this machine only.
             named = tier.key_of(key[:3])
-            thumbnail = _from_wire(tier.fetch(named))
-            if thumbnail is None:
-                with tier.computing(named) as found:
-                    thumbnail = _from_wire(found)
-                    if thumbnail is None:
+            thumbnail = tier.fetch(named)  # parsed by _from_wire
+            if thumbnail is MISSING:
+                with tier.computing(named) as thumbnail:
+                    if thumbnail is MISSING:
                         thumbnail = self._decode_file(key)
                         tier.store_value(named, _to_wire(thumbnail))
         self._current[path] = (key, thumbnail.mode, thumbnail.size)
@@ -243,16 +244,27 @@ def _to_wire(thumbnail: Any) -> bytes:
     return _WIRE.pack(b"VCTH", mode, *thumbnail.size) + thumbnail.tobytes()
 
 
-def _from_wire(data: Any) -> Any:
-    """The thumbnail in bytes from the tier, or None (absent, or not a thumbnail of
-    a mode and size that its bytes fill exactly)."""
+def _from_wire(data: Any, limit: tuple[int, int]) -> Any:
+    """The thumbnail in bytes from the tier: one of a known mode, at least one pixel
+    and at most ``limit`` wide and high, whose bytes it fills exactly.
+
+    Raises:
+        Rejected: anything else (any writer of the server may have put it there).
+    """
     if not isinstance(data, bytes) or len(data) < _WIRE.size:
-        return None
+        raise Rejected("not a thumbnail")
     magic, mode, width, height = _WIRE.unpack_from(data)
     known = _WIRE_MODES.get(mode)
-    if magic != b"VCTH" or known is None or len(data) != _WIRE.size + width * height * known[1]:
-        return None
-    return Image.frombytes(known[0], (width, height), memoryview(data)[_WIRE.size :])
+    if magic != b"VCTH" or known is None:
+        raise Rejected("not a thumbnail")
+    if not (1 <= width <= limit[0] and 1 <= height <= limit[1]):
+        raise Rejected(f"a thumbnail of {width}x{height} pixels, not within {limit}")
+    if len(data) != _WIRE.size + width * height * known[1]:
+        raise Rejected("thumbnail bytes do not match its mode and size")
+    try:
+        return Image.frombytes(known[0], (width, height), memoryview(data)[_WIRE.size :])
+    except (ValueError, OverflowError, MemoryError) as exc:  # checked above; still
+        raise Rejected(f"bad thumbnail: {exc}") from None
 
 
 def _storable(image: Any) -> Any:

@@ -19,7 +19,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..codecs import Codec, Decoder, DefaultCodec
@@ -32,9 +32,16 @@ _POLL_FIRST, _POLL_MAX = 0.005, 0.1  # a lock waiter's polling interval, doublin
 
 
 class BoundTier:
-    """A tier as one cache uses it: namespaced keys, envelopes, counters."""
+    """A tier as one cache uses it: namespaced keys, envelopes, counters.
 
-    def __init__(self, tier: Tier, namespace: str, codec: Codec) -> None:
+    ``parse``: turns a value decoded from the tier into the one the cache
+    uses, or raises :class:`~volcache.tiers.envelope.Rejected` (the value is
+    then absent, and counted as rejected).
+    """
+
+    def __init__(
+        self, tier: Tier, namespace: str, codec: Codec, parse: Callable[[Any], Any] | None = None
+    ) -> None:
         if not isinstance(tier, Tier):
             raise TypeError(f"tier must be a volcache.tiers.Tier, got {tier!r}")
         raw_only = tier.secret is None
@@ -49,6 +56,7 @@ class BoundTier:
         self.tier = tier
         self.namespace = namespace
         self.codec = codec
+        self.parse = parse
         self._prefix = f"volcache:{namespace_part(namespace)}:{tier.version}:"
         self._gen_key = self._prefix + "gen"
         self._generation: int | None = None
@@ -101,6 +109,8 @@ class BoundTier:
             value = envelope.decode(
                 blob, self.codec, generation, self.tier.secret, self._where(data)
             )
+            if self.parse is not None:
+                value = self.parse(value)
         except envelope.Cleared:
             if count:
                 self._count("tier_misses")

@@ -36,6 +36,7 @@ MAC_BYTES = 32
 _MAC = 1  # flag: a MAC follows the payload
 BYTES, BYTEARRAY, ARRAY, NUMPY, CODEC = range(5)
 RAW_KINDS = frozenset({BYTES, BYTEARRAY, ARRAY, NUMPY})
+_NUMPY_MAX_DIMS = 32  # numpy 1's limit (numpy 2's is 64): an array of more is refused
 
 
 class Rejected(Exception):
@@ -164,14 +165,31 @@ def _numpy_value(meta: bytes, payload: memoryview) -> Any:
     try:
         spec = json.loads(meta)
         dtype = numpy.lib.format.descr_to_dtype(spec["descr"])
-        shape = tuple(int(n) for n in spec["shape"])
+        shape = spec["shape"]
     except Exception as exc:
         raise Rejected(f"bad numpy header: {exc}") from None
-    if dtype.hasobject:
-        raise Rejected("a numpy array of objects")
-    count = 1
-    for n in shape:
-        count *= n
-    if count * dtype.itemsize != len(payload):
+    if not isinstance(dtype, numpy.dtype) or dtype.hasobject or dtype.itemsize < 1:
+        raise Rejected("a numpy array of objects, or of items of no size")
+    if not _numpy_shape_fits(shape, dtype.itemsize, len(payload)):
         raise Rejected("numpy bytes do not match dtype and shape")
-    return _numpy_decode(dtype, shape, payload)
+    try:
+        return _numpy_decode(dtype, tuple(shape), payload)
+    except (ValueError, TypeError, OverflowError, MemoryError) as exc:  # checked above; still
+        raise Rejected(f"bad numpy array: {exc}") from None
+
+
+def _numpy_shape_fits(shape: Any, itemsize: int, size: int) -> bool:
+    """Whether ``shape`` is one numpy can make (at most 32 dimensions, each an int of
+    0 or more, whose product fits its index type even past a zero) and its items
+    fill exactly ``size`` bytes."""
+    if type(shape) is not list or len(shape) > _NUMPY_MAX_DIMS:
+        return False
+    count = nonzero = 1
+    for n in shape:
+        if type(n) is not int or not 0 <= n <= sys.maxsize:
+            return False
+        count *= n
+        nonzero *= n or 1
+        if nonzero * itemsize > sys.maxsize:
+            return False
+    return count * itemsize == size
