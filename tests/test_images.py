@@ -111,6 +111,48 @@ def test_purged_thumbnails_are_decoded_again(thumbnails, tmp_path):
     assert info.purged == 20 and info.regenerated == 40
 
 
+def test_records_stay_bounded_by_the_thumbnails_held(backend_name, tmp_path):
+    """What pin() and a changed file need is recorded per file, for the thumbnails
+    the cache holds: evicted, deleted or purged ones leave no record behind."""
+    with ThumbnailCache((8, 8), backend=backend_name, maxsize=5) as thumbnails:
+        for i in range(60):
+            path = make(tmp_path / f"{i}.png", "L", (16, 16), i)
+            thumbnails.get(path)
+            assert len(thumbnails._current) <= 2 * len(thumbnails) <= 10
+            if i % 2:
+                path.unlink()  # gone with its thumbnail still cached: evicted later
+        kept = make(tmp_path / "kept.png", "L", (16, 16), 200)
+        with thumbnails.pin(kept) as image:
+            assert image.getpixel((0, 0)) == 200
+        for key in list(thumbnails.cache):
+            del thumbnails.cache[key]
+        thumbnails.get(kept)
+        assert list(thumbnails._current) == [str(kept)]
+
+
+def test_a_file_that_is_gone_takes_its_thumbnail_and_record_along(thumbnails, tmp_path):
+    path = make(tmp_path / "a.png", "RGB", (64, 64), (1, 2, 3))
+    other = make(tmp_path / "b.png", "RGB", (64, 64), (4, 5, 6))
+    thumbnails.get(path)
+    thumbnails.get(other)
+    path.unlink()
+    with pytest.raises(FileNotFoundError):
+        thumbnails.get(path)
+    assert len(thumbnails) == 1 and list(thumbnails._current) == [str(other)]
+
+
+def test_pin_wraps_a_thumbnail_whose_record_was_dropped(thumbnails, tmp_path):
+    """A record trimmed while another thread stored its thumbnail: the cached image
+    says its mode and size."""
+    path = make(tmp_path / "a.png", "RGB", (256, 128), (7, 8, 9))
+    thumbnails.get(path)
+    thumbnails._current.clear()
+    with thumbnails.pin(path) as image:
+        assert (image.mode, image.size) == ("RGBX", (128, 64))
+        assert image.getpixel((3, 3))[:3] == (7, 8, 9)
+    assert thumbnails.info().regenerated == 1
+
+
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="positive"):
         ThumbnailCache((0, 10), backend="sim")

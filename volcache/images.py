@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -117,7 +118,11 @@ class ThumbnailCache:
         self.cache = VolatileCache(
             backend=backend, regenerate=self._render, codec=_PixelCodec(), **cache_options
         )
-        self._current: dict[str, tuple[Any, str, tuple[int, int]]] = {}  # path -> key, mode, size
+        # path -> (key, mode, size) of its thumbnail: what pin() wraps the pixels
+        # with, and how a changed file's old thumbnail is found. At most twice as
+        # many records as the cache holds thumbnails (see _trim).
+        self._current: dict[str, tuple[Any, str, tuple[int, int]]] = {}
+        self._records = threading.Lock()
 
     def get(self, path: str | os.PathLike[str]) -> Any:
         """A thumbnail of the file at ``path``, as a PIL image the caller owns.
@@ -163,6 +168,7 @@ class ThumbnailCache:
     def close(self) -> None:
         """Release all memory."""
         self.cache.close()
+        self._current.clear()
 
     def __enter__(self) -> ThumbnailCache:
         return self
@@ -182,22 +188,54 @@ class ThumbnailCache:
 
     def _lookup(self, path: str | os.PathLike[str], find: Any) -> Any:
         for _ in range(_RETRIES):
-            key = self._key(path)
+            try:
+                key = self._key(path)
+            except FileNotFoundError:
+                self._forget(os.path.realpath(path))  # its thumbnail goes with it
+                raise
             old = self._current.get(key[0])
             if old is not None and old[0] != key:
                 self.cache.pop(old[0], None)  # the file changed: drop the old thumbnail
             try:
-                return find(key)
+                found = find(key)
             except _Changed:
                 continue
+            if len(self._current) > 2 * len(self.cache):
+                self._trim()
+            return found
         raise ThumbnailError(f"{path}: the file keeps changing")
 
     def _rendered(self, key: tuple[str, int, int, int]) -> tuple[Any, str, tuple[int, int]]:
         current = self._current.get(key[0])
         if current is None or current[0] != key or key not in self.cache:
-            self.cache[key]  # renders it (regenerate), and records its mode and size
-            current = self._current[key[0]]
+            # Rendered if absent (which records it); else its record was trimmed
+            # while another thread stored it: the image says its mode and size.
+            image = self.cache[key]
+            current = (key, image.mode, image.size)
+            self._record(key[0], current)
         return current
+
+    def _record(self, path: str, record: tuple[Any, str, tuple[int, int]]) -> None:
+        with self._records:
+            self._current[path] = record
+
+    def _forget(self, path: str) -> None:
+        """A file that is gone: its record and its thumbnail go."""
+        with self._records:
+            record = self._current.pop(path, None)
+        if record is not None:
+            self.cache.pop(record[0], None)
+
+    def _trim(self) -> None:
+        """Drop the records of thumbnails the cache no longer holds (evicted, purged,
+        deleted). Done past twice as many records as thumbnails, so that the
+        records stay bounded by what the cache holds, and a trim's cost is spread
+        over the renders that made them."""
+        for path, record in list(self._current.items()):
+            if record[0] not in self.cache:
+                with self._records:
+                    if self._current.get(path) is record:
+                        del self._current[path]
 
     def _render(self, key: tuple[str, int, int, int]) -> Any:
         path = key[0]
@@ -213,7 +251,7 @@ class ThumbnailCache:
                     if thumbnail is MISSING:
                         thumbnail = self._decode_file(key)
                         tier.store_value(named, _to_wire(thumbnail))
-        self._current[path] = (key, thumbnail.mode, thumbnail.size)
+        self._record(path, (key, thumbnail.mode, thumbnail.size))
         return thumbnail
 
     def _decode_file(self, key: tuple[str, int, int, int]) -> Any:
