@@ -60,8 +60,7 @@ def raw_set(tier: Tier, name: str, blob: bytes) -> None:
 def generation_of(cache) -> int:
     """The generation under which values of the cache's namespace are current now."""
     bound = cache._tier
-    bound.fetch(bound.key_of("any key"))
-    return bound._generation
+    return bound.lookup(bound.key_of("any key"))[1]
 
 
 def unsigned_envelope(kind: int, meta: bytes, payload: bytes, generation: int) -> bytes:
@@ -195,6 +194,132 @@ def test_pickled_values_travel_with_a_secret(server):
         assert two["obj"] == {"a": [1, 2, 3]} and two.info().tier_hits == 1
 
 
+# -- clear() and the generation ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lock", [False, True])
+def test_a_value_computed_across_a_clear_elsewhere_is_not_current_after_it(server, lock):
+    """A value whose computation began before another process's clear() is written
+    under the generation of the lookup that missed: absent after the clear, even
+    though this process learned the new generation before the computation ended."""
+    namespace, data = f"race-{uuid.uuid4().hex[:8]}", {"price": b"old price"}
+    other = VolatileCache(backend="sim", tier=make_tier(server, namespace=namespace))
+
+    def compute(key):
+        value = data[key]  # read before the update...
+        data[key] = b"new price"  # ...which is followed by a clear of the namespace
+        other.clear()
+        ours.get("unrelated")  # meanwhile this process looks something else up
+        return value
+
+    tier = make_tier(server, namespace=namespace, lock=lock)
+    with other, VolatileCache(backend="sim", tier=tier, regenerate=compute) as ours:
+        ours.get("warm-up")
+        assert ours["price"] == b"old price"
+        late_tier = make_tier(server, namespace=namespace)
+        with VolatileCache(backend="sim", tier=late_tier, regenerate=data.get) as late:
+            assert late["price"] == b"new price" and late.info().tier_hits == 0
+
+
+def test_a_decorated_call_computed_across_a_clear_is_not_current_after_it(server):
+    tier = make_tier(server, namespace=None)
+    source = {1: b"old"}
+
+    def read(key):
+        value = source.get(key, b"-")
+        if key == 1:
+            source[1] = b"new"
+            elsewhere.cache_clear()  # another process clears...
+            here(2)  # ...and this one learns of it before the call ends
+        return value
+
+    here = cached(tier=tier, backend="sim")(read)
+    elsewhere = cached(tier=tier, backend="sim")(read)
+    assert here(1) == b"old"
+    later = cached(tier=tier, backend="sim")(read)
+    assert later(1) == b"new"
+
+
+def test_a_late_reading_does_not_take_the_process_back_to_an_older_generation(server):
+    """A lookup that read the generation before a clear, and returns after a later
+    lookup read the new one, leaves the new one known: writes stay visible, and
+    nothing is taken for the server going back (no second clear)."""
+    tier = make_tier(server)
+    real, late = tier.get_many, []
+
+    def get_many(keys):
+        found = real(keys)
+        if not late:  # the first reading is slow to come back
+            late.append(found)
+            other.clear()
+            other["kept"] = b"written after the clear"
+            ours.get("another key")
+        return found
+
+    def process():
+        return VolatileCache(backend="sim", tier=make_tier(server, namespace=tier.namespace))
+
+    with process() as other, VolatileCache(backend="sim", tier=tier) as ours:
+        ours.get("warm-up")  # the namespace has a generation, which the slow reading reads
+        tier.get_many = get_many
+        assert ours.get("k") is None and late
+        ours["k"] = b"written after the clear too"
+        with process() as new:
+            assert new.get("k") == b"written after the clear too"
+            assert new.get("kept") == b"written after the clear"
+
+
+def test_cleared_values_stay_absent_when_the_generation_key_is_lost(server):
+    """Losing the generation key (an eviction, a DEL) is a clear, never a return of
+    values cleared earlier: for a process that saw the clear, for a new one, and
+    after the clears that follow."""
+    tier = make_tier(server)
+
+    def process():
+        return VolatileCache(backend="sim", tier=make_tier(server, namespace=tier.namespace))
+
+    with VolatileCache(backend="sim", tier=tier) as writer, process() as reader:
+        gen_key = writer._tier._gen_key
+        writer["first"] = b"before the first clear"
+        writer.clear()
+        writer["second"] = b"before the second clear"
+        assert reader.get("first") is None and reader.get("second") == b"before the second clear"
+        writer.clear()
+        reader.clear()  # its own copies: what it finds from now on comes from the tier
+        tier.delete(gen_key)  # evicted under memory pressure
+        assert reader.get("first") is None and reader.get("second") is None
+        with process() as new:
+            assert new.get("first") is None and new.get("second") is None
+        tier.delete(gen_key)
+        writer.clear()  # a clear after the loss starts nothing over
+        with process() as new:
+            assert new.get("first") is None and new.get("second") is None
+        writer["third"] = b"after"
+        with process() as new:
+            assert new.get("third") == b"after"
+
+
+def test_a_server_gone_back_to_a_cleared_generation_is_cleared_again(server):
+    """A server that goes back to a generation a process saw replaced (a replica
+    that was behind, a snapshot, a replay): that process clears the namespace again,
+    so that what was cleared stays absent for every process."""
+    tier = make_tier(server)
+    with VolatileCache(backend="sim", tier=tier) as writer:
+        writer["k"] = b"cleared"
+        gen_key = writer._tier._gen_key
+        old = tier.get_many([gen_key])[0]
+        writer.clear()
+        assert writer.get("k") is None
+        if old is None:
+            tier.delete(gen_key)
+        else:
+            tier.set(gen_key, old, None)  # the server as it was before the clear
+        assert writer.get("k") is None
+        assert tier.get_many([gen_key])[0] not in (None, old)
+        with VolatileCache(backend="sim", tier=make_tier(server, namespace=tier.namespace)) as new:
+            assert new.get("k") is None
+
+
 # -- what is refused ------------------------------------------------------------------------------
 
 
@@ -219,18 +344,17 @@ def test_tampered_or_foreign_values_are_rejected_never_unpickled(server, tmp_pat
         return VolatileCache(backend="sim", tier=tier, codec=PickleCodec(), regenerate=regenerate)
 
     with cache() as c:
-        bound = c._tier
+        bound, generation = c._tier, generation_of(c)
     name, data = bound.key_of("k")
     where = bound._where(data)
-    good = sealed({"v": 1}, bound.codec, 0, SECRET, where)
-    evil = sealed(Boom(), bound.codec, 0, b"another secret, not ours", where)
+    good = sealed({"v": 1}, bound.codec, generation, SECRET, where)
+    evil = sealed(Boom(), bound.codec, generation, b"another secret, not ours", where)
     forged = bytearray(good)
     forged[-40] ^= 1  # a payload byte: the MAC no longer matches
     # A pickle without a MAC, which encode() would not even write:
-    unsigned = envelope.HEADER.pack(envelope.MAGIC, 1, envelope.CODEC, 0, 0, 6) + b"pickle"
-    unsigned += pickle.dumps(Boom())
+    unsigned = unsigned_envelope(envelope.CODEC, b"pickle", pickle.dumps(Boom()), generation)
     other_codec = good.replace(b"pickle", b"pickl3")
-    moved = sealed({"v": 2}, bound.codec, 0, SECRET, bound._where(b"another key"))
+    moved = sealed({"v": 2}, bound.codec, generation, SECRET, bound._where(b"another key"))
     blobs = [evil, bytes(forged), b"garbage", unsigned, other_codec, moved]
     for n, blob in enumerate(blobs):
         raw_set(tier, name, blob)
@@ -249,7 +373,8 @@ def test_without_a_secret_a_pickle_from_the_server_is_refused(server, tmp_path, 
     tier = make_tier(server)
     with VolatileCache(backend="sim", tier=tier) as cache:
         name, data = cache._tier.key_of("k")
-        blob = sealed(Boom(), PickleCodec(), 0, SECRET, cache._tier._where(data))
+        where, generation = cache._tier._where(data), generation_of(cache)
+        blob = sealed(Boom(), PickleCodec(), generation, SECRET, where)
         raw_set(tier, name, blob[: -envelope.MAC_BYTES].replace(b"\x01\x00", b"\x00\x00", 1))
         raw_set(tier, name, blob)
         assert cache.get("k") is None
@@ -401,7 +526,8 @@ def test_the_breaker_skips_then_tries_again():
             return [None, None]
 
         def get_many(self, keys):
-            return self._op()
+            self._op()
+            return [b"7", None][: len(keys)]  # the namespace has a generation, no values
 
         def set(self, key, value, ttl):
             self._op()

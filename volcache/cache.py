@@ -936,11 +936,11 @@ class VolatileCache(MutableMapping):
         if tier is None:
             return produce()
         named = tier.key_of(key)
-        value = tier.fetch(named)
+        value, generation = tier.lookup(named)
         if value is TIER_MISSING:
-            if not lock:
-                return produce()
-            with tier.computing(named) as value:
+            # What produce() stores is written under the generation of this miss:
+            # after a clear() elsewhere meanwhile it is absent, not current.
+            with tier.computing(named, generation, lock) as value:
                 if value is TIER_MISSING:
                     return produce()
         with contextlib.suppress(TypeError, ValueError):  # too large for maxsize: not kept

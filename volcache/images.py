@@ -245,9 +245,9 @@ class ThumbnailCache:
         else:
             # Not the inode: it names the file on this machine only.
             named = tier.key_of(key[:3])
-            thumbnail = tier.fetch(named)  # parsed by _from_wire
+            thumbnail, generation = tier.lookup(named)  # parsed by _from_wire
             if thumbnail is MISSING:
-                with tier.computing(named) as thumbnail:
+                with tier.computing(named, generation) as thumbnail:
                     if thumbnail is MISSING:
                         thumbnail = self._decode_file(key)
                         tier.store_value(named, _to_wire(thumbnail))

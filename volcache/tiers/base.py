@@ -112,11 +112,15 @@ class Tier(abc.ABC):
 
     @abc.abstractmethod
     def incr(self, key: str) -> int:
-        """Add one to the integer at ``key`` (absent: 0) and return it."""
+        """Add one to the integer at ``key`` (absent: 0) and return it.
+
+        volcache itself no longer calls it (a namespace's generation is a random
+        token, see :mod:`volcache.tiers.generation`)."""
 
     @abc.abstractmethod
-    def add(self, key: str, value: bytes, ttl: float) -> bool:
-        """Store ``value`` for ``ttl`` seconds only if ``key`` is absent; whether it was."""
+    def add(self, key: str, value: bytes, ttl: float | None) -> bool:
+        """Store ``value`` (for ``ttl`` seconds if given) only if ``key`` is absent;
+        whether it was."""
 
     def release(self, key: str, value: bytes) -> None:
         """Delete ``key`` if it still holds ``value`` (a lock's token).

@@ -1,15 +1,19 @@
 """One cache's use of a tier: its namespace, its counters, its generation.
 
-The cache calls :meth:`BoundTier.fetch` after a local miss, :meth:`store`
-after a store, :meth:`remove` and :meth:`clear` when entries leave. None of
+The cache calls :meth:`BoundTier.lookup` after a local miss (and
+:meth:`~BoundTier.computing` around making the value), :meth:`store` after a
+store, :meth:`remove` and :meth:`clear` when entries leave. None of
 them raises for the server's sake: a failure is counted and the cache goes on
 as if the tier did not have the value.
 
-``clear`` bumps the namespace's generation (one integer on the server);
-values carry the generation they were written under, and one of another is
-absent. A reader learns the generation with every fetch (it is read with the
-value, in one round trip); a write uses the last one this process saw, so a
-write racing a clear elsewhere is at worst invisible.
+``clear`` gives the namespace a new generation (a random token on the
+server, see :mod:`.generation`); values carry the generation they were
+written under, and one of another is absent. A reader learns the generation
+with every lookup (it is read with the value, in one round trip). A value
+computed after a lookup that missed is written under the generation of that
+miss (:meth:`BoundTier.computing`), so a clear elsewhere during the
+computation makes it absent, never current; other writes use the latest
+generation this process saw.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 from ..codecs import Codec, Decoder, DefaultCodec
 from . import envelope
 from .base import Skipped, Tier, Unavailable
+from .generation import Generations, new_token, parse_token
 from .keys import namespace_part, stable_key_bytes
 
 MISSING = object()
@@ -59,7 +64,7 @@ class BoundTier:
         self.parse = parse
         self._prefix = f"volcache:{namespace_part(namespace)}:{tier.version}:"
         self._gen_key = self._prefix + "gen"
-        self._generation: int | None = None
+        self._generations = Generations()
         self._lock = threading.Lock()
         self.counts = dict.fromkeys(
             ("tier_hits", "tier_misses", "tier_errors", "tier_rejected", "tier_skipped"), 0
@@ -94,17 +99,22 @@ class BoundTier:
         """The value the tier holds for ``key``, or ``MISSING`` (absent, rejected, or
         the tier unavailable). ``count=False``: a lock waiter's poll, not a lookup
         (failures and rejections are counted all the same). ``named``: :meth:`key_of`'s."""
+        return self.lookup(named, count)[0]
+
+    def lookup(self, named: tuple[str, bytes], count: bool = True) -> tuple[Any, int | None]:
+        """:meth:`fetch`'s value, and the generation the tier was read under (None if
+        the tier is unavailable): what :meth:`computing` needs after a miss."""
         name, data = named
+        ticket = self._generations.ticket()
         try:
-            generation, blob = self._call(self.tier.get_many, [self._gen_key, name])
+            raw, blob = self._call(self.tier.get_many, [self._gen_key, name])
         except Unavailable:
-            return MISSING
-        generation = _as_int(generation)
-        self._generation = generation
-        if blob is None:
+            return MISSING, None
+        generation = self._settle(ticket, parse_token(raw))
+        if generation is None or blob is None:
             if count:
                 self._count("tier_misses")
-            return MISSING
+            return MISSING, generation
         try:
             value = envelope.decode(
                 blob, self.codec, generation, self.tier.secret, self._where(data)
@@ -114,13 +124,13 @@ class BoundTier:
         except envelope.Cleared:
             if count:
                 self._count("tier_misses")
-            return MISSING
+            return MISSING, generation
         except envelope.Rejected:
             self._count("tier_rejected")
-            return MISSING
+            return MISSING, generation
         if count:
             self._count("tier_hits")
-        return value
+        return value, generation
 
     def store_value(self, named: tuple[str, bytes], value: Any) -> None:
         """:meth:`store` of a value not encoded yet (one the codec refuses stays local)."""
@@ -132,16 +142,19 @@ class BoundTier:
 
     def store(self, named: tuple[str, bytes], encoded: tuple[memoryview, Decoder]) -> None:
         """Write a value through to the tier, as the codec encoded it for the cache
-        (one that may not travel stays local)."""
+        (one that may not travel stays local). Inside :meth:`computing` for the
+        key, in the same thread, under the generation its computation began
+        under; otherwise under the latest one this process saw."""
         name, data = named
-        generation = self._generation
+        carried = self._generations.carried(name)
+        if carried is not None:
+            generation = carried[0]
+        else:
+            generation = self._generations.known
+            if generation is None:
+                generation = self._read_generation()
         if generation is None:
-            try:
-                generation = self._generation = _as_int(
-                    self._call(self.tier.get_many, [self._gen_key])[0]
-                )
-            except Unavailable:
-                return
+            return  # unknown: a write could outlive a clear
         blob = envelope.encode(encoded, self.codec, generation, self.tier.secret, self._where(data))
         if blob is None:
             return
@@ -156,57 +169,108 @@ class BoundTier:
 
     def clear(self) -> None:
         """Every value of the namespace becomes absent, in every process."""
-        with contextlib.suppress(Unavailable):
-            self._generation = self._call(self.tier.incr, self._gen_key)
+        self._renew()
+
+    # -- the generation -----------------------------------------------------------------
+
+    def _read_generation(self) -> int | None:
+        ticket = self._generations.ticket()
+        try:
+            raw = self._call(self.tier.get_many, [self._gen_key])[0]
+        except Unavailable:
+            return None
+        return self._settle(ticket, parse_token(raw))
+
+    def _settle(self, ticket: int, token: int | None) -> int | None:
+        """The generation after a reading (with ``ticket``) found ``token``: that
+        token; a new one if it was lost; or a new one if the server went back
+        to a token this process saw replaced (what was cleared stays absent)."""
+        if token is None:
+            return self._establish()
+        if self._generations.learn(ticket, token):
+            return token
+        return self._renew()
+
+    def _establish(self) -> int | None:
+        """A namespace without a token (new, or its token lost) gets one, unless
+        another process gave it one first."""
+        ticket, token = self._generations.ticket(), new_token()
+        try:
+            if self._call(self.tier.add, self._gen_key, b"%d" % token, None):
+                self._generations.learn(ticket, token)
+                return token
+            ticket = self._generations.ticket()
+            found = parse_token(self._call(self.tier.get_many, [self._gen_key])[0])
+        except Unavailable:
+            return None
+        if found is None:  # lost again at once, or not a token: replaced
+            return self._renew()
+        return found if self._generations.learn(ticket, found) else self._renew()
+
+    def _renew(self) -> int | None:
+        """A new token: every value of the namespace becomes absent."""
+        ticket, token = self._generations.ticket(), new_token()
+        try:
+            self._call(self.tier.set, self._gen_key, b"%d" % token, None)
+        except Unavailable:
+            return None
+        self._generations.learn(ticket, token)
+        return token
+
+    # -- single flight across processes ---------------------------------------------------
 
     @contextlib.contextmanager
-    def computing(self, named: tuple[str, bytes]) -> Iterator[Any]:
-        """Around a computation of ``key``: yields ``MISSING`` to compute, or the value
-        another process computed meanwhile (``lock=True``: one process computes a key
-        at a time; the others wait for the tier to have it, at most
-        ``lock_timeout``, then compute themselves)."""
-        tier = self.tier
-        if not tier.lock:
-            yield MISSING
-            return
+    def computing(
+        self, named: tuple[str, bytes], generation: int | None, lock: bool = True
+    ) -> Iterator[Any]:
+        """Around a computation of ``key`` after a :meth:`lookup` that missed under
+        ``generation``: yields ``MISSING`` to compute, or the value another process
+        computed meanwhile.
+
+        What the computation stores of the key (in this thread) is written under
+        the generation it began under: ``generation``, or that of a later poll
+        that missed too. After a clear elsewhere meanwhile the value is then
+        absent, not current (None: no write).
+
+        ``lock`` (and a tier of ``lock=True``): one process computes a key at a
+        time; the others wait for the tier to have it, at most ``lock_timeout``,
+        then compute themselves.
+        """
         name, _ = named
-        lock_key, token = name + ":lock", os.urandom(16)
-        held = self._acquire(lock_key, token)
-        value = MISSING
-        if not held:
-            deadline = time.monotonic() + tier.lock_timeout
-            pause = _POLL_FIRST
-            while time.monotonic() < deadline:
-                time.sleep(pause)
-                pause = min(pause * 2, _POLL_MAX)
-                value = self.fetch(named, count=False)
-                if value is not MISSING:
-                    self._count("tier_hits")
-                    break
-                if tier.skipping:
-                    break
-                # The holder gave up (an error) or its lock expired: take it.
-                held = self._acquire(lock_key, token)
+        with self._generations.carrying(name, generation) as carried:
+            if not (lock and self.tier.lock):
+                yield MISSING
+                return
+            lock_key, token = name + ":lock", os.urandom(16)
+            held = self._acquire(lock_key, token)
+            value = MISSING
+            if not held:
+                deadline = time.monotonic() + self.tier.lock_timeout
+                pause = _POLL_FIRST
+                while time.monotonic() < deadline:
+                    time.sleep(pause)
+                    pause = min(pause * 2, _POLL_MAX)
+                    value, seen = self.lookup(named, count=False)
+                    if value is not MISSING:
+                        self._count("tier_hits")
+                        break
+                    if seen is not None:
+                        carried[0] = seen  # the computation begins after this miss
+                    if self.tier.skipping:
+                        break
+                    # The holder gave up (an error) or its lock expired: take it.
+                    held = self._acquire(lock_key, token)
+                    if held:
+                        break
+            try:
+                yield value
+            finally:
                 if held:
-                    break
-        try:
-            yield value
-        finally:
-            if held:
-                with contextlib.suppress(Unavailable):
-                    self._call(tier.release, lock_key, token)
+                    with contextlib.suppress(Unavailable):
+                        self._call(self.tier.release, lock_key, token)
 
     def _acquire(self, lock_key: str, token: bytes) -> bool:
         try:
             return bool(self._call(self.tier.add, lock_key, token, self.tier.lock_timeout))
         except Unavailable:
             return False
-
-
-def _as_int(value: bytes | str | int | None) -> int:
-    if value is None:
-        return 0
-    try:
-        return int(value)
-    except ValueError:
-        return 0

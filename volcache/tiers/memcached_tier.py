@@ -93,8 +93,8 @@ class MemcachedTier(Tier):
             value = self.client.incr(key, 1, noreply=False)
         return int(value)
 
-    def add(self, key: str, value: bytes, ttl: float) -> bool:
-        """``add``, expiring after ``ttl`` rounded up to a second."""
+    def add(self, key: str, value: bytes, ttl: float | None) -> bool:
+        """``add``, expiring after ``ttl`` rounded up to a second (None: never)."""
         return bool(self.client.add(key, value, expire=_expire(ttl), noreply=False))
 
     def close(self) -> None:

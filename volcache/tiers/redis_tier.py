@@ -75,9 +75,10 @@ class RedisTier(Tier):
         """``INCR``."""
         return int(self.client.incr(key))
 
-    def add(self, key: str, value: bytes, ttl: float) -> bool:
-        """``SET NX PX``."""
-        return bool(self.client.set(key, value, nx=True, px=max(1, round(ttl * 1000))))
+    def add(self, key: str, value: bytes, ttl: float | None) -> bool:
+        """``SET NX`` (with ``PX`` if a ``ttl`` is given)."""
+        px = None if ttl is None else max(1, round(ttl * 1000))
+        return bool(self.client.set(key, value, nx=True, px=px))
 
     def release(self, key: str, value: bytes) -> None:
         """Compare-and-delete in one script."""
