@@ -5,9 +5,9 @@ and the differential tests drive both side by side. The table is one private
 anonymous mapping that this object owns (a header, then a column per field,
 then the bucket heads); its columns are exposed as memoryviews over the
 mapping, so that reading ``flags[rid]`` costs what reading an ``array`` does,
-and they never move: the mapping is reserved whole at the start
-(``MAP_NORESERVE``: only the pages written take memory) and given back to the
-kernel when the table empties.
+and they move only when the table grows: a full table is copied into a
+mapping four times as large (``MAP_NORESERVE``: only the pages written take
+memory), and its pages are given back to the kernel when it empties.
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ from .clib import ffi, lib, unavailable_reason
 
 NONE = -1
 MAP_NORESERVE = 0x4000  # Linux; the mmap module does not name it before 3.13
-#: Records a table has room for, at most: the reservation is virtual memory only.
-MAX_RECORDS = 1 << 26
-_MIN_RECORDS = 1 << 16  # where a refused reservation stops halving
+#: Records a table holds at most (a record id is an int32).
+MAX_RECORDS = (1 << 31) - 1
+#: Records a new table has room for: about 2.5 MiB of address space, of which
+#: only the pages written take memory; a full table moves to one four times as
+#: large (so that many caches under an address-space limit fit).
+FIRST_ROOM = 1 << 16
 _RECORD_BYTES = 4 + 8 + 4 + 1 + 4  # as records.RECORD_BYTES
 _EXACT_RECORD_BYTES = _RECORD_BYTES + 4 + 4 + 8
 # The header's int64 fields, in the order of struct vc_table (table.h).
@@ -75,7 +78,7 @@ class NativeRecordTable:
 
     def __init__(
         self, exact: bool = False, stamp: Callable[[], int] | None = None,
-        max_records: int = MAX_RECORDS, native: Any = None,
+        max_records: int = MAX_RECORDS, native: Any = None, room: int = FIRST_ROOM,
     ) -> None:  # fmt: skip
         # ``native``: another build of table.c (the sanitizers' one, in CI's run).
         self._ffi, self._lib = (ffi, lib) if native is None else (native.ffi, native.lib)
@@ -83,25 +86,7 @@ class NativeRecordTable:
             raise RuntimeError(f"the native record table is unavailable: {unavailable_reason()}")
         self.exact = exact
         self.stamp: Callable[[], int] = stamp or _counter()
-        self._map = self._reserve(max_records)
-        total = len(self._map)
-        self._base = self._ffi.from_buffer(self._map)  # exported: the mapping cannot close under us
-        self._t = self._ffi.cast("struct vc_table *", self._base)
-        self.max_records = self._max_records
-        _check(self._lib.vc_table_init(self._t, total, self.max_records, exact), "init")
-        # Before the mapping goes (the attributes are still there when this runs).
-        weakref.finalize(self, self._lib.vc_table_release, self._t)
-        view = memoryview(self._map)
-        self._header = view[: len(_FIELDS) * 8].cast("q")
-        t, n = self._t, self.max_records
-        self.hash = view[t.off_hash : t.off_hash + 4 * n].cast("I")
-        self.loc = view[t.off_loc : t.off_loc + 8 * n].cast("q")
-        self.length = view[t.off_length : t.off_length + 4 * n].cast("I")
-        self.flags = view[t.off_flags : t.off_flags + n].cast("B")
-        self.chain = view[t.off_chain : t.off_chain + 4 * n].cast("i")
-        self.prev = view[t.off_prev : t.off_prev + 4 * n].cast("i")
-        self.next = view[t.off_next : t.off_next + 4 * n].cast("i")
-        self.used = view[t.off_used : t.off_used + 8 * n].cast("q")
+        self.max_records = max_records
         self._ids = self._ffi.new("int32_t[]", 64)  # room for candidates and listed ids
         # The calls a store makes most, found once (not two lookups a call).
         native = self._lib
@@ -110,22 +95,42 @@ class NativeRecordTable:
         self._head_of, self._append = native.vc_rec_head_of, native.vc_rec_append
         self._place, self._touch = native.vc_rec_place, native.vc_rec_touch
         self._unlist = native.vc_rec_unlist
+        self._map: mmap.mmap | None = None
+        self._settle(min(room, max_records), None)
 
-    def _reserve(self, max_records: int) -> mmap.mmap:
-        while True:
-            total = self._lib.vc_table_bytes(max_records)
-            _check(total, "size")
-            try:
-                reserved = mmap.mmap(
-                    -1, total, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
-                )
-            except OSError:
-                if max_records <= _MIN_RECORDS:
-                    raise
-                max_records //= 2  # strict overcommit accounting: reserve less
-                continue
-            self._max_records = max_records
-            return reserved
+    def _settle(self, room: int, old: Any) -> None:
+        """Map a table with room for ``room`` records: a new one, or holding what the
+        table ``old`` holds; its columns become this object's."""
+        total = _check(self._lib.vc_table_bytes(room), "size")
+        mapping = mmap.mmap(-1, total, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE)
+        base = self._ffi.from_buffer(mapping)  # exported: the mapping cannot close under us
+        t = self._ffi.cast("struct vc_table *", base)
+        if old is None:
+            _check(self._lib.vc_table_init(t, total, room, self.exact), "init")
+        else:
+            _check(self._lib.vc_table_grow(t, total, room, old), "grow")
+            self._release.detach()
+            self._lib.vc_table_release(old)
+        self._map, self._base, self._t, self.room = mapping, base, t, room
+        # Before the mapping goes (the attributes are still there when this runs).
+        self._release = weakref.finalize(self, self._lib.vc_table_release, t)
+        view = memoryview(mapping)
+        self._header = view[: len(_FIELDS) * 8].cast("q")
+        self.hash = view[t.off_hash : t.off_hash + 4 * room].cast("I")
+        self.loc = view[t.off_loc : t.off_loc + 8 * room].cast("q")
+        self.length = view[t.off_length : t.off_length + 4 * room].cast("I")
+        self.flags = view[t.off_flags : t.off_flags + room].cast("B")
+        self.chain = view[t.off_chain : t.off_chain + 4 * room].cast("i")
+        self.prev = view[t.off_prev : t.off_prev + 4 * room].cast("i")
+        self.next = view[t.off_next : t.off_next + 4 * room].cast("i")
+        self.used = view[t.off_used : t.off_used + 8 * room].cast("q")
+
+    def _grow(self) -> None:
+        """Full: a mapping four times as large, holding the same records. Callers read
+        the columns anew after a new record (none keeps a column across one)."""
+        if self.room >= self.max_records:
+            raise MemoryError(f"the record table is full ({self.room} records)")
+        self._settle(min(self.room * 4, self.max_records), self._t)
 
     # -- the header --------------------------------------------------------------------
 
@@ -169,6 +174,9 @@ class NativeRecordTable:
     def new(self, h: int, loc: int, length: int, flags: int) -> int:
         """A record id for a new record (not indexed, not listed)."""
         rid = self._new(self._t, h, loc, length, flags)
+        if rid == -errno.ENOSPC:
+            self._grow()
+            rid = self._new(self._t, h, loc, length, flags)
         return rid if rid >= 0 else _check(rid, "new")
 
     def delete(self, rid: int) -> None:

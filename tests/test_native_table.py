@@ -46,7 +46,7 @@ class SameAnswers(RuleBasedStateMachine):
     def make(self, exact: bool) -> None:
         self.exact = exact
         self.reference = RecordTable(exact)
-        self.native = native(exact=exact, max_records=1 << 16)
+        self.native = native(exact=exact, max_records=1 << 16, room=16)  # it grows too
         self.live: list[int] = []
 
     def both(self, name: str, *args):
@@ -213,3 +213,27 @@ def test_the_cache_machines_pass_on_the_python_table_too(monkeypatch, machine):
     else:
         from .test_cache_model import CacheMachine as Machine
     Machine.TestCase("runTest").runTest()
+
+
+def test_many_caches_fit_under_an_address_space_limit_and_close():
+    """Each table starts small and grows: caches fit under RLIMIT_AS, and close()
+    maps nothing."""
+    script = textwrap.dedent(
+        """
+        import resource
+        from volcache import VolatileCache
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+        caches = [VolatileCache(backend="sim") for _ in range(40)]
+        for i, cache in enumerate(caches):
+            cache[i] = b"v"
+        big = caches[0]
+        for i in range(300_000):  # a table grows past its first room, several times
+            big[("k", i)] = b""
+        assert len(big) == 300_001 and big[("k", 123_456)] == b""
+        for cache in caches:
+            cache.close()
+        print("ok")
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]

@@ -356,5 +356,8 @@ def new_table(exact: bool = False, stamp: Callable[[], int] | None = None) -> An
     from .backends import native_table
 
     if CORE == "native" and native_table.unavailable() is None:
-        return native_table.NativeRecordTable(exact, stamp)
+        try:
+            return native_table.NativeRecordTable(exact, stamp)
+        except OSError:  # no address space for a mapping (RLIMIT_AS): the reference then
+            pass
     return RecordTable(exact, stamp)

@@ -27,7 +27,7 @@ from typing import Any
 from .backends import Backend
 from .codecs import Decoder, decoder_from_spec, decoder_spec
 from .keys import key_from_bytes, marshals_exactly
-from .records import ACTIVE, KEPT, new_table
+from .records import ACTIVE, KEPT, RecordTable, new_table
 from .slab import OFFSET_MASK, SlabAllocator
 
 TRAILER = struct.Struct("<IIHBx")
@@ -357,6 +357,7 @@ class Store:
     def close(self) -> None:
         """Give every slab back and forget every record."""
         self.slabs.close()
-        self.records = new_table(self.records.exact, self.records.stamp)
+        # Closed: an empty table of the reference, which maps nothing.
+        self.records = RecordTable(self.records.exact, self.records.stamp)
         self._long.clear()
         self.active_nbytes = 0

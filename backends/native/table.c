@@ -153,6 +153,33 @@ long vc_table_init(struct vc_table *t, int64_t total, int64_t max_records, int e
     return 0;
 }
 
+long vc_table_grow(struct vc_table *t, int64_t total, int64_t max_records,
+                   const struct vc_table *from)
+{
+    long err;
+
+    if (from->magic != VC_TABLE_MAGIC || max_records < from->size)
+        return -EINVAL;
+    if ((err = vc_table_init(t, total, max_records, (int)from->exact)) < 0)
+        return err;
+    t->size = from->size;
+    t->count = from->count;
+    t->listed = from->listed;
+    t->indexed = from->indexed;
+    t->free_id = from->free_id;
+    t->head = from->head;
+    t->tail = from->tail;
+    t->demoted_head = from->demoted_head;
+    t->demoted_tail = from->demoted_tail;
+    t->hand = from->hand;
+    expose_ids(t, 0, t->size, 1);
+    for (int i = 0; i < NCOLUMNS; i++)
+        memcpy(column(t, i), column((struct vc_table *)from, i), t->size * itemsizes[i]);
+    set_bits(t, from->bits); /* the same buckets: a bucket depends on bits only */
+    memcpy(heads_of(t), heads_of((struct vc_table *)from), ((int64_t)4) << from->bits);
+    return 0;
+}
+
 long vc_table_release(struct vc_table *t)
 {
     /* The mapping is about to go: nothing of it stays poisoned for what comes there next. */

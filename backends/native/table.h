@@ -75,6 +75,9 @@ long vc_table_bytes(int64_t max_records);
 /* Lay a new, empty table out in total zeroed bytes at t (page aligned). */
 long vc_table_init(struct vc_table *t, int64_t total, int64_t max_records, int exact);
 
+/* Lay a table of max_records out at t, holding what the table at from holds. */
+long vc_table_grow(struct vc_table *t, int64_t total, int64_t max_records,
+                   const struct vc_table *from);
 /* Before the mapping goes: nothing of it is left poisoned (AddressSanitizer builds). */
 long vc_table_release(struct vc_table *t);
 
