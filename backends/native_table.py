@@ -96,6 +96,7 @@ class NativeRecordTable:
         self._place, self._touch = native.vc_rec_place, native.vc_rec_touch
         self._unlist = native.vc_rec_unlist
         self._map: mmap.mmap | None = None
+        self._release: weakref.finalize | None = None
         self._settle(min(room, max_records), None)
 
     def _settle(self, room: int, old: Any) -> None:
@@ -109,7 +110,8 @@ class NativeRecordTable:
             _check(self._lib.vc_table_init(t, total, room, self.exact), "init")
         else:
             _check(self._lib.vc_table_grow(t, total, room, old), "grow")
-            self._release.detach()
+            if self._release is not None:
+                self._release.detach()
             self._lib.vc_table_release(old)
         self._map, self._base, self._t, self.room = mapping, base, t, room
         # Before the mapping goes (the attributes are still there when this runs).

@@ -238,3 +238,28 @@ def test_a_new_entry_on_a_reused_record_id_is_not_taken_as_read_lately(backend_n
         assert cache["b"] == b"B"  # its first read: idle still
         assert "b" not in cache._hot
         assert cache["b"] == b"B" and "b" in cache._hot  # the second: hot
+
+
+@pytest.mark.parametrize("phase", [0, 1])
+def test_hot_hits_do_the_idle_work_though_locked_uses_take_ticks_between(backend_name, phase):
+    """Maintenance runs every 1024 ticks of the clock of uses: a threshold, so that
+    locked uses taking every other tick cannot keep lock-free hits from it."""
+
+    class Clock:
+        now = 0.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    with VolatileCache(backend=backend_name, clock=clock, hot_seconds=5) as cache:
+        for key in "abc":
+            cache[key] = key.encode() * 100
+            cache[key], cache[key]  # hot
+        clock.now = 100.0  # "c" idle for 100 s
+        for _ in range(phase):
+            cache.get("b")
+        for _ in range(3000):
+            cache["a"]  # a lock-free hot hit
+            cache.get("b")  # a locked use, a tick of its own
+        assert "c" not in cache._hot

@@ -128,3 +128,36 @@ class LRUOrder(RuleBasedStateMachine):
 
 LRUOrder.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 TestLRUOrder = LRUOrder.TestCase
+
+
+class HookedKey:
+    """A key that runs ``hook`` at its ``hook_in``-th hashing from now (deterministically
+    where another thread could run: between a hot hit's stamp and its move)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.hook_in = 0
+        self.hook = None
+
+    def __hash__(self) -> int:
+        if self.hook_in:
+            self.hook_in -= 1
+            if self.hook_in == 0 and self.hook is not None:
+                self.hook()
+        return hash(self.name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HookedKey) and other.name == self.name
+
+
+def test_an_eviction_during_a_hot_hit_keeps_the_entry_just_hit(backend_name: str) -> None:
+    """The hit stamped its entry before it moved it to the end: the stamp decides."""
+    with VolatileCache(2, backend=backend_name) as cache:
+        a, b, c = HookedKey("a"), HookedKey("b"), HookedKey("c")
+        cache[a] = b"A"
+        cache[b] = b"B"
+        cache[a], cache[b]  # both hot, "a" least recently used
+        a.hook = lambda: cache.__setitem__(c, b"C")  # "another thread" stores "c"
+        a.hook_in = 2  # 1: the hot set's lookup, 2: the move to the end
+        assert cache[a] == b"A"
+        assert sorted(k.name for k in cache) == ["a", "c"]  # as cachetools.LRUCache: "b" went

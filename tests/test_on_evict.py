@@ -200,3 +200,24 @@ def test_callbacks_of_caches_nested_three_deep_are_all_delivered(make):
         first[i] = b"v"
     # first evicts 0..3, second 0..2 of those, third 0..1 of those.
     assert got == [("third", 0), ("third", 1)]
+
+
+def test_a_cache_a_popitem_override_spills_into_tells_its_callback_after_the_lock(make):
+    """cachetools' way of watching evictions: L1's popitem stores into L2 under L1's
+    lock; L2's callback runs once that lock is released."""
+    calls = []
+    l2 = make(2, on_evict=lambda key, reason: calls.append((key, l1._lock._is_owned())))
+
+    class Spilling(VolatileCache):
+        def popitem(self):
+            key, value = super().popitem()
+            l2[key] = value
+            return key, value
+
+    l1 = Spilling(1, backend=l2.backend.name)
+    try:
+        for i in range(5):
+            l1[i] = b"v%d" % i
+    finally:
+        l1.close()
+    assert calls == [(0, False), (1, False)]

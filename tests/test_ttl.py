@@ -314,3 +314,16 @@ def test_a_copy_keeps_what_is_left_of_each_lifetime_and_no_expired_entry(make, h
         assert "fresh" not in clone and clone["forever"] == b"kept"
     finally:
         clone.close()
+
+
+def test_a_lookup_of_an_expired_hot_entry_is_one_miss_and_no_hit(make):
+    timer = Timer()
+    cache = make(ttl=10, timer=timer)
+    cache["k"] = b"v"
+    cache["k"], cache["k"], cache["k"]  # hot
+    before = cache.info()
+    timer.now += 20
+    with pytest.raises(KeyError):
+        cache["k"]
+    after = cache.info()
+    assert (after.hits - before.hits, after.misses - before.misses) == (0, 1)

@@ -287,6 +287,9 @@ class VolatileCache(MutableMapping):
             if self._exact_lru
             else None
         )
+        # The tick from which a lock-free hit does the maintenance (a threshold, not a
+        # multiple: locked uses take ticks too, and could take every multiple).
+        self._maintain_at = _MAINTAIN_EVERY
         self._last_sweep = clock()
         self._entries.now = clock()
         self._counts = dict.fromkeys(("hits", "misses", "regenerated", "evictions"), 0)
@@ -343,8 +346,9 @@ class VolatileCache(MutableMapping):
             except KeyError:
                 pass
             except _Expired:
+                self._uncount_hit()
                 return self._get_slow(key, _GETITEM)
-        if used & 1023:  # maintenance every 1024 ticks of the clock (_MAINTAIN_EVERY)
+        if used < self._maintain_at:  # maintenance every 1024 ticks of the clock
             return value
         with self._lock:
             self._maintain()
@@ -639,6 +643,12 @@ class VolatileCache(MutableMapping):
                 return []
             return self._entries.expire_due()
 
+    def _uncount_hit(self) -> None:
+        """A lock-free hit took a tick of the clock (which counts it) and then found
+        its entry expired: a miss, not a hit."""
+        with self._lock:
+            self._entries.locked_ticks += 1
+
     def _check_ttl(self, key: Hashable, entry: Entry) -> None:
         """A hot hit's touch with a TTL, given the entry whose value it read:
         ``_Expired`` sends it the locked way, which removes the entry if its time
@@ -873,8 +883,9 @@ class VolatileCache(MutableMapping):
             except KeyError:
                 pass
             except _Expired:
+                self._uncount_hit()
                 return _MISSING
-        if used & 1023:
+        if used < self._maintain_at:
             return value
         with self._lock:
             self._maintain()
@@ -1004,7 +1015,10 @@ class VolatileCache(MutableMapping):
             entries.demote(entry)  # the hot set is younger than every idle entry
         else:
             if type(self).popitem is not VolatileCache.popitem:
-                self.popitem()  # a subclass watching evictions, as with cachetools
+                # A subclass watching evictions, as with cachetools: a cache it
+                # writes to tells its callback when this cache's lock is released.
+                with deferring():
+                    self.popitem()
             else:
                 entries.note_eviction(entry, rid)
                 entries.remove(entry, rid)
@@ -1039,7 +1053,8 @@ class VolatileCache(MutableMapping):
             if entries.expire_oldest():
                 continue  # expired: no eviction
             if custom:
-                self.popitem()  # a subclass watching evictions, as with cachetools
+                with deferring():  # see _evict_one
+                    self.popitem()
             else:
                 entry, rid = entries.oldest()
                 entries.note_eviction(entry, rid)
@@ -1049,6 +1064,7 @@ class VolatileCache(MutableMapping):
     def _maintain(self, flush: bool = False) -> None:
         """Demote hot entries past their bounds or idle too long; mark idle pages."""
         entries = self._entries
+        self._maintain_at = entries.stamp() + _MAINTAIN_EVERY
         entries.now = now = self._clock()
         if now - self._last_sweep >= _SWEEP_SECONDS:
             self._sweep()

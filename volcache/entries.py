@@ -38,6 +38,7 @@ HASH_MASK = 0xFFFFFFFF
 OBJECT_BYTES = 360
 SEEN_LIMIT = 1024  # idle records remembered as read lately, at most (and a 16th of a budget)
 SEEN_BYTES = 100  # a remembered one's dict slot, id and time (measured)
+_HITS_IN_FLIGHT = 4  # hot entries compared for the least recently used (see least_used_hot)
 _SIZE_WALK = 256  # objects a kept value's size estimate visits at most
 _UNKNOWN_SIZE = 64
 _SHARED = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.CodeType)
@@ -154,6 +155,20 @@ class Entries:
                 return None
             except RuntimeError:  # a lock-free hit reordered the hot set meanwhile
                 continue
+
+    def least_used_hot(self) -> Entry | None:
+        """The hot entry used least recently, by the stamps of their uses.
+
+        A lock-free hit stamps its entry before it moves it to the end of the
+        hot set: an entry with a newer stamp may still be first. The first
+        few (one per thread in such a hit, at most) are compared.
+        """
+        while True:
+            try:
+                first = list(itertools.islice(self.hot.values(), _HITS_IN_FLIGHT))
+            except RuntimeError:  # a lock-free hit reordered the hot set meanwhile
+                continue
+            return min(first, key=_last_use) if first else None
 
     def hot_entries(self) -> list[Entry]:
         """The hot entries, least recently used first (a snapshot that lock-free hits,
@@ -419,7 +434,7 @@ class Entries:
         records = self.records
         if records.exact:
             rid, used = records.oldest_use()
-            hot = self.oldest_hot()
+            hot = self.least_used_hot()
             if hot is not None and (rid == NONE or hot.used < used):
                 return hot, hot.rid
         else:
