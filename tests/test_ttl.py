@@ -327,3 +327,50 @@ def test_a_lookup_of_an_expired_hot_entry_is_one_miss_and_no_hit(make):
         cache["k"]
     after = cache.info()
     assert (after.hits - before.hits, after.misses - before.misses) == (0, 1)
+
+
+@pytest.mark.parametrize("per_entry", [False, True], ids=["seconds", "callable"])
+def test_past_maxsize_every_expired_entry_goes_before_a_live_one(make, per_entry):
+    """Not only the least recently used: an entry used lately may have expired first
+    (as cachetools' TTLCache, which expires everything before it evicts)."""
+    import cachetools
+
+    def scenario(cache, timer):
+        cache["a"] = 1
+        timer.now += 5
+        cache["b"] = 2
+        timer.now += 1
+        cache["a"]  # used: the least recently used is "b", but "a" expires first
+        timer.now += 5  # "a" expired (at +10), "b" lives until +15
+        cache["c"] = 3
+        return sorted(cache)
+
+    model_timer = Timer()
+    expected = scenario(cachetools.TTLCache(2, 10, timer=model_timer), model_timer)
+    timer = Timer()
+    events = []
+    ttl = (lambda k, v: 10) if per_entry else 10
+    cache = make(2, ttl=ttl, timer=timer, on_evict=lambda k, r: events.append((k, r)))
+    assert scenario(cache, timer) == expected == ["b", "c"]
+    assert events == [("a", "expired")]
+
+
+def test_the_expiry_order_is_soonest_first_through_pushes_and_pops():
+    import random
+
+    from volcache.expiry import ExpiryHeap
+
+    rng = random.Random(3)
+    heap, model = ExpiryHeap(), []
+    for step in range(5000):
+        if model and rng.random() < 0.4:
+            popped = heap.pop()
+            assert popped[0] == min(model)[0]  # the soonest time (ties in any order)
+            model.remove(popped)
+        else:
+            pair = (float(rng.randrange(1000)), step)
+            heap.push(*pair)
+            model.append(pair)
+        assert heap.soonest() == (min(model)[0] if model else math.inf)
+    heap.rebuild(model[:10])
+    assert [heap.pop() for _ in range(len(heap))] == sorted(model[:10])

@@ -576,8 +576,8 @@ class VolatileCache(MutableMapping):
             with self._lock:
                 self._check_open()
                 entries = self._entries
-                if entries.expire_oldest():
-                    continue
+                if entries.timed:
+                    entries.expire_all_due()
                 _, rid = entries.oldest()
                 if rid == NONE:
                     raise KeyError(f"{type(self).__name__} is empty") from None
@@ -1005,12 +1005,12 @@ class VolatileCache(MutableMapping):
         """Demote the oldest hot entry if none is idle, else evict the least recently
         used one (not ``keep``); False if there was none."""
         entries = self._entries
+        if entries.timed and entries.expire_all_due():
+            self._report(force=True)
+            return True  # memory freed, and no entry evicted for it
         entry, rid = entries.oldest()
         if rid in (NONE, keep):
             return False
-        if entries.expire_oldest():
-            self._report(force=True)
-            return True
         if entry is not None and entry.value is not COLD:
             entries.demote(entry)  # the hot set is younger than every idle entry
         else:
@@ -1049,9 +1049,9 @@ class VolatileCache(MutableMapping):
             return
         entries = self._entries
         custom = type(self).popitem is not VolatileCache.popitem
+        if entries.timed and entries.currsize + size > self._maxsize:
+            entries.expire_all_due()  # expired entries go first, as cachetools' TTLCache
         while entries.currsize + size > self._maxsize and entries.count:
-            if entries.expire_oldest():
-                continue  # expired: no eviction
             if custom:
                 with deferring():  # see _evict_one
                     self.popitem()

@@ -28,6 +28,7 @@ from typing import Any
 
 from .backends import Backend
 from .codecs import Decoder
+from .expiry import ExpiryHeap
 from .records import INDEXED, LISTED, NONE, OBJECT
 from .store import OTHER_KEY, PURGED, Store
 
@@ -117,6 +118,7 @@ class Entries:
         self.timer: Callable[[], float] = timer or time.monotonic
         self.expires = array("d")  # empty unless timed
         self.expiry_hand = 0
+        self.expiry = ExpiryHeap()  # the same times, soonest first
         # With an on_evict callback: (key, reason) of entries that left for
         # it, handed to the callback once the cache's lock is released.
         self.events: deque[tuple[Hashable, str]] | None = deque() if events else None
@@ -286,6 +288,32 @@ class Entries:
             grow = max(64, len(expires) // 8, rid + 1 - len(expires))
             expires.extend(array("d", [math.inf]) * grow)
         expires[rid] = when
+        if when != math.inf:
+            heap = self.expiry
+            heap.push(when, rid)
+            if len(heap) > 2 * self.count + 64:  # mostly entries gone before their time
+                heap.rebuild(
+                    (expires[r], r) for r in range(min(len(expires), self.records.size))
+                    if expires[r] != math.inf and self._in_mapping(r)
+                )  # fmt: skip
+
+    def _in_mapping(self, rid: int) -> bool:
+        flags = self.records.flags[rid]
+        return bool(flags) and bool(flags & (INDEXED | LISTED) or rid in self.by_rid)
+
+    def expire_all_due(self) -> int:
+        """Remove every entry whose time is up, soonest first (as cachetools' TTLCache
+        does before it evicts or pops); how many."""
+        heap, expires = self.expiry, self.expires
+        now = self.timer()
+        removed = 0
+        while heap and heap.soonest() <= now:
+            when, rid = heap.pop()
+            # Counts only if the record still expires then (else it went before its time).
+            if rid < len(expires) and expires[rid] == when and self._in_mapping(rid):
+                self._expire(self.by_rid.get(rid), rid)
+                removed += 1
+        return removed
 
     def expire_if_due(self, entry: Entry | None, rid: int, key: Hashable) -> bool:
         """Remove the entry of ``key`` if its time has come; whether it had."""
@@ -444,17 +472,6 @@ class Entries:
                 return (hot, hot.rid) if hot is not None else (None, NONE)
         return self.by_rid.get(rid), rid
 
-    def expire_oldest(self) -> bool:
-        """Remove the entry :meth:`oldest` names if its time is up (as expired: a TTL
-        cache never evicts or pops such an entry); whether it did."""
-        if not self.timed:
-            return False
-        entry, rid = self.oldest()
-        if rid == NONE or self.expires[rid] > self.timer():
-            return False
-        self._expire(entry, rid)
-        return True
-
     # -- changing ----------------------------------------------------------------------
 
     def insert(
@@ -582,6 +599,7 @@ class Entries:
         self.store.free(rid)
         if self.count == 0 and self.timed:
             del self.expires[:]  # the records' columns went back to nothing too
+            self.expiry.clear()
 
     def unpin(self, entry: Entry) -> None:
         """A pin ended; the last one frees a detached entry or lets an idle one go."""
@@ -632,6 +650,7 @@ class Entries:
         self.by_rid.clear()
         self.hot.clear()
         self.seen.clear()
+        self.expiry.clear()
         self.store.close()
         self.records = self.store.records
         self.count = 0
