@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import gc
+import math
 from functools import partial
 
 import pytest
@@ -263,3 +264,29 @@ def test_hot_hits_do_the_idle_work_though_locked_uses_take_ticks_between(backend
             cache["a"]  # a lock-free hot hit
             cache.get("b")  # a locked use, a tick of its own
         assert "c" not in cache._hot
+
+
+@pytest.mark.parametrize("maxsize", [math.inf, 1000])
+def test_hot_entries_idle_past_hot_seconds_go_idle(backend_name, maxsize):
+    """With or without a maxsize (the exact order), hit after their promotion too."""
+
+    class Clock:
+        now = 0.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    with VolatileCache(maxsize, backend=backend_name, clock=clock, hot_seconds=5) as cache:
+        for i in range(20):
+            cache[i] = b"x" * 100
+            cache[i], cache[i], cache[i]  # hot, and hit again after its promotion
+        cache[0]  # the last used
+        for _ in range(4):  # 4 s: all are hot still
+            clock.now += 1
+            cache.maintain()
+        assert cache.info().hot_entries == 20
+        for _ in range(10):  # the idle work, once a second
+            clock.now += 1
+            cache.maintain()
+        assert cache.info().hot_entries == 0

@@ -10,6 +10,7 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import (
     Callable,
     Hashable,
@@ -290,6 +291,7 @@ class VolatileCache(MutableMapping):
         # The tick from which a lock-free hit does the maintenance (a threshold, not a
         # multiple: locked uses take ticks too, and could take every multiple).
         self._maintain_at = _MAINTAIN_EVERY
+        self._ticks_at: deque[tuple[int, float]] = deque()  # (tick, time), see _idle_before
         self._last_sweep = clock()
         self._entries.now = clock()
         self._counts = dict.fromkeys(("hits", "misses", "regenerated", "evictions"), 0)
@@ -1064,7 +1066,8 @@ class VolatileCache(MutableMapping):
     def _maintain(self, flush: bool = False) -> None:
         """Demote hot entries past their bounds or idle too long; mark idle pages."""
         entries = self._entries
-        self._maintain_at = entries.stamp() + _MAINTAIN_EVERY
+        tick = entries.stamp()
+        self._maintain_at = tick + _MAINTAIN_EVERY
         entries.now = now = self._clock()
         if now - self._last_sweep >= _SWEEP_SECONDS:
             self._sweep()
@@ -1073,6 +1076,8 @@ class VolatileCache(MutableMapping):
         hot = self._hot
         oldest_use = -math.inf if self._hot_seconds is None else now - self._hot_seconds
         objects_limit = self._budget // 4
+        # Exact order: the hot entries last used before this tick are idle long enough.
+        idle_before = self._idle_before(tick, now) if self._exact_lru else 0
         for _ in range(len(hot)):
             entry = entries.oldest_hot()
             if entry is None:
@@ -1080,12 +1085,15 @@ class VolatileCache(MutableMapping):
             if entries.hot_nbytes > self._hot_limit or entries.object_nbytes > objects_limit:
                 entries.demote(entry)  # the least recently used goes first
                 continue
+            if self._exact_lru:
+                if entry.used < idle_before:
+                    entries.demote(entry)
+                    continue
+                break  # and so is every entry after it, in the exact order
             if entry.used != entry.mark:
                 # Used since maintenance last looked: idle from now on.
                 entry.mark = entry.used
                 entry.hot_since = now
-                if self._exact_lru:
-                    break  # and so is every entry after it, in the exact order
                 hot.move_to_end(entry.key)  # a second chance at the end (CLOCK)
                 continue
             if entry.hot_since <= oldest_use:
@@ -1097,6 +1105,20 @@ class VolatileCache(MutableMapping):
         if flush or slabs.npending >= self._mark_batch:
             slabs.flush()
             self._report()  # stores report themselves; promotions and demotions, here
+
+    def _idle_before(self, tick: int, now: float) -> int:
+        """The tick of the clock of uses taken ``hot_seconds`` ago or earlier (0: none,
+        or no idle time): a use stamped before it is that old. Ticks are noted with
+        their time every eighth of ``hot_seconds``."""
+        if self._hot_seconds is None:
+            return 0
+        notes = self._ticks_at
+        if not notes or now - notes[-1][1] >= self._hot_seconds / 8:
+            notes.append((tick, now))
+        limit = now - self._hot_seconds
+        while len(notes) > 1 and notes[1][1] <= limit:
+            notes.popleft()
+        return notes[0][0] if notes[0][1] <= limit else 0
 
     def _acquire_pin(self, key: Hashable) -> tuple[Entry, tuple[Any, ...]]:
         """Pin the entry of ``key`` (regenerated first if absent or purged, and possible)."""

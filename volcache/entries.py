@@ -640,7 +640,7 @@ class Entries:
 
     def nonvolatile_bytes(self) -> int:
         """Memory no purge takes back: records, books, objects and hot values."""
-        sized = 8 * self.count * ((self.sizes is not None) + self.timed)
+        sized = 8 * self.count * ((self.sizes is not None) + self.timed) + 12 * len(self.expiry)
         seen = SEEN_BYTES * len(self.seen)
         return self.store.nbytes() + self.object_nbytes + self.hot_nbytes + sized + seen
 
