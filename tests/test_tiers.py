@@ -792,3 +792,24 @@ def test_a_write_through_encodes_the_value_once(server):
         assert Counting.encoded == 1  # the same bytes go to the slab and to the server
         with VolatileCache(backend="sim", tier=tier, codec=Counting()) as two:
             assert two["k"] == {"big": list(range(1000))}
+
+
+def test_an_async_call_computed_across_a_clear_is_not_current_after_it(server):
+    import asyncio
+
+    tier = make_tier(server, namespace=None)
+    source = {1: b"old"}
+
+    async def read(key):
+        value = source.get(key, b"-")
+        if key == 1:
+            source[1] = b"new"
+            elsewhere.cache_clear()  # another process clears...
+            await here(2)  # ...and this one learns of it before the call ends
+        return value
+
+    here = cached(tier=tier, backend="sim")(read)
+    elsewhere = cached(tier=tier, backend="sim")(read)
+    assert asyncio.run(here(1)) == b"old"
+    later = cached(tier=tier, backend="sim")(read)
+    assert asyncio.run(later(1)) == b"new"

@@ -355,7 +355,7 @@ class Memoized:
 
         # The server's calls in a worker thread: the event loop does not wait on them.
         named = tier.key_of(key)
-        value = await asyncio.to_thread(tier.fetch, named)
+        value, generation = await asyncio.to_thread(tier.lookup, named)
         if value is not TIER_MISSING:
             with contextlib.suppress(TypeError, ValueError):
                 cache._set(key, value)
@@ -364,7 +364,7 @@ class Memoized:
         if self._cache_if is not None and not self._cache_if(value):
             return value
         self._store(cache, key, value, purged, local=True)
-        await asyncio.to_thread(tier.store_value, named, value)
+        await asyncio.to_thread(_store_under, tier, named, value, generation)
         return value
 
     def _task_done(self, flight: tuple[int, int, Any], task: Any) -> None:
@@ -572,6 +572,14 @@ class _BoundMemoized:
 
     def __repr__(self) -> str:
         return f"<bound cached method {self._memoized.__qualname__} of {self.__self__!r}>"
+
+
+def _store_under(tier: Any, named: Any, value: Any, generation: int | None) -> None:
+    """Write a value through to the tier under the generation its lookup missed under
+    (in one thread: the generation is carried per thread), so that after a clear
+    elsewhere meanwhile it is absent, not current."""
+    with tier.computing(named, generation, lock=False):
+        tier.store_value(named, value)
 
 
 class _Call(NamedTuple):
