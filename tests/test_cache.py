@@ -647,3 +647,37 @@ def test_a_backend_closed_under_the_cache_is_an_error_not_a_crash(backend_name):
     for look in (lambda: cache["k"], lambda: "small" in cache, lambda: cache.get("k")):
         with pytest.raises(ValueError, match=r"released|closed"):
             look()
+
+
+class FailingHashKey:
+    """A key whose hashing fails with RecursionError once armed, as any key with a
+    Python __hash__ does near the recursion limit; counted, so that a retry loop
+    that would spin for ever stops with AssertionError instead."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.armed = False
+        self.failures = 0
+
+    def __hash__(self) -> int:
+        if self.armed:
+            self.failures += 1
+            if self.failures > 100:
+                raise AssertionError("hashed again and again: a retry loop")
+            raise RecursionError("maximum recursion depth exceeded")
+        return hash(self.name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FailingHashKey) and other.name == self.name
+
+
+@pytest.mark.parametrize("maxsize", [math.inf, 10])
+def test_an_error_hashing_the_first_hot_key_is_raised_not_retried(make, maxsize):
+    cache = make(maxsize, hot_seconds=None)
+    key = FailingHashKey("red")
+    cache[key] = b"r"
+    cache[key], cache[key]  # hot: the first key of the hot set
+    key.armed = True
+    with pytest.raises(RecursionError):
+        cache.volatilize()  # demotes the hot set from its first entry
+    assert key.failures < 10

@@ -813,3 +813,14 @@ def test_an_async_call_computed_across_a_clear_is_not_current_after_it(server):
     assert asyncio.run(here(1)) == b"old"
     later = cached(tier=tier, backend="sim")(read)
     assert asyncio.run(later(1)) == b"new"
+
+
+def test_a_key_cachetools_made_before_8_is_named_as_the_tuple_it_equals(server):
+    from cachetools import keys as cachekeys
+
+    tier = make_tier(server)
+    old_style = cachekeys._HashedTuple((1, cachekeys._kwmark[0], ("y", 2)))
+    with VolatileCache(backend="sim", tier=tier) as writer:
+        writer[old_style] = b"value"
+    with VolatileCache(backend="sim", tier=make_tier(server, namespace=tier.namespace)) as reader:
+        assert reader.get(tuple(old_style)) == b"value"

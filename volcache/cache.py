@@ -655,15 +655,14 @@ class VolatileCache(MutableMapping):
         """A hot hit's touch with a TTL, given the entry whose value it read:
         ``_Expired`` sends it the locked way, which removes the entry if its time
         is up; else its place in the order, with a maxsize."""
-        # The entry read must still be the key's, else its record id may be
-        # another's now (demoted, replaced or removed meanwhile).
-        if self._objects.get(key) is not entry:
-            raise _Expired
+        # The expiry first, then whether the entry read is still the key's (else
+        # its record id, and so the expiry read, may be another's now).
         try:
-            if self._entries.expires[entry.rid] <= self._ttl_timer():
-                raise _Expired
+            expired = self._entries.expires[entry.rid] <= self._ttl_timer()
         except IndexError:  # removed meanwhile: the locked way will know
             raise _Expired from None
+        if expired or self._objects.get(key) is not entry:
+            raise _Expired
         if self._exact_lru:
             self._hot.move_to_end(key)
 

@@ -39,6 +39,7 @@ HASH_MASK = 0xFFFFFFFF
 OBJECT_BYTES = 360
 SEEN_LIMIT = 1024  # idle records remembered as read lately, at most (and a 16th of a budget)
 SEEN_BYTES = 100  # a remembered one's dict slot, id and time (measured)
+_RETRIES = 8  # reads of the hot set's first entries that lock-free hits may break
 _HITS_IN_FLIGHT = 4  # hot entries compared for the least recently used (see least_used_hot)
 _SIZE_WALK = 256  # objects a kept value's size estimate visits at most
 _UNKNOWN_SIZE = 64
@@ -150,13 +151,15 @@ class Entries:
 
     def oldest_hot(self) -> Entry | None:
         """The least recently used hot entry, or None."""
-        while True:
+        for _ in range(_RETRIES):
             try:
                 return next(iter(self.hot.values()))
             except StopIteration:
                 return None
-            except RuntimeError:  # a lock-free hit reordered the hot set meanwhile
-                continue
+            except RuntimeError as exc:
+                _reordered(exc)
+        entries = self.hot_entries()  # hits kept reordering it: the snapshot's order
+        return entries[0] if entries else None
 
     def least_used_hot(self) -> Entry | None:
         """The hot entry used least recently, by the stamps of their uses.
@@ -165,12 +168,15 @@ class Entries:
         hot set: an entry with a newer stamp may still be first. The first
         few (one per thread in such a hit, at most) are compared.
         """
-        while True:
+        for _ in range(_RETRIES):
             try:
                 first = list(itertools.islice(self.hot.values(), _HITS_IN_FLIGHT))
-            except RuntimeError:  # a lock-free hit reordered the hot set meanwhile
+            except RuntimeError as exc:
+                _reordered(exc)
                 continue
             return min(first, key=_last_use) if first else None
+        entries = self.hot_entries()
+        return entries[0] if entries else None
 
     def hot_entries(self) -> list[Entry]:
         """The hot entries, least recently used first (a snapshot that lock-free hits,
@@ -660,3 +666,11 @@ class Entries:
 
 def _last_use(entry: Entry) -> int:
     return entry.used
+
+
+def _reordered(exc: RuntimeError) -> None:
+    """Return if ``exc`` is the hot set's "mutated during iteration" (a lock-free hit
+    reordered it: read it again), else raise it (a RecursionError, say, would come
+    again on every retry)."""
+    if type(exc) is not RuntimeError:
+        raise exc

@@ -53,7 +53,8 @@ class HashedKey(tuple):
         return HashedKey, (tuple(self),)
 
 
-_HASHED_TUPLES = frozenset(t for t in (HashedKey, _CACHETOOLS_HASHED) if t is not None)
+#: Tuples that remember their hash: stored and named as the plain tuples they equal.
+HASHED_TUPLES = frozenset(t for t in (HashedKey, _CACHETOOLS_HASHED) if t is not None)
 
 
 def _hashed_in_c(part: Any) -> bool:
@@ -114,7 +115,7 @@ def key_bytes(key: Any) -> tuple[bytes | None, bool]:
     equal to themselves when read back. Others stay Python objects, found as a
     dict finds them.
     """
-    if type(key) in _HASHED_TUPLES:
+    if type(key) in HASHED_TUPLES:
         key = tuple(key)
     if _storable(key):
         return marshal.dumps(key, _VERSION), False

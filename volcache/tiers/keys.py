@@ -15,7 +15,7 @@ import math
 import re
 from typing import Any
 
-from ..keys import KWMARK, HashedKey
+from ..keys import HASHED_TUPLES, KWMARK
 
 #: Types that keys made by ``cachetools.keys.typedkey`` hold, written by name.
 _TYPES = {t: t.__name__.encode() for t in (
@@ -53,7 +53,7 @@ def _encode(part: Any, out: list[bytes]) -> None:
         out.append(part)
     elif part is None:
         out.append(b"N")
-    elif kind is tuple or kind is HashedKey:
+    elif kind is tuple or kind in HASHED_TUPLES:  # ours, or cachetools' before 8.0
         out.append(b"(")
         for item in part:
             _encode(item, out)
