@@ -6,7 +6,7 @@ anonymous mapping that this object owns (a header, then a column per field,
 then the bucket heads); its columns are exposed as memoryviews over the
 mapping, so that reading ``flags[rid]`` costs what reading an ``array`` does,
 and they move only when the table grows: a full table is copied into a
-mapping four times as large (``MAP_NORESERVE``: only the pages written take
+mapping twice as large (``MAP_NORESERVE``: only the pages written take
 memory), and its pages are given back to the kernel when it empties.
 """
 
@@ -24,22 +24,22 @@ NONE = -1
 MAP_NORESERVE = 0x4000  # Linux; the mmap module does not name it before 3.13
 #: Records a table holds at most (a record id is an int32).
 MAX_RECORDS = (1 << 31) - 1
-#: Records a new table has room for: about 2.5 MiB of address space, of which
-#: only the pages written take memory; a full table moves to one four times as
-#: large (so that many caches under an address-space limit fit).
-FIRST_ROOM = 1 << 16
-_RECORD_BYTES = 4 + 8 + 4 + 1 + 4  # as records.RECORD_BYTES
-_EXACT_RECORD_BYTES = _RECORD_BYTES + 4 + 4 + 8
+#: Records a new table has room for: one page; a full table moves to one twice
+#: as large (so that many small caches take little, and fit under an
+#: address-space limit).
+FIRST_ROOM = 64
 # The header's int64 fields, in the order of struct vc_table (table.h).
 _FIELDS = (
     "magic", "max_records", "exact", "size", "count", "listed", "indexed", "free_id", "head",
     "tail", "demoted_head", "demoted_tail", "hand", "bits", "off_hash", "off_loc", "off_length",
     "off_flags", "off_chain", "off_prev", "off_next", "off_used", "off_heads", "max_bits", "total",
 )  # fmt: skip
+_RECORD_BYTES = 4 + 8 + 4 + 1 + 4  # as records.RECORD_BYTES
+_EXACT_RECORD_BYTES = _RECORD_BYTES + 4 + 4 + 8
+_BITS = _FIELDS.index("bits")
 _SIZE, _COUNT, _LISTED = _FIELDS.index("size"), _FIELDS.index("count"), _FIELDS.index("listed")
 _HEAD, _TAIL = _FIELDS.index("head"), _FIELDS.index("tail")
 _DEMOTED_HEAD, _DEMOTED_TAIL = _FIELDS.index("demoted_head"), _FIELDS.index("demoted_tail")
-_BITS = _FIELDS.index("bits")
 
 
 def unavailable() -> str | None:
@@ -95,7 +95,10 @@ class NativeRecordTable:
         self._head_of, self._append = native.vc_rec_head_of, native.vc_rec_append
         self._place, self._touch = native.vc_rec_place, native.vc_rec_touch
         self._unlist = native.vc_rec_unlist
+        self._resident = native.vc_table_resident
         self._map: mmap.mmap | None = None
+        self._t: Any = None
+        self._first_room = min(room, max_records)
         self._release: weakref.finalize | None = None
         self._settle(min(room, max_records), None)
 
@@ -110,9 +113,9 @@ class NativeRecordTable:
             _check(self._lib.vc_table_init(t, total, room, self.exact), "init")
         else:
             _check(self._lib.vc_table_grow(t, total, room, old), "grow")
-            if self._release is not None:
-                self._release.detach()
-            self._lib.vc_table_release(old)
+        if self._release is not None:  # the mapping this one replaces
+            self._release.detach()
+            self._lib.vc_table_release(self._t)
         self._map, self._base, self._t, self.room = mapping, base, t, room
         # Before the mapping goes (the attributes are still there when this runs).
         self._release = weakref.finalize(self, self._lib.vc_table_release, t)
@@ -128,11 +131,13 @@ class NativeRecordTable:
         self.used = view[t.off_used : t.off_used + 8 * room].cast("q")
 
     def _grow(self) -> None:
-        """Full: a mapping four times as large, holding the same records. Callers read
+        """Full: a mapping twice as large, holding the same records (each column
+        is then at least half used: a mapping's pages are little more than its
+        records' bytes). Callers read
         the columns anew after a new record (none keeps a column across one)."""
         if self.room >= self.max_records:
             raise MemoryError(f"the record table is full ({self.room} records)")
-        self._settle(min(self.room * 4, self.max_records), self._t)
+        self._settle(min(self.room * 2, self.max_records), self._t)
 
     # -- the header --------------------------------------------------------------------
 
@@ -185,6 +190,8 @@ class NativeRecordTable:
         """Forget a record: out of the index and the order, its id free for reuse."""
         if (done := self._delete(self._t, rid)) < 0:
             _check(done, "delete")
+        if self.room > self._first_room and not self._header[_COUNT]:
+            self._settle(self._first_room, None)  # emptied: the large mapping goes whole
 
     def index(self, rid: int) -> None:
         """Put a record in the hash index."""
@@ -251,6 +258,13 @@ class NativeRecordTable:
         return list(self._ffi.unpack(ids, found))
 
     def nbytes(self) -> int:
-        """The memory the live records and the index take."""
+        """The memory the live records and the index take, as the Python table
+        counts it: what evicting records gives back (a table keeps its pages, up
+        to about twice that and a header page, until it empties)."""
+        header = self._header
         per_record = _EXACT_RECORD_BYTES if self.exact else _RECORD_BYTES
-        return self.count * per_record + (1 << self._header[_BITS]) * 4
+        return header[_COUNT] * per_record + (4 << header[_BITS])
+
+    def resident(self) -> int:
+        """The bytes of the pages the table's parts in use touch."""
+        return self._resident(self._t)

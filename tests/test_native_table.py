@@ -179,6 +179,11 @@ def test_bad_ids_are_refused_not_followed():
     table.append(rid)
     with pytest.raises(ValueError):
         table.append(rid)  # listed already
+    other = table.new(2, 0, 0, ACTIVE)
+    table.delete(other)
+    for call in ("delete", "index", "append"):  # a freed id
+        with pytest.raises(ValueError, match="refused"):
+            getattr(table, call)(other)
     assert list(table.listed_ids()) == [rid] and table.count == 1
 
 
@@ -237,3 +242,17 @@ def test_many_caches_fit_under_an_address_space_limit_and_close():
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+def test_a_small_table_keeps_a_page_and_a_large_one_little_more_than_its_records():
+    small = native()
+    small.index(small.new(1, 0, 0, ACTIVE))
+    assert small.resident() == 4096  # header, columns and buckets on one page
+    big = native(exact=True)
+    for n in range(20_000):
+        big.index(big.new(n, 0, 0, ACTIVE))
+    assert big.nbytes() == 37 * 20_000 + 4 * (1 << 14)  # the columns and the buckets
+    assert big.nbytes() <= big.resident() <= 2 * big.nbytes() + 12 * 4096
+    for rid in range(20_000):
+        big.delete(rid)
+    assert big.resident() == 4096 and big.nbytes() == 4 * 8  # emptied: a new small table

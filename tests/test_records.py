@@ -29,7 +29,9 @@ def test_ids_are_reused_and_an_empty_table_gives_its_columns_back(Table):
     assert table.new(7, 70, 7, 0) == 42  # the freed id first
     for rid in range(100):
         table.delete(rid)
-    assert table.count == 0 and table.size == 0 and table.nbytes() == 8 * 4
+    assert table.count == 0 and table.size == 0
+    # The reference counts the buckets' bytes; the C table, the pages it keeps.
+    assert table.nbytes() == 8 * 4
 
 
 def test_the_index_finds_every_record_of_a_hash_through_deletions(Table):

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 NONE = -1  # no record: an empty bucket, the end of a chain or list
+FREED_LOC = -(1 << 63)  # the loc of a free id (the C table refuses calls on one)
 
 # Flags.
 ACTIVE = 1  # its pages are pinned (counted active by the allocator)
@@ -121,6 +122,7 @@ class RecordTable:
         if flags & LISTED:
             self.unlist(rid)
         self.flags[rid] = 0
+        self.loc[rid] = FREED_LOC
         self.chain[rid] = self._free
         self._free = rid
         self.count -= 1

@@ -71,14 +71,21 @@ static int bits_for(int64_t n)
 }
 
 /* The layout of a table of max_records: fills the offsets, returns the bytes. */
+/* Columns are packed (each on a 64-byte line of its own), so that a small
+ * table takes a page or two, not a page a column. */
+static int64_t line_up(int64_t n)
+{
+    return (n + 63) / 64 * 64;
+}
+
 static int64_t layout(struct vc_table *t, int64_t max_records)
 {
-    int64_t off = page_up(sizeof(struct vc_table));
+    int64_t off = line_up(sizeof(struct vc_table));
 
 #define COLUMN(field, itemsize)                 \
     do {                                        \
         t->field = off;                         \
-        off += page_up(max_records * (itemsize)); \
+        off += line_up(max_records * (itemsize)); \
     } while (0)
     COLUMN(off_hash, 4);
     COLUMN(off_loc, 8);
@@ -92,8 +99,8 @@ static int64_t layout(struct vc_table *t, int64_t max_records)
     /* The index grows while indexed >= 2 << bits: at most max_records / 2 buckets. */
     t->max_bits = bits_for(max_records / 2 > (1 << VC_MIN_BITS) ? max_records / 2 : 1 << VC_MIN_BITS);
     t->off_heads = off;
-    off += page_up(((int64_t)4) << t->max_bits);
-    return off;
+    off += line_up(((int64_t)4) << t->max_bits);
+    return page_up(off);
 }
 
 long vc_table_bytes(int64_t max_records)
@@ -105,11 +112,13 @@ long vc_table_bytes(int64_t max_records)
     return layout(&t, max_records);
 }
 
-/* An id the table has given out (whether it is in use only its owner knows:
- * the store clears a record's flags before it deletes it). */
+/* An id the table has given out and not taken back (its flags are its owner's:
+ * the store clears them before it deletes a record, so a freed id is told by
+ * its loc). */
 static int valid(struct vc_table *t, int64_t rid)
 {
-    return t->magic == VC_TABLE_MAGIC && rid >= 0 && rid < t->size;
+    return t->magic == VC_TABLE_MAGIC && rid >= 0 && rid < t->size &&
+           loc_of(t)[rid] != VC_FREED_LOC;
 }
 
 static uint32_t bucket(struct vc_table *t, uint32_t h)
@@ -173,8 +182,9 @@ long vc_table_grow(struct vc_table *t, int64_t total, int64_t max_records,
     t->demoted_tail = from->demoted_tail;
     t->hand = from->hand;
     expose_ids(t, 0, t->size, 1);
-    for (int i = 0; i < NCOLUMNS; i++)
-        memcpy(column(t, i), column((struct vc_table *)from, i), t->size * itemsizes[i]);
+    for (int i = 0; i < NCOLUMNS; i++) /* a CLOCK table's last three are untouched */
+        if (t->exact || i < NCOLUMNS - 3)
+            memcpy(column(t, i), column((struct vc_table *)from, i), t->size * itemsizes[i]);
     set_bits(t, from->bits); /* the same buckets: a bucket depends on bits only */
     memcpy(heads_of(t), heads_of((struct vc_table *)from), ((int64_t)4) << from->bits);
     return 0;
@@ -187,17 +197,60 @@ long vc_table_release(struct vc_table *t)
     return 0;
 }
 
+/* Zero n bytes at p, the whole pages among them by giving them back to the
+ * kernel (private anonymous memory reads as zeros again after DONTNEED). */
+static void give_back(char *p, int64_t n)
+{
+    int64_t page = sysconf(_SC_PAGESIZE);
+    char *first = (char *)(((uintptr_t)p + page - 1) / page * page);
+    char *end = (char *)(((uintptr_t)(p + n)) / page * page);
+
+    if (end <= first || madvise(first, end - first, MADV_DONTNEED) != 0) {
+        memset(p, 0, n);
+        return;
+    }
+    memset(p, 0, first - p);
+    memset(end, 0, p + n - end);
+}
+
+long vc_table_resident(struct vc_table *t)
+{
+    /* The pages any part in use touches: the header, each column's first size
+     * items, the buckets in use; in order of offset, so a page shared by two
+     * parts counts once. */
+    int64_t page = sysconf(_SC_PAGESIZE), pages = 1, last = 0; /* page 0: the header */
+    int64_t starts[NCOLUMNS + 1], ends[NCOLUMNS + 1];
+
+    for (int i = 0; i < NCOLUMNS; i++) {
+        int used = t->exact || i < NCOLUMNS - 3; /* a CLOCK table's links: untouched */
+        starts[i] = column(t, i) - (char *)t;
+        ends[i] = starts[i] + (used ? t->size * itemsizes[i] : 0);
+    }
+    starts[NCOLUMNS] = t->off_heads;
+    ends[NCOLUMNS] = t->off_heads + (((int64_t)4) << t->bits);
+    for (int i = 0; i <= NCOLUMNS; i++) {
+        int64_t first, end;
+        if (ends[i] <= starts[i])
+            continue;
+        first = starts[i] / page;
+        end = (ends[i] - 1) / page;
+        if (first <= last)
+            first = last + 1;
+        if (end >= first)
+            pages += end - first + 1;
+        if (end > last)
+            last = end;
+    }
+    return pages * page;
+}
+
 /* Empty: the columns go back to the kernel (they read as zeros again). */
 static void reset(struct vc_table *t)
 {
     int64_t size = t->size;
 
-    for (int i = 0; i < NCOLUMNS; i++) {
-        int64_t bytes = page_up(size * itemsizes[i]);
-        /* Private anonymous memory: DONTNEED makes it zeros; if refused, zero it by hand. */
-        if (bytes && madvise(column(t, i), bytes, MADV_DONTNEED) != 0)
-            memset(column(t, i), 0, size * itemsizes[i]);
-    }
+    for (int i = 0; i < NCOLUMNS; i++)
+        give_back(column(t, i), size * itemsizes[i]);
     expose_ids(t, 0, size, 0);
     t->size = t->listed = t->hand = 0;
     t->free_id = t->head = t->tail = t->demoted_head = t->demoted_tail = VC_NONE;
@@ -214,8 +267,10 @@ long vc_rec_new(struct vc_table *t, uint32_t h, int64_t loc, uint32_t length, ui
             return -ENOSPC;
         rid = t->size++;
         expose_ids(t, rid, rid + 1, 1);
-        prev_of(t)[rid] = next_of(t)[rid] = VC_NONE;
-        used_of(t)[rid] = 0;
+        if (t->exact) { /* a CLOCK table leaves those columns alone: no page of them */
+            prev_of(t)[rid] = next_of(t)[rid] = VC_NONE;
+            used_of(t)[rid] = 0;
+        }
     } else { /* its links are NONE since it was unlisted; its stamp is stale, unread */
         t->free_id = chain_of(t)[rid];
     }
@@ -502,6 +557,7 @@ long vc_rec_delete(struct vc_table *t, int64_t rid)
     if (flags[rid] & VC_LISTED && (err = vc_rec_unlist(t, rid)) < 0)
         return err;
     flags[rid] = 0;
+    loc_of(t)[rid] = VC_FREED_LOC;
     chain_of(t)[rid] = (int32_t)t->free_id;
     t->free_id = rid;
     if (--t->count == 0)

@@ -13,7 +13,8 @@
  *  - 0 <= rid < size for every id in use; size <= max_records; ids at and
  *    past size are all-zero; count = ids in use (given out by vc_rec_new and
  *    not deleted since). Its owner sets and clears its flags, so
- *    flags[rid] == 0 does not say "free"; a free id's flags are 0.
+ *    flags[rid] == 0 does not say "free"; a free id's flags are 0 and its
+ *    loc is VC_FREED_LOC, and every call but vc_rec_new refuses it.
  *  - free ids are chained through chain[], from free_id, each with flags 0.
  *  - INDEXED iff the record is in exactly one bucket chain, the one of
  *    bucket(hash[rid]); indexed = records INDEXED; 2 << bits > indexed once
@@ -35,6 +36,7 @@
 #define VC_NONE (-1)
 #define VC_TABLE_MAGIC 0x31626174636c6f76 /* "volctab1" */
 #define VC_MIN_BITS 3
+#define VC_FREED_LOC INT64_MIN /* the loc of a free id (records.py's FREED_LOC) */
 
 /* Flags (the same bits as volcache/records.py). */
 #define VC_ACTIVE 1     /* its pages are pinned */
@@ -78,6 +80,8 @@ long vc_table_init(struct vc_table *t, int64_t total, int64_t max_records, int e
 /* Lay a table of max_records out at t, holding what the table at from holds. */
 long vc_table_grow(struct vc_table *t, int64_t total, int64_t max_records,
                    const struct vc_table *from);
+/* Bytes of the pages the table's parts in use touch (what it keeps resident). */
+long vc_table_resident(struct vc_table *t);
 /* Before the mapping goes: nothing of it is left poisoned (AddressSanitizer builds). */
 long vc_table_release(struct vc_table *t);
 
