@@ -13,6 +13,7 @@ memory), and its pages are given back to the kernel when it empties.
 from __future__ import annotations
 
 import errno
+import itertools
 import mmap
 import weakref
 from collections.abc import Callable, Iterator
@@ -47,17 +48,6 @@ def unavailable() -> str | None:
     return unavailable_reason()
 
 
-def _counter() -> Callable[[], int]:
-    count = 0
-
-    def stamp() -> int:
-        nonlocal count
-        count += 1
-        return count
-
-    return stamp
-
-
 def _check(result: int, what: str) -> int:
     if result >= 0:
         return result
@@ -85,7 +75,7 @@ class NativeRecordTable:
         if self._lib is None:
             raise RuntimeError(f"the native record table is unavailable: {unavailable_reason()}")
         self.exact = exact
-        self.stamp: Callable[[], int] = stamp or _counter()
+        self.stamp: Callable[[], int] = stamp or itertools.count(1).__next__
         self.max_records = max_records
         self._ids = self._ffi.new("int32_t[]", 64)  # room for candidates and listed ids
         # The calls a store makes most, found once (not two lookups a call).

@@ -25,6 +25,7 @@ passes it, and the first listed record found without one is the one to evict.
 from __future__ import annotations
 
 import heapq
+import itertools
 import os
 from array import array
 from collections.abc import Callable, Iterator
@@ -62,7 +63,7 @@ class RecordTable:
     def __init__(self, exact: bool = False, stamp: Callable[[], int] | None = None) -> None:
         self.exact = exact
         # Exact: the clock of last uses, a new stamp at each call (greater than any before).
-        self.stamp: Callable[[], int] = stamp or _counter()
+        self.stamp: Callable[[], int] = stamp or itertools.count(1).__next__
         self.hash = array("I")  # low 32 bits of hash(key)
         self.loc = array("q")  # where the bytes are (the allocator's address)
         self.length = array("I")  # how many bytes (the store keeps longer ones apart)
@@ -329,18 +330,6 @@ class RecordTable:
         """The memory the live records and the index take."""
         per_record = EXACT_RECORD_BYTES if self.exact else RECORD_BYTES
         return self.count * per_record + len(self._heads) * 4
-
-
-def _counter() -> Callable[[], int]:
-    """A new logical clock: each call, the next integer from 1."""
-    count = 0
-
-    def stamp() -> int:
-        nonlocal count
-        count += 1
-        return count
-
-    return stamp
 
 
 #: Which record table the stores make: "native" (the C one, where the helper
