@@ -824,3 +824,86 @@ def test_a_key_cachetools_made_before_8_is_named_as_the_tuple_it_equals(server):
         writer[old_style] = b"value"
     with VolatileCache(backend="sim", tier=make_tier(server, namespace=tier.namespace)) as reader:
         assert reader.get(tuple(old_style)) == b"value"
+
+
+def test_a_clear_the_server_missed_is_made_before_this_process_uses_the_tier_again(server):
+    """A clear() while the server fails is remembered: this process reads and writes
+    nothing through the tier until the new generation is written."""
+    import time
+
+    tier = make_tier(server)
+    with VolatileCache(backend="sim", tier=tier) as cache:
+        cache["k"] = b"before the clear"
+        real_get_many, real_set = tier.get_many, tier.set
+
+        def down(*args, **kwargs):
+            raise ConnectionError("server unreachable")
+
+        tier.get_many = tier.set = down  # a blip: three failures open the breaker
+        for i in range(3):
+            cache.get(("probe", i))
+        cache.clear()
+        assert cache.get("k") is None  # the breaker is open: the tier is not asked
+        cache["written meanwhile"] = b"v"  # kept here, not written under the old token
+        tier.get_many, tier.set = real_get_many, real_set
+        tier.clock = lambda: time.monotonic() + 2.0  # the breaker's pause is over
+        assert cache.get("k") is None  # the clear reaches the server first
+        with VolatileCache(
+            backend="sim", tier=make_tier(server, namespace=tier.namespace)
+        ) as other:
+            assert other.get("k") is None and other.get("written meanwhile") is None
+
+
+def test_a_value_read_from_the_tier_across_this_processs_clear_is_not_kept(server):
+    """A lookup answered before clear() stores nothing after it returned."""
+    import threading
+
+    tier = make_tier(server)
+    with VolatileCache(backend="sim", tier=make_tier(server, namespace=tier.namespace)) as writer:
+        writer["k"] = b"old"
+    with VolatileCache(backend="sim", tier=tier) as cache:
+        answered, cleared = threading.Event(), threading.Event()
+        real = tier.get_many
+
+        def get_many(keys):
+            found = real(keys)
+            if len(keys) == 2 and threading.current_thread().name == "reader":
+                answered.set()
+                assert cleared.wait(10)  # clear() runs here, in the main thread
+            return found
+
+        tier.get_many = get_many
+        reader = threading.Thread(target=lambda: cache.get("k"), name="reader")
+        reader.start()
+        assert answered.wait(10)
+        cache.clear()
+        cleared.set()
+        reader.join(10)
+        assert cache.get("k") is None
+
+
+def test_after_its_own_clear_a_process_writes_under_the_new_generation(server):
+    """A lookup answered with the old generation while clear() writes the new one
+    does not make the process write under the old one afterwards."""
+    import threading
+
+    tier = make_tier(server)
+    with VolatileCache(backend="sim", tier=tier) as cache:
+        cache["warm"] = b"w"
+        real_set = tier.set
+
+        def set_(key, value, ttl):
+            if key.endswith(":gen") and threading.current_thread() is threading.main_thread():
+                lookup = threading.Thread(target=lambda: cache.get("other"))
+                lookup.start()  # begins after clear() did, answered before its write
+                lookup.join(10)
+            return real_set(key, value, ttl)
+
+        tier.set = set_
+        cache.clear()
+        tier.set = real_set
+        cache["k"] = b"written after the clear"
+        with VolatileCache(
+            backend="sim", tier=make_tier(server, namespace=tier.namespace)
+        ) as other:
+            assert other.get("k") == b"written after the clear"

@@ -374,3 +374,25 @@ def test_the_expiry_order_is_soonest_first_through_pushes_and_pops():
         assert heap.soonest() == (min(model)[0] if model else math.inf)
     heap.rebuild(model[:10])
     assert [heap.pop() for _ in range(len(heap))] == sorted(model[:10])
+
+
+def test_expiry_times_older_than_an_emptied_table_are_passed_over(make):
+    """The last entries deleted while pinned leave their times in the heap; the
+    table empties (and is made anew); later evictions and popitem() skip them."""
+    timer = Timer()
+    cache = make(1000, ttl=lambda key, value: 10 if isinstance(key, str) else None, timer=timer)
+    for i in range(70):
+        cache[i] = b"x" * 32  # the table grows past its first 64 ids
+    cache["a"] = b"a" * 32
+    cache["b"] = b"b" * 32
+    for i in range(70):
+        del cache[i]
+    del cache["a"]
+    with cache.pin("b"):
+        del cache["b"]  # none left while pinned
+    cache["new"] = b"y" * 32
+    timer.now += 20
+    with pytest.raises(KeyError):
+        cache.popitem()  # "new" expired: nothing to pop
+    cache["again"] = b"z"
+    assert list(cache) == ["again"]

@@ -291,6 +291,7 @@ class VolatileCache(MutableMapping):
         # The tick from which a lock-free hit does the maintenance (a threshold, not a
         # multiple: locked uses take ticks too, and could take every multiple).
         self._maintain_at = _MAINTAIN_EVERY
+        self._clears = 0  # clear() calls: a tier's value read before one is not stored after
         self._ticks_at: deque[tuple[int, float]] = deque()  # (tick, time), see _idle_before
         self._last_sweep = clock()
         self._entries.now = clock()
@@ -388,13 +389,15 @@ class VolatileCache(MutableMapping):
             tier.store(named, encoded)  # after the lock: the server's time is not the cache's
 
     def _set(
-        self, key: Hashable, value: Any, lifetime: float | None = None
+        self, key: Hashable, value: Any, lifetime: float | None = None, clears: int | None = None
     ) -> tuple[memoryview, Decoder] | None:
         """Store locally only (a value that came from the tier is not written back);
         the codec's (bytes, decoder) for it, None for a value kept as an object.
 
         ``lifetime``: with a TTL, the seconds it has left (a copy's entry), not
-        the TTL's."""
+        the TTL's. ``clears``: :attr:`_clears` when the value was read from the
+        tier; after a clear() since, it is not stored (it may be what the clear
+        removed)."""
         h = hash(key) & HASH_MASK  # an unhashable key fails here, before anything changes
         size = self.getsizeof(value) if self._sized else 1
         if size > self._maxsize:
@@ -419,6 +422,8 @@ class VolatileCache(MutableMapping):
         with self._lock:
             if self._closed:
                 self._check_open()
+            if clears is not None and clears != self._clears:
+                return None
             entries = self._entries
             store = entries.store
             if data is None or decode is None:
@@ -594,6 +599,7 @@ class VolatileCache(MutableMapping):
         with self._lock:
             self._check_open()
             self._entries.clear()
+            self._clears += 1
             self._report(force=True)
         if self._tier is not None:
             self._tier.clear()
@@ -948,6 +954,7 @@ class VolatileCache(MutableMapping):
         if tier is None:
             return produce()
         named = tier.key_of(key)
+        clears = self._clears
         value, generation = tier.lookup(named)
         if value is TIER_MISSING:
             # What produce() stores is written under the generation of this miss:
@@ -956,7 +963,7 @@ class VolatileCache(MutableMapping):
                 if value is TIER_MISSING:
                     return produce()
         with contextlib.suppress(TypeError, ValueError):  # too large for maxsize: not kept
-            self._set(key, value)
+            self._set(key, value, clears=clears)
         return value
 
     def _from_tier_only(self, key_in_flight: Any) -> Any:

@@ -355,10 +355,11 @@ class Memoized:
 
         # The server's calls in a worker thread: the event loop does not wait on them.
         named = tier.key_of(key)
+        clears = cache._clears
         value, generation = await asyncio.to_thread(tier.lookup, named)
         if value is not TIER_MISSING:
             with contextlib.suppress(TypeError, ValueError):
-                cache._set(key, value)
+                cache._set(key, value, clears=clears)
             return value
         value = await self._func(*args, **kwargs)
         if self._cache_if is not None and not self._cache_if(value):

@@ -304,6 +304,8 @@ class Entries:
                 )  # fmt: skip
 
     def _in_mapping(self, rid: int) -> bool:
+        if rid >= self.records.size:  # a heap entry older than the table (emptied since)
+            return False
         flags = self.records.flags[rid]
         return bool(flags) and bool(flags & (INDEXED | LISTED) or rid in self.by_rid)
 

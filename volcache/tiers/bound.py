@@ -65,6 +65,10 @@ class BoundTier:
         self._prefix = f"volcache:{namespace_part(namespace)}:{tier.version}:"
         self._gen_key = self._prefix + "gen"
         self._generations = Generations()
+        # A clear() the server did not take: until it does, this process reads
+        # nothing from the tier and writes nothing to it (a value from before
+        # the clear would be current again).
+        self._clear_pending = False
         self._lock = threading.Lock()
         self.counts = dict.fromkeys(
             ("tier_hits", "tier_misses", "tier_errors", "tier_rejected", "tier_skipped"), 0
@@ -105,6 +109,8 @@ class BoundTier:
         """:meth:`fetch`'s value, and the generation the tier was read under (None if
         the tier is unavailable): what :meth:`computing` needs after a miss."""
         name, data = named
+        if self._clear_pending and not self._finish_clear():
+            return MISSING, None
         ticket = self._generations.ticket()
         try:
             raw, blob = self._call(self.tier.get_many, [self._gen_key, name])
@@ -146,6 +152,8 @@ class BoundTier:
         key, in the same thread, under the generation its computation began
         under; otherwise under the latest one this process saw."""
         name, data = named
+        if self._clear_pending and not self._finish_clear():
+            return
         carried = self._generations.carried(name)
         if carried is not None:
             generation = carried[0]
@@ -168,12 +176,23 @@ class BoundTier:
             self._call(self.tier.delete, name)
 
     def clear(self) -> None:
-        """Every value of the namespace becomes absent, in every process."""
-        self._renew()
+        """Every value of the namespace becomes absent, in every process. If the
+        server cannot be told now, this process neither reads nor writes the
+        tier until it can (other processes see the old values until then)."""
+        self._clear_pending = self._renew() is None
+
+    def _finish_clear(self) -> bool:
+        """A clear that did not reach the server, tried again; whether it has now."""
+        if self._renew() is None:
+            return False
+        self._clear_pending = False
+        return True
 
     # -- the generation -----------------------------------------------------------------
 
     def _read_generation(self) -> int | None:
+        if self._clear_pending and not self._finish_clear():
+            return None
         ticket = self._generations.ticket()
         try:
             raw = self._call(self.tier.get_many, [self._gen_key])[0]
@@ -194,10 +213,12 @@ class BoundTier:
     def _establish(self) -> int | None:
         """A namespace without a token (new, or its token lost) gets one, unless
         another process gave it one first."""
-        ticket, token = self._generations.ticket(), new_token()
+        token = new_token()
         try:
             if self._call(self.tier.add, self._gen_key, b"%d" % token, None):
-                self._generations.learn(ticket, token)
+                # Its own write is what it knows from now on: a reading answered
+                # before the write landed must not replace it (a ticket taken after).
+                self._generations.learn(self._generations.ticket(), token)
                 return token
             ticket = self._generations.ticket()
             found = parse_token(self._call(self.tier.get_many, [self._gen_key])[0])
@@ -209,12 +230,14 @@ class BoundTier:
 
     def _renew(self) -> int | None:
         """A new token: every value of the namespace becomes absent."""
-        ticket, token = self._generations.ticket(), new_token()
+        token = new_token()
         try:
             self._call(self.tier.set, self._gen_key, b"%d" % token, None)
         except Unavailable:
             return None
-        self._generations.learn(ticket, token)
+        # A ticket taken after the write: a reading answered before it landed
+        # (the old token) began earlier, and does not replace this one.
+        self._generations.learn(self._generations.ticket(), token)
         return token
 
     # -- single flight across processes ---------------------------------------------------
