@@ -208,11 +208,12 @@ def test_without_the_helper_caches_use_the_python_table():
 
 
 @pytest.mark.parametrize("machine", ["lru_order", "cache_model"])
-def test_the_cache_machines_pass_on_the_python_table_too(monkeypatch, machine):
-    """The suite runs the C table; the cache's own state machines run the reference here."""
+def test_the_cache_machines_pass_on_the_c_table_too(monkeypatch, machine):
+    """The suite runs the Python table (the default); the cache's own state machines
+    run the C one here."""
     from volcache import records
 
-    monkeypatch.setattr(records, "CORE", "python")
+    monkeypatch.setattr(records, "CORE", "native")
     if machine == "lru_order":
         from .test_lru_order import LRUOrder as Machine
     else:
@@ -229,6 +230,7 @@ def test_many_caches_fit_under_an_address_space_limit_and_close():
         from volcache import VolatileCache
         resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
         caches = [VolatileCache(backend="sim") for _ in range(40)]
+        assert type(caches[0]._entries.records).__name__ == "NativeRecordTable"
         for i, cache in enumerate(caches):
             cache[i] = b"v"
         big = caches[0]
@@ -240,7 +242,8 @@ def test_many_caches_fit_under_an_address_space_limit_and_close():
         print("ok")
         """
     )
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    env = {**os.environ, "VOLCACHE_CORE": "native"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
 
 
