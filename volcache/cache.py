@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import itertools
 import math
 import os
 import threading
@@ -46,7 +45,7 @@ _MAINTAIN_EVERY = 1024  # hot hits between maintenance passes (a power of two)
 _SWEEP_SECONDS = 1.0  # the idle work looks for purged pages at most this often
 _SWEEP_OVER_BUDGET = 0.05  # over the budget, purged records are dropped first, this often
 _POP_TRIES = 3  # rounds of regenerating a purged entry in pop() before returning the value
-_EXPIRE_STEP = 256  # records the idle work looks at for expiry, each time
+_EXPIRE_STEP = 256  # expired entries the idle work removes at most, each time
 
 
 class _Expired(Exception):
@@ -649,7 +648,7 @@ class VolatileCache(MutableMapping):
             self._check_open()
             if not self._entries.timed:
                 return []
-            return self._entries.expire_due()
+            return self._entries.expire_all_due()
 
     def _uncount_hit(self) -> None:
         """A lock-free hit took a tick of the clock (which counts it) and then found
@@ -1078,7 +1077,7 @@ class VolatileCache(MutableMapping):
         if now - self._last_sweep >= _SWEEP_SECONDS:
             self._sweep()
         if entries.timed:
-            entries.expire_due(_EXPIRE_STEP)
+            entries.expire_all_due(_EXPIRE_STEP)
         hot = self._hot
         oldest_use = -math.inf if self._hot_seconds is None else now - self._hot_seconds
         objects_limit = self._budget // 4
@@ -1194,11 +1193,6 @@ class VolatileCache(MutableMapping):
         self._timer = threading.Thread(target=run, name="volcache-idle", daemon=True)
         self._timer.start()
         weakref.finalize(self, stop.set)
-
-
-def _count_of(counter: itertools.count) -> int:
-    """How many times ``next`` was called on a counter that started at 1."""
-    return int(repr(counter)[6:-1]) - 1
 
 
 def _rebuild(

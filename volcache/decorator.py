@@ -18,7 +18,8 @@ from typing import Any, NamedTuple
 from cachetools import keys as cachekeys
 
 from .budget import MemoryBudget
-from .cache import _MISSING, VolatileCache, _count_of
+from .cache import _MISSING, VolatileCache
+from .entries import count_of
 from .flight import SingleFlight, await_check, await_done
 from .keys import C_HASHED, hashed, hashkey, typedkey
 from .tiers.bound import MISSING as TIER_MISSING
@@ -504,7 +505,7 @@ class Memoized:
             maxsize = self._options.get("maxsize", math.inf)
         with self._lock:
             return CacheInfo(
-                hits=_count_of(self._hits),
+                hits=count_of(self._hits),
                 misses=self._misses,
                 maxsize=None if maxsize == math.inf else maxsize,
                 currsize=sum(getattr(c, "currsize", len(c)) for c in caches),

@@ -118,7 +118,6 @@ class Entries:
         self.timed = timer is not None
         self.timer: Callable[[], float] = timer or time.monotonic
         self.expires = array("d")  # empty unless timed
-        self.expiry_hand = 0
         self.expiry = ExpiryHeap()  # the same times, soonest first
         # With an on_evict callback: (key, reason) of entries that left for
         # it, handed to the callback once the cache's lock is released.
@@ -147,7 +146,7 @@ class Entries:
 
     def lock_free_hits(self) -> int:
         """The hits taken without the lock so far (the clock's other ticks)."""
-        return int(repr(self.ticks)[6:-1]) - 1 - self.locked_ticks
+        return count_of(self.ticks) - self.locked_ticks
 
     def oldest_hot(self) -> Entry | None:
         """The least recently used hot entry, or None."""
@@ -309,18 +308,22 @@ class Entries:
         flags = self.records.flags[rid]
         return bool(flags) and bool(flags & (INDEXED | LISTED) or rid in self.by_rid)
 
-    def expire_all_due(self) -> int:
-        """Remove every entry whose time is up, soonest first (as cachetools' TTLCache
-        does before it evicts or pops); how many."""
+    def expire_all_due(self, limit: int | None = None) -> list[Hashable]:
+        """Remove the entries whose time is up, soonest first (as cachetools' TTLCache
+        does before it evicts or pops), at most ``limit`` (None: all); the keys
+        removed (of those still readable: one a purge took is dropped as purged)."""
         heap, expires = self.expiry, self.expires
         now = self.timer()
-        removed = 0
-        while heap and heap.soonest() <= now:
+        removed: list[Hashable] = []
+        taken = 0
+        while heap and heap.soonest() <= now and (limit is None or taken < limit):
             when, rid = heap.pop()
             # Counts only if the record still expires then (else it went before its time).
             if rid < len(expires) and expires[rid] == when and self._in_mapping(rid):
-                self._expire(self.by_rid.get(rid), rid)
-                removed += 1
+                taken += 1
+                key = self._expire(self.by_rid.get(rid), rid)
+                if key is not PURGED:
+                    removed.append(key)
         return removed
 
     def expire_if_due(self, entry: Entry | None, rid: int, key: Hashable) -> bool:
@@ -343,34 +346,6 @@ class Entries:
         key = entry.key if entry is not None else self.store.peek_key(rid)
         if key is not PURGED:
             self.events.append((key, "evicted"))
-
-    def expire_due(self, limit: int | None = None) -> list[Hashable]:
-        """Remove expired entries, looking at up to ``limit`` records from where the
-        last look stopped (None: all); the keys removed (of those still readable)."""
-        expires, flags = self.expires, self.records.flags
-        n = min(len(expires), len(flags))
-        if n == 0:
-            return []
-        now = self.timer()
-        count = n if limit is None else min(limit, n)
-        hand = self.expiry_hand % n if limit is not None else 0
-        removed = []
-        for _ in range(count):
-            rid = hand
-            hand = hand + 1 if hand + 1 < n else 0
-            if not flags[rid] or expires[rid] > now:
-                continue
-            if not flags[rid] & (INDEXED | LISTED) and rid not in self.by_rid:
-                continue  # not in the mapping (a detached pinned entry's record)
-            key = self._expire(self.by_rid.get(rid), rid)
-            if key is not PURGED:
-                removed.append(key)
-            n = min(len(expires), len(flags))  # a removal may empty the table
-            if n == 0:
-                break
-            hand %= n
-        self.expiry_hand = hand
-        return removed
 
     def _expire(self, entry: Entry | None, rid: int) -> Any:
         """Remove an expired entry; its key, or ``PURGED`` if a purge took it first
@@ -676,3 +651,8 @@ def _reordered(exc: RuntimeError) -> None:
     again on every retry)."""
     if type(exc) is not RuntimeError:
         raise exc
+
+
+def count_of(counter: itertools.count) -> int:
+    """How many times ``next`` was called on a counter that started at 1."""
+    return int(repr(counter)[6:-1]) - 1
