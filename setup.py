@@ -1,20 +1,35 @@
-"""Only what pyproject.toml cannot say: the optional cffi extension.
+"""Only what pyproject.toml cannot say: the optional C extensions.
 
-The native helper (``volcache.backends._native``) is built on Linux only, as
-a limited-API (abi3) extension: one wheel serves every CPython from 3.11. If
-it cannot be built (no C compiler, no Python headers), the install goes on
-without it: one warning line says why, the reason is kept beside the package
-for ``volcache info``, and the ``sim`` backend works.
+The native helper (``volcache.backends._native``, cffi) is built on Linux
+only, and the C hot hit (``volcache._hot``, the CPython C API) everywhere;
+both as limited-API (abi3) extensions: one wheel serves every CPython from
+3.11. If one cannot be built (no C compiler, no Python headers), the install
+goes on without it: one warning line says why; the helper's reason is kept
+beside the package for ``volcache info`` (the ``sim`` backend works), and
+the hot hit runs in Python.
 """
 
+import hashlib
 import re
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 UNBUILT = "_native.unbuilt"  # the reason the helper is missing, beside where it would be
+HOT_SOURCE = "core/hot.c"
+HOT = Extension(
+    "volcache._hot",
+    [HOT_SOURCE],
+    py_limited_api=True,
+    define_macros=[
+        ("Py_LIMITED_API", "0x030B0000"),
+        # volcache.hotpath compares it with the source's: a stale build is not used.
+        ("VC_HOT_HASH", f'"{hashlib.sha256(Path(HOT_SOURCE).read_bytes()).hexdigest()}"'),
+    ],
+    extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
+)
 
 
 class OptionalBuildExt(build_ext):
@@ -44,6 +59,12 @@ class OptionalBuildExt(build_ext):
             reason = f"no C compiler: {missing[1]!r} was not found"
         elif len(reason) > 300:
             reason = reason[:300] + "..."
+        if ext is not None and ext.name == HOT.name:
+            print(
+                f"WARNING: volcache's C hot hit was not built ({reason}); it runs in Python.",
+                file=sys.stderr,
+            )
+            return
         print(
             f"WARNING: volcache's native helper was not built ({reason}); the kernel and uffd "
             "backends will be unavailable, sim works. Install a C compiler and the Python "
@@ -59,8 +80,13 @@ class OptionalBuildExt(build_ext):
 if sys.platform.startswith("linux"):
     setup(
         cffi_modules=["backends/native/build.py:ffibuilder"],
+        ext_modules=[HOT],
         cmdclass={"build_ext": OptionalBuildExt},
         options={"bdist_wheel": {"py_limited_api": "cp311"}},
     )
-else:  # userfaultfd and MADV_FREE are Linux's: a pure-Python install, with sim
-    setup()
+else:  # userfaultfd and MADV_FREE are Linux's: no helper, and sim
+    setup(
+        ext_modules=[HOT],
+        cmdclass={"build_ext": OptionalBuildExt},
+        options={"bdist_wheel": {"py_limited_api": "cp311"}},
+    )

@@ -29,6 +29,7 @@ from .codecs import Codec, Decoder, check_codec
 from .entries import COLD, HASH_MASK, MISSING, SEEN_BYTES, SEEN_LIMIT, Entries, Entry
 from .events import deferring, notifying_lock
 from .flight import SingleFlight
+from .hotpath import GETITEM, Expired, HotBase
 from .info import CacheInfo
 from .keys import key_bytes
 from .pins import Pin, pin_views
@@ -39,7 +40,7 @@ from .tiers.bound import MISSING as TIER_MISSING
 from .tiers.bound import BoundTier
 
 _MISSING = MISSING  # the decorator's name for it
-_GETITEM = object()  # "no default": a lookup as cache[key]
+_GETITEM = GETITEM  # "no default": a lookup as cache[key]
 _TIER_ONLY = object()  # in a flight's key: a get() asking the tier, which regenerates nothing
 _MAINTAIN_EVERY = 1024  # hot hits between maintenance passes (a power of two)
 _SWEEP_SECONDS = 1.0  # the idle work looks for purged pages at most this often
@@ -48,8 +49,7 @@ _POP_TRIES = 3  # rounds of regenerating a purged entry in pop() before returnin
 _EXPIRE_STEP = 256  # expired entries the idle work removes at most, each time
 
 
-class _Expired(Exception):
-    """A hot hit found its entry's time up: the lookup goes the locked way."""
+_Expired = Expired  # a hot hit found its entry's time up: the lookup goes the locked way
 
 
 # By id: a mapping is unhashable, so it cannot be in a WeakSet.
@@ -67,7 +67,7 @@ def _new_locks_in_child() -> None:
 os.register_at_fork(after_in_child=_new_locks_in_child)
 
 
-class VolatileCache(MutableMapping):
+class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
     """A mapping whose values live in memory the operating system may purge.
 
     It behaves like a cachetools cache (``maxsize``, ``getsizeof``,
@@ -279,6 +279,7 @@ class VolatileCache(MutableMapping):
         # TTL, to check the time): None without either (one test of it costs
         # the hit less than testing _exact_lru and then calling). move_to_end
         # takes the entry as its ``last``, which an object is (true).
+        self._uses = self._entries.clock
         self._tick = self._entries.tick
         self._touch: Callable[[Hashable, Any], Any] | None = (
             self._check_ttl
@@ -330,31 +331,8 @@ class VolatileCache(MutableMapping):
         """True once :meth:`close` was called."""
         return self._closed
 
-    def __getitem__(self, key: Hashable) -> Any:
-        # The hot hit takes no lock: one dict lookup and attribute stores, all
-        # atomic under the GIL. A racing demotion or delete is harmless: the
-        # value read is still the value stored. Anything else takes the lock.
-        entry = self._objects.get(key)  # not [key]: raising KeyError costs an idle hit 0.3 µs
-        if entry is None:
-            return self._get_slow(key, _GETITEM)
-        value = entry.value  # read once: a racing demotion may make it COLD
-        if value is COLD:
-            return self._get_slow(key, _GETITEM)
-        used = entry.used = self._tick()  # also counts the hit
-        touch = self._touch
-        if touch is not None:
-            try:
-                touch(key, entry)
-            except KeyError:
-                pass
-            except _Expired:
-                self._uncount_hit()
-                return self._get_slow(key, _GETITEM)
-        if used < self._maintain_at:  # maintenance every 1024 ticks of the clock
-            return value
-        with self._lock:
-            self._maintain()
-        return value
+    # __getitem__ and _hot_value, the lock-free hot hit, are HotBase's (in C where
+    # it was built): anything but a hot hit comes back here, to _get_slow.
 
     def __missing__(self, key: Hashable) -> Any:
         """Called for an absent or purged key: ``regenerate(key)``, stored, or ``KeyError``."""
@@ -869,33 +847,10 @@ class VolatileCache(MutableMapping):
             entries.note(key, "purged")
         return _MISSING, purged
 
-    def _hot_value(self, key: Hashable) -> Any:
-        """A hot entry's value without the lock, else ``_MISSING``.
-
-        ``__getitem__`` has the same lines inline: a call more would cost its
-        hot hit a quarter of its time.
-        """
-        entry = self._objects.get(key)
-        if entry is None:
-            return _MISSING
-        value = entry.value
-        if value is COLD:
-            return _MISSING
-        used = entry.used = self._tick()
-        touch = self._touch
-        if touch is not None:
-            try:
-                touch(key, entry)
-            except KeyError:
-                pass
-            except _Expired:
-                self._uncount_hit()
-                return _MISSING
-        if used < self._maintain_at:
-            return value
+    def _maintain_now(self) -> None:
+        """A lock-free hit reached ``_maintain_at``: the maintenance, under the lock."""
         with self._lock:
             self._maintain()
-        return value
 
     def _probe(self, key: Hashable, count: bool = True) -> tuple[Any, bool]:
         """(the value or ``_MISSING``, whether a stored entry was found purged).

@@ -29,11 +29,10 @@ from typing import Any
 from .backends import Backend
 from .codecs import Decoder
 from .expiry import ExpiryHeap
+from .hotpath import COLD, MISSING, Clock, EntryBase
 from .records import INDEXED, LISTED, NONE, OBJECT
 from .store import OTHER_KEY, PURGED, Store
 
-COLD = object()  # Entry.value when the decoded value is not kept (the entry is not hot)
-MISSING = object()
 HASH_MASK = 0xFFFFFFFF
 #: An Entry's objects besides its key: itself, its slots in three dicts (measured).
 OBJECT_BYTES = 360
@@ -46,13 +45,13 @@ _UNKNOWN_SIZE = 64
 _SHARED = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.CodeType)
 
 
-class Entry:
-    """The Python side of an entry that is hot, pinned, or keeps its key as an object."""
+class Entry(EntryBase):
+    """The Python side of an entry that is hot, pinned, or keeps its key as an object.
 
-    __slots__ = (
-        "cost", "decode", "detached", "hot_since", "kept", "key", "mark", "own", "pins", "rid",
-        "used", "value",
-    )  # fmt: skip
+    Its fields are declared by :data:`~volcache.hotpath.EntryBase` (in C where
+    the hot hit is), which the hot hit reads."""
+
+    __slots__ = ()
 
     def __init__(self, rid: int, key: Hashable) -> None:
         self.rid = rid
@@ -109,8 +108,8 @@ class Entries:
     ) -> None:  # fmt: skip
         # One logical clock orders uses: a hot hit takes a tick without the
         # lock (so the ticks count those hits), everything else through stamp().
-        self.ticks = itertools.count(1)
-        self.tick = self.ticks.__next__
+        self.clock = Clock()
+        self.tick = self.clock.tick
         self.locked_ticks = 0  # ticks not taken by lock-free hits
         self.store = Store(backend, slab_bytes, exact, self.stamp)
         # With a TTL: each record's expiry time by id (the timer's clock), and
@@ -146,7 +145,7 @@ class Entries:
 
     def lock_free_hits(self) -> int:
         """The hits taken without the lock so far (the clock's other ticks)."""
-        return count_of(self.ticks) - self.locked_ticks
+        return self.clock.taken - self.locked_ticks
 
     def oldest_hot(self) -> Entry | None:
         """The least recently used hot entry, or None."""

@@ -1,0 +1,386 @@
+/* volcache._hot: the lock-free hot hit of a VolatileCache, in C.
+ *
+ * A hot hit is a dict lookup, a tick of the cache's logical clock written
+ * into the entry, and, with a finite maxsize or a TTL, a call that keeps the
+ * order. In Python that is one frame and a dozen attribute loads (240 ns
+ * where cachetools' unbounded Cache takes 78); here it is a slot call.
+ * Everything that is not a hot hit goes back to Python: the cache's
+ * _get_slow (a lookup under its lock), _uncount_hit, _maintain_now.
+ *
+ * The Python reference is volcache.hotpath.PyHotBase: same fields, same
+ * answers (tests/test_hotpath.py runs both). The GIL is held throughout:
+ * the tick is atomic as itertools.count's __next__ is, and a racing
+ * demotion or delete in another thread cannot interleave with the reads of
+ * one entry.
+ *
+ * Invariants:
+ *   Entry.used, Entry.mark: ticks of the clock (0: none yet).
+ *   HotBase.clock: NULL until the cache's __init__ sets it, then a Clock,
+ *     shared with the stamps the entries take under the lock; a tick is
+ *     atomic because the GIL is held.
+ *   HotBase.objects: NULL until the cache's __init__ sets it, then a dict
+ *     (key -> Entry); a missing dict sends every lookup to Python.
+ *   HotBase.touch: NULL or None, or a callable taking (key, entry).
+ *   The module's sentinels are set once by configure(), before any cache;
+ *     until then every hit goes to Python.
+ * Functions return a new reference or NULL with an exception set (the
+ * CPython convention; the count-or-errno rule is for the store's core).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include "structmember.h"
+#include <limits.h>
+
+#define HOT_VERSION 1
+/* The module's name: _hot in the package; CI builds it under another name
+ * with the sanitizers (.ci/sanitized.py). */
+#ifndef VC_HOT_NAME
+#define VC_HOT_NAME _hot
+#endif
+#define VC_STR(x) VC_STR_(x)
+#define VC_STR_(x) #x
+#define VC_CAT(a, b) VC_CAT_(a, b)
+#define VC_CAT_(a, b) a##b
+
+/* The shapes of the objects: the fields C reads, then those only Python reads. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *value; /* the decoded value, or COLD when the entry is not hot */
+    long long used;  /* the tick of its last use */
+    long long mark;  /* used, when maintenance last looked */
+    PyObject *key, *rid, *pins, *hot_since, *own, *decode, *detached, *kept, *cost;
+} EntryObject;
+
+/* A logical clock: ticks taken so far, 0 <= taken < LLONG_MAX. */
+typedef struct {
+    PyObject_HEAD
+    long long taken;
+} ClockObject;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *objects;
+    PyObject *touch;
+    PyObject *clock; /* the cache's logical clock: a Clock */
+    long long maintain_at;
+} HotObject;
+
+static PyObject *COLD, *MISSING, *GETITEM, *EXPIRED; /* set by configure() */
+static PyObject *s_get_slow, *s_uncount_hit, *s_maintain_now; /* interned names */
+static PyTypeObject *EntryType, *ClockType;
+
+#define ENTRY_OBJECTS(X) X(value) X(key) X(rid) X(pins) X(hot_since) X(own) X(decode) \
+                         X(detached) X(kept) X(cost)
+
+static int entry_traverse(EntryObject *self, visitproc visit, void *arg)
+{
+#define VISIT(f) Py_VISIT(self->f);
+    ENTRY_OBJECTS(VISIT)
+#undef VISIT
+    Py_VISIT(Py_TYPE((PyObject *)self));
+    return 0;
+}
+
+static int entry_clear(EntryObject *self)
+{
+#define CLEAR(f) Py_CLEAR(self->f);
+    ENTRY_OBJECTS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void entry_dealloc(EntryObject *self)
+{
+    PyTypeObject *tp = Py_TYPE((PyObject *)self);
+    PyObject_GC_UnTrack(self);
+    entry_clear(self);
+    PyObject_GC_Del(self);
+    Py_DECREF(tp);
+}
+
+static PyMemberDef entry_members[] = {
+#define MEMBER(f) {#f, T_OBJECT_EX, offsetof(EntryObject, f), 0, NULL},
+    ENTRY_OBJECTS(MEMBER)
+#undef MEMBER
+    {"used", T_LONGLONG, offsetof(EntryObject, used), 0, NULL},
+    {"mark", T_LONGLONG, offsetof(EntryObject, mark), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot entry_slots[] = {
+    {Py_tp_doc, "An entry's fields, read by the C hot hit (volcache.entries.Entry)."},
+    {Py_tp_traverse, entry_traverse},
+    {Py_tp_clear, entry_clear},
+    {Py_tp_dealloc, entry_dealloc},
+    {Py_tp_members, entry_members},
+    {0, NULL},
+};
+
+static PyType_Spec entry_spec = {
+    "volcache._hot.EntryBase", sizeof(EntryObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, entry_slots,
+};
+
+static PyObject *clock_tick(ClockObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->taken == LLONG_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "the clock ran out of ticks");
+        return NULL;
+    }
+    return PyLong_FromLongLong(++self->taken);
+}
+
+static void clock_dealloc(ClockObject *self)
+{
+    PyTypeObject *tp = Py_TYPE((PyObject *)self);
+    freefunc free = (freefunc)PyType_GetSlot(tp, Py_tp_free);
+    free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef clock_methods[] = {
+    {"tick", (PyCFunction)clock_tick, METH_NOARGS, "The next tick: 1, 2, 3, ..."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef clock_members[] = {
+    {"taken", T_LONGLONG, offsetof(ClockObject, taken), READONLY, "Ticks taken so far."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot clock_slots[] = {
+    {Py_tp_doc, "A cache's logical clock of uses (volcache.hotpath.PyClock in C)."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_dealloc, clock_dealloc},
+    {Py_tp_methods, clock_methods},
+    {Py_tp_members, clock_members},
+    {0, NULL},
+};
+
+static PyType_Spec clock_spec = {
+    "volcache._hot.Clock", sizeof(ClockObject), 0, Py_TPFLAGS_DEFAULT, clock_slots,
+};
+
+static int hot_traverse(HotObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->objects);
+    Py_VISIT(self->touch);
+    Py_VISIT(self->clock);
+    Py_VISIT(Py_TYPE((PyObject *)self));
+    return 0;
+}
+
+static int hot_clear(HotObject *self)
+{
+    Py_CLEAR(self->objects);
+    Py_CLEAR(self->touch);
+    Py_CLEAR(self->clock);
+    return 0;
+}
+
+static void hot_dealloc(HotObject *self)
+{
+    PyTypeObject *tp = Py_TYPE((PyObject *)self);
+    PyObject_GC_UnTrack(self);
+    hot_clear(self);
+    PyObject_GC_Del(self);
+    Py_DECREF(tp);
+}
+
+/* The value of a hot entry for key, as a new reference; MISSING (a new
+ * reference) if the key has no hot entry here or its touch says it expired;
+ * NULL with an exception set if the touch or the maintenance raised. */
+static PyObject *hot_value(HotObject *self, PyObject *key)
+{
+    if (self->objects == NULL || self->clock == NULL || COLD == NULL)
+        return Py_NewRef(MISSING ? MISSING : Py_None);
+    PyObject *found = PyDict_GetItemWithError(self->objects, key); /* borrowed */
+    if (found == NULL) {
+        if (PyErr_Occurred())
+            return NULL; /* an unhashable key, or an __eq__ that raised */
+        return Py_NewRef(MISSING);
+    }
+    if (!PyObject_TypeCheck(found, EntryType))
+        return Py_NewRef(MISSING); /* not ours: let Python say what it is */
+    EntryObject *entry = (EntryObject *)found;
+    PyObject *value = entry->value;
+    if (value == NULL || value == COLD)
+        return Py_NewRef(MISSING);
+    /* Held across the calls below, which may run Python code that demotes it. */
+    Py_INCREF(value);
+    Py_INCREF(found);
+    long long used = entry->used = ++((ClockObject *)self->clock)->taken; /* counts the hit */
+    PyObject *touch = self->touch;
+    if (touch != NULL && touch != Py_None) {
+        Py_INCREF(touch);
+        PyObject *res = PyObject_CallFunctionObjArgs(touch, key, found, NULL);
+        Py_DECREF(touch);
+        if (res != NULL) {
+            Py_DECREF(res);
+        } else if (PyErr_ExceptionMatches(PyExc_KeyError)) {
+            PyErr_Clear(); /* deleted meanwhile: the value read is still the one stored */
+        } else if (EXPIRED != NULL && PyErr_ExceptionMatches(EXPIRED)) {
+            PyErr_Clear();
+            Py_DECREF(found);
+            Py_DECREF(value);
+            PyObject *r = PyObject_CallMethodObjArgs((PyObject *)self, s_uncount_hit, NULL);
+            if (r == NULL)
+                return NULL;
+            Py_DECREF(r);
+            return Py_NewRef(MISSING);
+        } else {
+            Py_DECREF(found);
+            Py_DECREF(value);
+            return NULL;
+        }
+    }
+    Py_DECREF(found);
+    if (used >= self->maintain_at) {
+        PyObject *r = PyObject_CallMethodObjArgs((PyObject *)self, s_maintain_now, NULL);
+        if (r == NULL) {
+            Py_DECREF(value);
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    return value;
+}
+
+static PyObject *hot_subscript(HotObject *self, PyObject *key)
+{
+    PyObject *value = hot_value(self, key);
+    if (value != MISSING || value == NULL)
+        return value;
+    Py_DECREF(value);
+    return PyObject_CallMethodObjArgs((PyObject *)self, s_get_slow, key,
+                                      GETITEM ? GETITEM : Py_None, NULL);
+}
+
+static PyObject *hot_value_method(HotObject *self, PyObject *key)
+{
+    return hot_value(self, key);
+}
+
+static PyMethodDef hot_methods[] = {
+    {"_hot_value", (PyCFunction)hot_value_method, METH_O,
+     "A hot entry's value without the lock (a tick of the clock counts the hit), "
+     "else the MISSING sentinel."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef hot_members[] = {
+    {"_objects", T_OBJECT, offsetof(HotObject, objects), 0, NULL},
+    {"_touch", T_OBJECT, offsetof(HotObject, touch), 0, NULL},
+    {"_maintain_at", T_LONGLONG, offsetof(HotObject, maintain_at), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyObject *hot_get_clock(HotObject *self, void *unused)
+{
+    (void)unused;
+    return Py_NewRef(self->clock ? self->clock : Py_None);
+}
+
+static int hot_set_clock(HotObject *self, PyObject *value, void *unused)
+{
+    (void)unused;
+    if (value != NULL && !PyObject_TypeCheck(value, ClockType)) {
+        PyErr_SetString(PyExc_TypeError, "_uses must be a volcache._hot.Clock");
+        return -1;
+    }
+    PyObject *old = self->clock;
+    self->clock = value ? Py_NewRef(value) : NULL;
+    Py_XDECREF(old);
+    return 0;
+}
+
+static PyGetSetDef hot_getset[] = {
+    {"_uses", (getter)hot_get_clock, (setter)hot_set_clock,
+     "The cache's logical clock: each next() is one tick.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot hot_slots[] = {
+    {Py_tp_getset, hot_getset},
+    {Py_tp_doc, "The lock-free hot hit of a VolatileCache (volcache.hotpath.PyHotBase in C)."},
+    {Py_tp_traverse, hot_traverse},
+    {Py_tp_clear, hot_clear},
+    {Py_tp_dealloc, hot_dealloc},
+    {Py_tp_methods, hot_methods},
+    {Py_tp_members, hot_members},
+    {Py_mp_subscript, hot_subscript},
+    {0, NULL},
+};
+
+static PyType_Spec hot_spec = {
+    "volcache._hot.HotBase", sizeof(HotObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, hot_slots,
+};
+
+static PyObject *configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "configure(cold, missing, getitem, expired) takes 4 arguments");
+        return NULL;
+    }
+    if (!PyType_Check(args[3]) || !PyType_IsSubtype((PyTypeObject *)args[3],
+                                                    (PyTypeObject *)PyExc_Exception)) {
+        PyErr_SetString(PyExc_TypeError, "configure: expired must be an Exception subclass");
+        return NULL;
+    }
+    PyObject **slots[4] = {&COLD, &MISSING, &GETITEM, &EXPIRED};
+    for (int i = 0; i < 4; i++) {
+        PyObject *old = *slots[i];
+        *slots[i] = Py_NewRef(args[i]);
+        Py_XDECREF(old);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
+     "configure(cold, missing, getitem, expired): the cache's sentinels and its "
+     "expired-entry exception, once, before any cache is made."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int module_exec(PyObject *module)
+{
+    if ((s_get_slow = PyUnicode_InternFromString("_get_slow")) == NULL
+        || (s_uncount_hit = PyUnicode_InternFromString("_uncount_hit")) == NULL
+        || (s_maintain_now = PyUnicode_InternFromString("_maintain_now")) == NULL)
+        return -1;
+    EntryType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &entry_spec, NULL);
+    if (EntryType == NULL || PyModule_AddObjectRef(module, "EntryBase", (PyObject *)EntryType) < 0)
+        return -1;
+    ClockType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &clock_spec, NULL);
+    if (ClockType == NULL || PyModule_AddObjectRef(module, "Clock", (PyObject *)ClockType) < 0)
+        return -1;
+    PyObject *hot = PyType_FromModuleAndSpec(module, &hot_spec, NULL);
+    if (hot == NULL || PyModule_AddObject(module, "HotBase", hot) < 0) {
+        Py_XDECREF(hot);
+        return -1;
+    }
+    if (PyModule_AddIntConstant(module, "VERSION", HOT_VERSION) < 0
+        || PyModule_AddStringConstant(module, "SOURCE_HASH", VC_HOT_HASH) < 0)
+        return -1;
+    return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, VC_STR(VC_HOT_NAME),
+    "The C hot hit of VolatileCache; volcache.hotpath is its one door.",
+    0, module_methods, module_slots, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC VC_CAT(PyInit_, VC_HOT_NAME)(void)
+{
+    return PyModuleDef_Init(&module_def);
+}

@@ -1,0 +1,158 @@
+"""The lock-free hot hit: in C (``volcache._hot``) where it was built, else in Python.
+
+A hot hit is a dict lookup, a tick of the cache's logical clock written into
+the entry (which counts the hit and orders it) and, with a ``maxsize`` or a
+TTL, a call that keeps the order. :class:`PyHotBase` is that in Python: the
+reference the C version is tested against, and what runs where the C one
+could not be built or is stale. The cache and its entries derive from
+:data:`HotBase` and :data:`EntryBase`, whichever is in use; this module is
+the only one that imports ``volcache._hot``. The cache's logical clock
+(:data:`Clock`) is here too: the hot hit ticks it.
+
+``VOLCACHE_HOT=python`` chooses the Python version (the differential tests
+run both); ``VOLCACHE_HOT_MODULE`` names another build of the C one (CI's,
+with the sanitizers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import itertools
+import os
+import warnings
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+#: The C source, where a source checkout has it: a built module whose hash differs is stale.
+SOURCE = Path(__file__).resolve().parent.parent / "core" / "hot.c"
+
+
+class Expired(Exception):
+    """A hot hit's touch found its entry's time up: the locked way removes it."""
+
+
+COLD = object()  # Entry.value when the decoded value is not kept (the entry is not hot)
+MISSING = object()  # _hot_value: no hot entry
+GETITEM = object()  # _get_slow's "no default": a lookup as cache[key]
+
+
+class PyEntryBase:
+    """An entry's fields (the C version's ``EntryBase`` has them as members)."""
+
+    __slots__ = (
+        "cost", "decode", "detached", "hot_since", "kept", "key", "mark", "own", "pins", "rid",
+        "used", "value",
+    )  # fmt: skip
+
+
+class PyClock:
+    """A cache's logical clock of uses: ``tick()`` gives 1, 2, 3, ..., atomically
+    under the GIL (it is an ``itertools.count``'s ``__next__``)."""
+
+    __slots__ = ("_count", "tick")
+
+    def __init__(self) -> None:
+        self._count = itertools.count(1)
+        self.tick = self._count.__next__
+
+    @property
+    def taken(self) -> int:
+        """Ticks taken so far."""
+        return int(repr(self._count)[6:-1]) - 1
+
+
+class PyHotBase:
+    """The hot hit in Python; the cache sets ``_objects``, ``_touch``, ``_maintain_at``,
+    and the logical clock of uses: ``_uses`` (a :data:`Clock`) and ``_tick`` (its ``tick``).
+
+    The hooks it calls on anything but a plain hot hit are the cache's:
+    ``_get_slow(key, token)``, ``_uncount_hit()`` and ``_maintain_now()``.
+    """
+
+    _objects: dict[Hashable, Any]
+    _touch: Callable[[Hashable, Any], Any] | None
+    _maintain_at: int
+    _uses: Any
+    _tick: Callable[[], int]
+
+    def __getitem__(self, key: Hashable) -> Any:
+        # No lock: one dict lookup and attribute stores, each atomic under the
+        # GIL; a racing demotion or delete is harmless (the value read is still
+        # the value stored). Anything else is the cache's _get_slow.
+        entry = self._objects.get(key)  # not [key]: raising KeyError costs an idle hit 0.3 µs
+        if entry is None:
+            return self._get_slow(key, GETITEM)  # type: ignore[attr-defined]
+        value = entry.value  # read once: a racing demotion may make it COLD
+        if value is COLD:
+            return self._get_slow(key, GETITEM)  # type: ignore[attr-defined]
+        used = entry.used = self._tick()  # also counts the hit
+        touch = self._touch
+        if touch is not None:
+            try:
+                touch(key, entry)
+            except KeyError:
+                pass
+            except Expired:
+                self._uncount_hit()  # type: ignore[attr-defined]
+                return self._get_slow(key, GETITEM)  # type: ignore[attr-defined]
+        if used >= self._maintain_at:  # maintenance every 1024 ticks of the clock
+            self._maintain_now()  # type: ignore[attr-defined]
+        return value
+
+    def _hot_value(self, key: Hashable) -> Any:
+        """A hot entry's value without the lock, else ``MISSING``: ``__getitem__``'s
+        lines again (a call more would cost the hot hit a quarter of its time)."""
+        entry = self._objects.get(key)
+        if entry is None:
+            return MISSING
+        value = entry.value
+        if value is COLD:
+            return MISSING
+        used = entry.used = self._tick()
+        touch = self._touch
+        if touch is not None:
+            try:
+                touch(key, entry)
+            except KeyError:
+                pass
+            except Expired:
+                self._uncount_hit()  # type: ignore[attr-defined]
+                return MISSING
+        if used >= self._maintain_at:
+            self._maintain_now()  # type: ignore[attr-defined]
+        return value
+
+
+def _native() -> tuple[type, type, type] | None:
+    """(HotBase, EntryBase, Clock) from the C module, or None (not built, stale, or not chosen)."""
+    if os.environ.get("VOLCACHE_HOT", "").lower() == "python":
+        return None
+    try:
+        _hot = importlib.import_module(os.environ.get("VOLCACHE_HOT_MODULE") or "volcache._hot")
+    except ImportError:
+        return None
+    if SOURCE.exists():
+        digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+        if digest != _hot.SOURCE_HASH:
+            warnings.warn(
+                "volcache._hot is older than core/hot.c: the hot hit runs in Python "
+                "until it is rebuilt (pip install -e . again)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
+    _hot.configure(COLD, MISSING, GETITEM, Expired)
+    return _hot.HotBase, _hot.EntryBase, _hot.Clock
+
+
+_found = _native()
+#: Whether the hot hit runs in C.
+NATIVE = _found is not None
+if TYPE_CHECKING:  # the C types have the Python ones' fields and methods
+    HotBase = PyHotBase
+    EntryBase = PyEntryBase
+    Clock = PyClock
+else:
+    HotBase, EntryBase, Clock = _found or (PyHotBase, PyEntryBase, PyClock)
