@@ -1,6 +1,6 @@
 """Run by .ci/run in a fresh environment holding only the wheel: the helper came in it."""
 
-from volcache import VolatileCache
+from volcache import VolatileCache, hotpath
 from volcache.backends import available_backends
 
 reasons = available_backends()
@@ -10,4 +10,5 @@ with VolatileCache(backend="kernel") as cache:
     cache["key"] = b"v" * 10_000
     cache.volatilize()
     assert cache["key"] == b"v" * 10_000
+assert hotpath.NATIVE, "the C hot hit did not come in the wheel"
 print("a cache round-trip on kernel: ok")

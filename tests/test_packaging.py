@@ -56,9 +56,11 @@ def test_a_source_install_without_a_compiler_works_on_sim(source, tmp_path):
         "reasons = available_backends()\n"
         "print(reasons['kernel'])\n"
         "assert reasons['sim'] is None and reasons['uffd'] == reasons['kernel']\n"
+        "from volcache import hotpath\n"
+        "assert not hotpath.NATIVE\n"
         "with VolatileCache() as cache:\n"
         "    cache['k'] = b'v'\n"
-        "    assert cache['k'] == b'v' and cache.backend.name == 'sim'\n"
+        "    assert cache['k'] == cache['k'] == b'v' and cache.backend.name == 'sim'\n"
     ), env=env, cwd=tmp_path)  # fmt: skip
     assert "native helper (volcache.backends._native) was not built" in out
     assert "no C compiler: 'false' was not found" in out and "apt-get install gcc" in out
@@ -75,11 +77,13 @@ def test_the_wheel_carries_the_helper_and_works_without_a_compiler(source, tmp_p
     assert len(wheels) == 1 and wheels[0].name.endswith("-cp311-abi3-linux_x86_64.whl")
     names = zipfile.ZipFile(wheels[0]).namelist()
     assert "volcache/backends/_native.abi3.so" in names and "volcache/py.typed" in names
+    assert "volcache/_hot.abi3.so" in names
     assert not [n for n in names if n.endswith((".c", ".h", "_native.unbuilt"))]
     sdist = list(dist.glob("*.tar.gz"))
     assert len(sdist) == 1
     listing = subprocess.run(["tar", "tzf", str(sdist[0])], capture_output=True, text=True).stdout
-    for part in ("backends/native/volcache_native.c", "backends/native/build.py", "setup.py"):
+    for part in ("backends/native/volcache_native.c", "backends/native/build.py", "setup.py",
+                 "core/hot.c"):  # fmt: skip
         assert part in listing
     python, env = fresh_env(tmp_path / "install")
     run(python, "-m", "pip", "install", str(wheels[0]), env=env, cwd=tmp_path)
