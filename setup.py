@@ -1,12 +1,12 @@
 """Only what pyproject.toml cannot say: the optional C extensions.
 
 The native helper (``volcache.backends._native``, cffi) is built on Linux
-only, and the C hot hit (``volcache._hot``, the CPython C API) everywhere;
+only, and the cache's C core (``volcache._core``, the CPython C API) everywhere;
 both as limited-API (abi3) extensions: one wheel serves every CPython from
 3.11. If one cannot be built (no C compiler, no Python headers), the install
 goes on without it: one warning line says why; the helper's reason is kept
 beside the package for ``volcache info`` (the ``sim`` backend works), and
-the hot hit runs in Python.
+the cache runs the Python versions of its C parts.
 """
 
 import hashlib
@@ -18,15 +18,26 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 UNBUILT = "_native.unbuilt"  # the reason the helper is missing, beside where it would be
-HOT_SOURCE = "core/hot.c"
+CORE = "core"
+
+
+def source_hash(folder: Path) -> str:
+    """As volcache.coremodule.source_hash: the C sources' hash, in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.[ch]")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 HOT = Extension(
-    "volcache._hot",
-    [HOT_SOURCE],
+    "volcache._core",
+    sorted(str(p) for p in Path(CORE).glob("*.c")),
+    include_dirs=[CORE],
     py_limited_api=True,
     define_macros=[
         ("Py_LIMITED_API", "0x030B0000"),
-        # volcache.hotpath compares it with the source's: a stale build is not used.
-        ("VC_HOT_HASH", f'"{hashlib.sha256(Path(HOT_SOURCE).read_bytes()).hexdigest()}"'),
+        # volcache.coremodule compares it with the sources': a stale build is not used.
+        ("VC_CORE_HASH", f'"{source_hash(Path(CORE))}"'),
     ],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
 )
@@ -39,7 +50,8 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as exc:  # a compiler that cannot even be found fails here
-            self._give_up(self.extensions[0] if self.extensions else None, exc)
+            for ext in self.extensions or [None]:
+                self._give_up(ext, exc)
 
     def build_extension(self, ext):
         try:
@@ -61,7 +73,7 @@ class OptionalBuildExt(build_ext):
             reason = reason[:300] + "..."
         if ext is not None and ext.name == HOT.name:
             print(
-                f"WARNING: volcache's C hot hit was not built ({reason}); it runs in Python.",
+                f"WARNING: volcache's C core was not built ({reason}); its Python versions serve.",
                 file=sys.stderr,
             )
             return

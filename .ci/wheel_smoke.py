@@ -10,5 +10,5 @@ with VolatileCache(backend="kernel") as cache:
     cache["key"] = b"v" * 10_000
     cache.volatilize()
     assert cache["key"] == b"v" * 10_000
-assert hotpath.NATIVE, "the C hot hit did not come in the wheel"
+assert hotpath.NATIVE, "the C core did not come in the wheel"
 print("a cache round-trip on kernel: ok")

@@ -1,4 +1,4 @@
-/* volcache._hot: the lock-free hot hit of a VolatileCache, in C.
+/* volcache._core's hot hit: the lock-free hot hit of a VolatileCache, in C.
  *
  * A hot hit is a dict lookup, a tick of the cache's logical clock written
  * into the entry, and, with a finite maxsize or a TTL, a call that keeps the
@@ -21,8 +21,12 @@
  *   HotBase.objects: NULL until the cache's __init__ sets it, then a dict
  *     (key -> Entry); a missing dict sends every lookup to Python.
  *   HotBase.touch: NULL or None, or a callable taking (key, entry).
- *   The module's sentinels are set once by configure(), before any cache;
- *     until then every hit goes to Python.
+ *   The sentinels (COLD, MISSING, GETITEM), the Expired exception and the
+ *     types are made once, by the first import of the module, and never
+ *     replaced: a second import (volcache dropped from sys.modules and
+ *     imported again) shares them, so that caches of both keep working.
+ *     Other interpreters than the main one get the Python versions
+ *     (module.c refuses to load there).
  * Functions return a new reference or NULL with an exception set (the
  * CPython convention; the count-or-errno rule is for the store's core).
  */
@@ -31,16 +35,7 @@
 #include "structmember.h"
 #include <limits.h>
 
-#define HOT_VERSION 1
-/* The module's name: _hot in the package; CI builds it under another name
- * with the sanitizers (.ci/sanitized.py). */
-#ifndef VC_HOT_NAME
-#define VC_HOT_NAME _hot
-#endif
-#define VC_STR(x) VC_STR_(x)
-#define VC_STR_(x) #x
-#define VC_CAT(a, b) VC_CAT_(a, b)
-#define VC_CAT_(a, b) a##b
+#include "pycore.h"
 
 /* The shapes of the objects: the fields C reads, then those only Python reads. */
 typedef struct {
@@ -65,9 +60,9 @@ typedef struct {
     long long maintain_at;
 } HotObject;
 
-static PyObject *COLD, *MISSING, *GETITEM, *EXPIRED; /* set by configure() */
+static PyObject *COLD, *MISSING, *GETITEM, *EXPIRED; /* made once: see above */
 static PyObject *s_get_slow, *s_uncount_hit, *s_maintain_now; /* interned names */
-static PyTypeObject *EntryType, *ClockType;
+static PyTypeObject *EntryType, *ClockType, *HotType;
 
 #define ENTRY_OBJECTS(X) X(value) X(key) X(rid) X(pins) X(hot_since) X(own) X(decode) \
                          X(detached) X(kept) X(cost)
@@ -117,7 +112,7 @@ static PyType_Slot entry_slots[] = {
 };
 
 static PyType_Spec entry_spec = {
-    "volcache._hot.EntryBase", sizeof(EntryObject), 0,
+    "volcache._core.EntryBase", sizeof(EntryObject), 0,
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, entry_slots,
 };
 
@@ -159,7 +154,7 @@ static PyType_Slot clock_slots[] = {
 };
 
 static PyType_Spec clock_spec = {
-    "volcache._hot.Clock", sizeof(ClockObject), 0, Py_TPFLAGS_DEFAULT, clock_slots,
+    "volcache._core.Clock", sizeof(ClockObject), 0, Py_TPFLAGS_DEFAULT, clock_slots,
 };
 
 static int hot_traverse(HotObject *self, visitproc visit, void *arg)
@@ -193,24 +188,37 @@ static void hot_dealloc(HotObject *self)
  * NULL with an exception set if the touch or the maintenance raised. */
 static PyObject *hot_value(HotObject *self, PyObject *key)
 {
-    if (self->objects == NULL || self->clock == NULL || COLD == NULL)
-        return Py_NewRef(MISSING ? MISSING : Py_None);
-    PyObject *found = PyDict_GetItemWithError(self->objects, key); /* borrowed */
+    PyObject *objects = self->objects;
+    if (objects == NULL)
+        return Py_NewRef(MISSING);
+    /* Held: the key's __eq__ may run any Python code, replacing _objects too. */
+    Py_INCREF(objects);
+    PyObject *found = PyDict_GetItemWithError(objects, key); /* borrowed from objects */
     if (found == NULL) {
+        Py_DECREF(objects);
         if (PyErr_Occurred())
             return NULL; /* an unhashable key, or an __eq__ that raised */
         return Py_NewRef(MISSING);
     }
-    if (!PyObject_TypeCheck(found, EntryType))
-        return Py_NewRef(MISSING); /* not ours: let Python say what it is */
+    Py_INCREF(found);
+    Py_DECREF(objects);
+    PyObject *clock = self->clock; /* read after the lookup, which may have changed it */
+    if (!PyObject_TypeCheck(found, EntryType) || clock == NULL) {
+        Py_DECREF(found);
+        return Py_NewRef(MISSING); /* not ours, or no clock: let Python say what it is */
+    }
     EntryObject *entry = (EntryObject *)found;
     PyObject *value = entry->value;
-    if (value == NULL || value == COLD)
+    if (value == NULL || value == COLD) {
+        Py_DECREF(found);
         return Py_NewRef(MISSING);
+    }
     /* Held across the calls below, which may run Python code that demotes it. */
     Py_INCREF(value);
-    Py_INCREF(found);
-    long long used = entry->used = ++((ClockObject *)self->clock)->taken; /* counts the hit */
+    ClockObject *ticks = (ClockObject *)clock;
+    if (ticks->taken < LLONG_MAX)
+        ticks->taken++;
+    long long used = entry->used = ticks->taken; /* also counts the hit */
     PyObject *touch = self->touch;
     if (touch != NULL && touch != Py_None) {
         Py_INCREF(touch);
@@ -220,7 +228,7 @@ static PyObject *hot_value(HotObject *self, PyObject *key)
             Py_DECREF(res);
         } else if (PyErr_ExceptionMatches(PyExc_KeyError)) {
             PyErr_Clear(); /* deleted meanwhile: the value read is still the one stored */
-        } else if (EXPIRED != NULL && PyErr_ExceptionMatches(EXPIRED)) {
+        } else if (PyErr_ExceptionMatches(EXPIRED)) {
             PyErr_Clear();
             Py_DECREF(found);
             Py_DECREF(value);
@@ -253,8 +261,7 @@ static PyObject *hot_subscript(HotObject *self, PyObject *key)
     if (value != MISSING || value == NULL)
         return value;
     Py_DECREF(value);
-    return PyObject_CallMethodObjArgs((PyObject *)self, s_get_slow, key,
-                                      GETITEM ? GETITEM : Py_None, NULL);
+    return PyObject_CallMethodObjArgs((PyObject *)self, s_get_slow, key, GETITEM, NULL);
 }
 
 static PyObject *hot_value_method(HotObject *self, PyObject *key)
@@ -270,9 +277,7 @@ static PyMethodDef hot_methods[] = {
 };
 
 static PyMemberDef hot_members[] = {
-    {"_objects", T_OBJECT, offsetof(HotObject, objects), 0, NULL},
     {"_touch", T_OBJECT, offsetof(HotObject, touch), 0, NULL},
-    {"_maintain_at", T_LONGLONG, offsetof(HotObject, maintain_at), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -286,7 +291,7 @@ static int hot_set_clock(HotObject *self, PyObject *value, void *unused)
 {
     (void)unused;
     if (value != NULL && !PyObject_TypeCheck(value, ClockType)) {
-        PyErr_SetString(PyExc_TypeError, "_uses must be a volcache._hot.Clock");
+        PyErr_SetString(PyExc_TypeError, "_uses must be a volcache._core.Clock");
         return -1;
     }
     PyObject *old = self->clock;
@@ -295,7 +300,52 @@ static int hot_set_clock(HotObject *self, PyObject *value, void *unused)
     return 0;
 }
 
+static PyObject *hot_get_objects(HotObject *self, void *unused)
+{
+    (void)unused;
+    return Py_NewRef(self->objects ? self->objects : Py_None);
+}
+
+static int hot_set_objects(HotObject *self, PyObject *value, void *unused)
+{
+    (void)unused;
+    if (value == NULL || !PyDict_CheckExact(value)) {
+        PyErr_SetString(PyExc_TypeError, "_objects must be a dict");
+        return -1;
+    }
+    PyObject *old = self->objects;
+    self->objects = Py_NewRef(value);
+    Py_XDECREF(old);
+    return 0;
+}
+
+static PyObject *hot_get_maintain_at(HotObject *self, void *unused)
+{
+    (void)unused;
+    return PyLong_FromLongLong(self->maintain_at);
+}
+
+static int hot_set_maintain_at(HotObject *self, PyObject *value, void *unused)
+{
+    (void)unused;
+    if (value == NULL || !PyLong_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "_maintain_at must be an int (a tick of the clock)");
+        return -1;
+    }
+    int overflow = 0;
+    long long at = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (at == -1 && PyErr_Occurred())
+        return -1;
+    /* A threshold: past the clock's range, never reached; below it, reached already. */
+    self->maintain_at = overflow > 0 ? LLONG_MAX : overflow < 0 ? LLONG_MIN : at;
+    return 0;
+}
+
 static PyGetSetDef hot_getset[] = {
+    {"_objects", (getter)hot_get_objects, (setter)hot_set_objects,
+     "The hot, pinned and own entries by key (a dict).", NULL},
+    {"_maintain_at", (getter)hot_get_maintain_at, (setter)hot_set_maintain_at,
+     "The tick from which a hot hit runs the maintenance.", NULL},
     {"_uses", (getter)hot_get_clock, (setter)hot_set_clock,
      "The cache's logical clock: each next() is one tick.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -314,73 +364,50 @@ static PyType_Slot hot_slots[] = {
 };
 
 static PyType_Spec hot_spec = {
-    "volcache._hot.HotBase", sizeof(HotObject), 0,
+    "volcache._core.HotBase", sizeof(HotObject), 0,
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, hot_slots,
 };
 
-static PyObject *configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* Made once, by the first import: see the invariants above. */
+static int make_once(PyObject *module)
 {
-    (void)module;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "configure(cold, missing, getitem, expired) takes 4 arguments");
-        return NULL;
-    }
-    if (!PyType_Check(args[3]) || !PyType_IsSubtype((PyTypeObject *)args[3],
-                                                    (PyTypeObject *)PyExc_Exception)) {
-        PyErr_SetString(PyExc_TypeError, "configure: expired must be an Exception subclass");
-        return NULL;
-    }
-    PyObject **slots[4] = {&COLD, &MISSING, &GETITEM, &EXPIRED};
-    for (int i = 0; i < 4; i++) {
-        PyObject *old = *slots[i];
-        *slots[i] = Py_NewRef(args[i]);
-        Py_XDECREF(old);
-    }
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef module_methods[] = {
-    {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
-     "configure(cold, missing, getitem, expired): the cache's sentinels and its "
-     "expired-entry exception, once, before any cache is made."},
-    {NULL, NULL, 0, NULL},
-};
-
-static int module_exec(PyObject *module)
-{
+    if (HotType != NULL)
+        return 0;
     if ((s_get_slow = PyUnicode_InternFromString("_get_slow")) == NULL
         || (s_uncount_hit = PyUnicode_InternFromString("_uncount_hit")) == NULL
         || (s_maintain_now = PyUnicode_InternFromString("_maintain_now")) == NULL)
         return -1;
+    PyObject *object_type = (PyObject *)&PyBaseObject_Type;
+    if ((COLD = PyObject_CallNoArgs(object_type)) == NULL
+        || (MISSING = PyObject_CallNoArgs(object_type)) == NULL
+        || (GETITEM = PyObject_CallNoArgs(object_type)) == NULL)
+        return -1;
+    EXPIRED = PyErr_NewExceptionWithDoc(
+        "volcache._core.Expired",
+        "A hot hit's touch found its entry's time up: the locked way removes it.", NULL, NULL);
+    if (EXPIRED == NULL)
+        return -1;
     EntryType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &entry_spec, NULL);
-    if (EntryType == NULL || PyModule_AddObjectRef(module, "EntryBase", (PyObject *)EntryType) < 0)
+    if (EntryType == NULL)
         return -1;
     ClockType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &clock_spec, NULL);
-    if (ClockType == NULL || PyModule_AddObjectRef(module, "Clock", (PyObject *)ClockType) < 0)
+    if (ClockType == NULL)
         return -1;
-    PyObject *hot = PyType_FromModuleAndSpec(module, &hot_spec, NULL);
-    if (hot == NULL || PyModule_AddObject(module, "HotBase", hot) < 0) {
-        Py_XDECREF(hot);
-        return -1;
-    }
-    if (PyModule_AddIntConstant(module, "VERSION", HOT_VERSION) < 0
-        || PyModule_AddStringConstant(module, "SOURCE_HASH", VC_HOT_HASH) < 0)
-        return -1;
-    return 0;
+    HotType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &hot_spec, NULL);
+    return HotType == NULL ? -1 : 0;
 }
 
-static PyModuleDef_Slot module_slots[] = {
-    {Py_mod_exec, module_exec},
-    {0, NULL},
-};
-
-static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, VC_STR(VC_HOT_NAME),
-    "The C hot hit of VolatileCache; volcache.hotpath is its one door.",
-    0, module_methods, module_slots, NULL, NULL, NULL,
-};
-
-PyMODINIT_FUNC VC_CAT(PyInit_, VC_HOT_NAME)(void)
+int vc_add_hot_types(PyObject *module)
 {
-    return PyModuleDef_Init(&module_def);
+    if (make_once(module) < 0)
+        return -1;
+    if (PyModule_AddObjectRef(module, "EntryBase", (PyObject *)EntryType) < 0
+        || PyModule_AddObjectRef(module, "Clock", (PyObject *)ClockType) < 0
+        || PyModule_AddObjectRef(module, "HotBase", (PyObject *)HotType) < 0
+        || PyModule_AddObjectRef(module, "COLD", COLD) < 0
+        || PyModule_AddObjectRef(module, "MISSING", MISSING) < 0
+        || PyModule_AddObjectRef(module, "GETITEM", GETITEM) < 0
+        || PyModule_AddObjectRef(module, "Expired", EXPIRED) < 0)
+        return -1;
+    return 0;
 }

@@ -3,7 +3,7 @@
 ``PyCache`` puts :class:`~volcache.hotpath.PyHotBase` first in the MRO, so
 the same cache runs the Python hot hit; a hypothesis workload drives it and
 the C one side by side and compares every answer, the order of the keys and
-the counters. ``VOLCACHE_HOT=python`` runs a whole cache without the C module.
+the counters. ``VOLCACHE_CORE=python`` runs a whole cache without the C module.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from volcache import VolatileCache, cached, hotpath
+from volcache import VolatileCache, cached, coremodule, hotpath
 from volcache.entries import Entry
 from volcache.hotpath import MISSING, PyClock, PyHotBase
 
@@ -27,10 +27,10 @@ from .conftest import require
 
 
 def need_native() -> None:
-    if os.environ.get("VOLCACHE_HOT", "").lower() == "python":
-        pytest.skip("VOLCACHE_HOT=python chose the Python hot hit")
+    if os.environ.get("VOLCACHE_CORE") == "python":
+        pytest.skip("VOLCACHE_CORE=python chose the Python hot hit")
     # Built with the native helper: where the kernel backend must run, so must this.
-    require("kernel", None if hotpath.NATIVE else "volcache._hot was not built or is stale")
+    require("kernel", None if hotpath.NATIVE else f"volcache._core is not in use: {coremodule.WHY}")
 
 
 # PyHotBase is VolatileCache's base already where the C module is not in use.
@@ -213,31 +213,24 @@ def test_a_dropped_cache_and_its_entries_are_collected():
     assert [r() for r in refs] == [None, None]
 
 
-def test_a_stale_build_is_not_used(tmp_path, monkeypatch):
-    need_native()
-    source = tmp_path / "hot.c"
-    source.write_text("/* edited since the build */")
-    monkeypatch.setattr(hotpath, "SOURCE", source)
-    with pytest.warns(RuntimeWarning, match="older than core/hot.c"):
-        assert hotpath._native() is None
-    monkeypatch.setenv("VOLCACHE_HOT", "python")
-    assert hotpath._native() is None
-
-
 def test_without_the_c_module_the_python_hot_hit_serves():
     script = (
-        "from volcache import VolatileCache, cached, hotpath\n"
+        "from volcache import VolatileCache, cached, coremodule, hotpath\n"
+        "from volcache import coremodule, records, slabbooks\n"
         "assert not hotpath.NATIVE and hotpath.HotBase is hotpath.PyHotBase\n"
+        "assert coremodule.core is None and 'VOLCACHE_CORE=python' in coremodule.WHY\n"
         "c = VolatileCache(2, backend='sim')\n"
         "c['a'] = b'1'; c['b'] = b'2'\n"
         "assert c['a'] == c['a'] == b'1'\n"
         "c['c'] = b'3'\n"
         "assert sorted(c) == ['a', 'c'] and c.info().hits == 2\n"
+        "assert type(c._entries.records) is records.RecordTable\n"
+        "assert type(c._entries.store.slabs.books) is slabbooks.SlabBooks\n"
         "f = cached(backend='sim')(lambda x: x * 2)\n"
         "assert [f(2), f(2), f(2)] == [4, 4, 4] and f.cache_info().hits == 2\n"
         "print('ok')\n"
     )
-    env = {**os.environ, "VOLCACHE_HOT": "python"}
+    env = {**os.environ, "VOLCACHE_CORE": "python"}
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "ok"
@@ -251,3 +244,71 @@ def test_a_decorated_hit_goes_through_the_c_hot_hit():
     assert (info.hits, info.misses) == (2, 1)
     assert f.cache._uses.taken >= 2
     f.cache.close()
+
+
+def run_script(script: str, **env: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True,
+        env={**os.environ, "PYTHONMALLOC": "debug", **env}, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_a_key_whose_eq_replaces_the_dict_or_the_clock_does_no_harm():
+    """The C hit holds the dict it searches, and reads the clock after the search
+    (under PYTHONMALLOC=debug a use after free would crash)."""
+    need_native()
+    script = (
+        "from volcache import VolatileCache\n"
+        "class Key:\n"
+        "    def __init__(self, what): self.what = what\n"
+        "    def __hash__(self): return 1\n"
+        "    def __eq__(self, other):\n"
+        "        if self.what == 'dict': cache._objects = {}\n"
+        "        if self.what == 'clock': del cache._uses\n"
+        "        return isinstance(other, Key)\n"
+        "for what in ('dict', 'clock'):\n"
+        "    cache = VolatileCache(backend='sim')\n"
+        "    stored = Key('none')\n"
+        "    cache[stored] = b'v'\n"
+        "    cache[stored], cache[stored]  # hot\n"
+        "    try:\n"
+        "        print(what, cache[Key(what)])\n"
+        "    except KeyError:\n"
+        "        print(what, 'KeyError')\n"
+    )
+    # Found in the dict it searched, as dict.get finds it: the Python hit says the same.
+    assert run_script(script).splitlines() == ["dict b'v'", "clock b'v'"]
+    assert run_script(script, VOLCACHE_CORE="python") == run_script(script)
+
+
+def test_a_second_import_shares_the_c_objects_and_the_first_caches_keep_working():
+    need_native()
+    out = run_script(
+        "import sys\n"
+        "from volcache import VolatileCache, cached\n"
+        "old = VolatileCache(backend='sim')\n"
+        "f = cached(backend='sim')(lambda x: x * 2)\n"
+        "old['k'] = b'v'; old['k'], old['k']\n"
+        "for name in [n for n in sys.modules if n.startswith('volcache')]:\n"
+        "    del sys.modules[name]\n"
+        "import volcache\n"
+        "new = volcache.VolatileCache(backend='sim')\n"
+        "print(old['k'], f(4), f(4), old.get('absent', 'default'), VolatileCache(backend='sim'))\n"
+    )
+    assert out.startswith("b'v' 8 8 default VolatileCache(0 entries")
+
+
+@pytest.mark.parametrize("kind", [VolatileCache, PyCache], ids=["c", "python"])
+def test_the_hot_fields_take_what_the_cache_gives_them(kind):
+    cache = kind(backend="sim")
+    cache._maintain_at = 2**70  # a threshold past the clock: never reached
+    cache["k"] = b"v"
+    assert cache["k"] == cache["k"] == b"v"
+    if hotpath.NATIVE and kind is VolatileCache:
+        with pytest.raises(TypeError, match="_objects must be a dict"):
+            cache._objects = None
+        with pytest.raises(TypeError, match="_maintain_at must be an int"):
+            cache._maintain_at = 1.5
+    cache.close()

@@ -77,13 +77,13 @@ def test_the_wheel_carries_the_helper_and_works_without_a_compiler(source, tmp_p
     assert len(wheels) == 1 and wheels[0].name.endswith("-cp311-abi3-linux_x86_64.whl")
     names = zipfile.ZipFile(wheels[0]).namelist()
     assert "volcache/backends/_native.abi3.so" in names and "volcache/py.typed" in names
-    assert "volcache/_hot.abi3.so" in names
+    assert "volcache/_core.abi3.so" in names
     assert not [n for n in names if n.endswith((".c", ".h", "_native.unbuilt"))]
     sdist = list(dist.glob("*.tar.gz"))
     assert len(sdist) == 1
     listing = subprocess.run(["tar", "tzf", str(sdist[0])], capture_output=True, text=True).stdout
     for part in ("backends/native/volcache_native.c", "backends/native/build.py", "setup.py",
-                 "core/hot.c"):  # fmt: skip
+                 "core/hot.c", "core/slabbooks.h"):  # fmt: skip
         assert part in listing
     python, env = fresh_env(tmp_path / "install")
     run(python, "-m", "pip", "install", str(wheels[0]), env=env, cwd=tmp_path)

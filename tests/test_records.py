@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from volcache.backends import native_table
+from volcache import native_records
 from volcache.records import INDEXED, LISTED, NONE, RECORD_BYTES, RecordTable
 
 from .conftest import require
@@ -17,8 +17,8 @@ def Table(request):
     """Each record table: the reference in Python, and the one in C."""
     if request.param == "python":
         return RecordTable
-    require("kernel", native_table.unavailable())  # the helper the kernel backend needs too
-    return native_table.NativeRecordTable
+    require("kernel", native_records.unavailable())  # the helper the kernel backend needs too
+    return native_records.NativeRecordTable
 
 
 def test_ids_are_reused_and_an_empty_table_gives_its_columns_back(Table):

@@ -1,13 +1,23 @@
-"""The store's decoders: a codec's per-value decoder comes back as it was made."""
+"""The store: a codec's per-value decoder comes back as it was made; a put made in one
+call of the C core is the put made step by step."""
 
 from __future__ import annotations
 
 from functools import partial
 from typing import Any
 
+import hypothesis.strategies as st
 import numpy as np
+import pytest
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from volcache import Codec, VolatileCache
+from volcache import Codec, VolatileCache, coremodule
+from volcache.backends import get_backend
+from volcache.native_records import NativeRecordTable
+from volcache.store import TRAILER, Store
+
+from .conftest import require
 
 
 def scaled(factor: Any, data: memoryview) -> Any:
@@ -38,3 +48,87 @@ def test_a_partial_decoders_arguments_keep_their_types(backend_name: str) -> Non
         assert cache["np"] == 42 and type(cache["np"]) is np.int64
         assert cache["int"] == 42
         assert cache["list"] == [1, 2, 1, 2]
+
+
+class FusedAsSteps(RuleBasedStateMachine):
+    """A store whose put is one call of the C core, and one that makes it step by
+    step (the reference): the same ids, places, bytes and books, whatever the
+    sizes, the table's growth, the slabs and the re-pins of volatile pages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        require("kernel", None if coremodule.core is not None else coremodule.WHY)
+        self.backends = [get_backend("sim", seed=3), get_backend("sim", seed=3)]
+        self.stores = [Store(b, 16 * b.page_size) for b in self.backends]
+        for store in self.stores:  # room for 2 records: the table grows under the puts
+            store.records = NativeRecordTable(room=2)
+        assert self.stores[0]._fused
+        self.stores[1]._fused = False
+        self.live: dict[int, tuple[bytes, bytes, bytes]] = {}
+
+    def both(self, name: str, *args):
+        answers = [getattr(store, name)(*args) for store in self.stores]
+        assert answers[0] == answers[1], (name, args, answers)
+        return answers[0]
+
+    @rule(
+        value=st.one_of(st.binary(max_size=300), st.binary(min_size=2000, max_size=9000)),
+        key=st.binary(max_size=40), spec=st.binary(max_size=20), h=st.integers(0, 2**32 - 1),
+        tag=st.integers(0, 0xFFFF), flags=st.integers(0, 255),
+    )  # fmt: skip
+    def put(self, value, key, spec, h, tag, flags):
+        rid, lost = self.both("put", h, memoryview(value), key, tag, spec, flags)
+        for other in lost:  # idle entries on a page a purge took: the caller frees them
+            if self.live.pop(other, None) is not None:
+                self.both("free", other)
+        for store in self.stores:
+            view = store.slabs.view(store.records.loc[rid], store.length(rid))
+            assert bytes(view) == value + key + spec + TRAILER.pack(len(key), len(spec), tag, flags)
+            view.release()
+        self.both("deactivate", rid)
+        self.live[rid] = (value, key, spec)
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def free(self, data):
+        rid = data.draw(st.sampled_from(sorted(self.live)))
+        del self.live[rid]
+        self.both("free", rid)
+
+    @rule()
+    def flush(self):
+        """Idle pages become volatile: the next puts there re-pin them first."""
+        assert self.stores[0].slabs.flush() == self.stores[1].slabs.flush()
+
+    @invariant()
+    def same_books(self):
+        a, b = (store.slabs.books for store in self.stores)
+        for name in ("npending", "stored_bytes", "capacity_bytes", "count", "total_pages"):
+            assert getattr(a, name) == getattr(b, name), name
+        assert self.stores[0].active_nbytes == self.stores[1].active_nbytes
+        for rid in self.live:
+            assert self.stores[0].records.loc[rid] == self.stores[1].records.loc[rid]
+
+    def teardown(self) -> None:
+        for store, backend in zip(self.stores, self.backends, strict=True):
+            store.close()
+            backend.close()
+
+
+FusedAsSteps.TestCase.settings = settings(max_examples=60, stateful_step_count=50, deadline=None)
+TestFusedAsSteps = FusedAsSteps.TestCase
+
+
+def test_a_fused_put_refuses_what_is_not_a_table():
+    require("kernel", None if coremodule.core is not None else coremodule.WHY)
+    with get_backend("sim") as backend:
+        store = Store(backend, 16 * backend.page_size)
+        books = store.slabs.books
+        with pytest.raises(TypeError, match="Table"):
+            books.put(object(), 1, b"v", b"k", b"", 0, 0)
+        with pytest.raises(ValueError, match="low 32 bits"):
+            books.put(store.records.handle, 2**40, b"v", b"k", b"", 0, 0)
+        with pytest.raises(ValueError, match="refused"):
+            books.put(store.records.handle, 1, b"v", b"k", b"", 0x10000, 0)  # a tag past u16
+        assert store.records.count == 0 and books.count == 0  # nothing was left half done
+        store.close()

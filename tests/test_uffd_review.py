@@ -81,8 +81,7 @@ def test_a_cache_on_mlocked_memory_returns_no_zeros():
     cache.maintain()
     big = b"B" * (16 * PS)
     cache["big"] = big
-    slabs = cache._entries.store.slabs._slabs
-    region = next(s.region for s in slabs if s is not None and s.npages >= 16)
+    region = next(r for r in cache._entries.store.slabs.regions() if r.pages >= 16)
     _lock(region.address, region.size)
     try:
         cache.maintain()

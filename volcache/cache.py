@@ -133,6 +133,10 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
     through ``__missing__`` if the cache can (``regenerate``, or a subclass's
     ``__missing__``), and ``get`` or ``pin`` regenerate a key whose purge they
     find themselves.
+
+    Its hot hit is a C base class (:mod:`volcache.hotpath`): a subclass may mix
+    in classes without instance fields of their own (no ``__slots__`` names,
+    not ``dict``), as with any class with a C layout.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""The lock-free hot hit: in C (``volcache._hot``) where it was built, else in Python.
+"""The lock-free hot hit: in C (``volcache._core``) where it was built, else in Python.
 
 A hot hit is a dict lookup, a tick of the cache's logical clock written into
 the entry (which counts the hit and orders it) and, with a ``maxsize`` or a
@@ -6,36 +6,34 @@ TTL, a call that keeps the order. :class:`PyHotBase` is that in Python: the
 reference the C version is tested against, and what runs where the C one
 could not be built or is stale. The cache and its entries derive from
 :data:`HotBase` and :data:`EntryBase`, whichever is in use; this module is
-the only one that imports ``volcache._hot``. The cache's logical clock
+``volcache._core``'s (through :mod:`volcache.coremodule`). The cache's logical clock
 (:data:`Clock`) is here too: the hot hit ticks it.
 
-``VOLCACHE_HOT=python`` chooses the Python version (the differential tests
-run both); ``VOLCACHE_HOT_MODULE`` names another build of the C one (CI's,
-with the sanitizers).
+``VOLCACHE_CORE=python`` chooses the Python version (the differential tests
+run both).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import itertools
-import os
-import warnings
 from collections.abc import Callable, Hashable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-#: The C source, where a source checkout has it: a built module whose hash differs is stale.
-SOURCE = Path(__file__).resolve().parent.parent / "core" / "hot.c"
+from .coremodule import core
 
 
-class Expired(Exception):
+class PyExpired(Exception):
     """A hot hit's touch found its entry's time up: the locked way removes it."""
 
 
-COLD = object()  # Entry.value when the decoded value is not kept (the entry is not hot)
-MISSING = object()  # _hot_value: no hot entry
-GETITEM = object()  # _get_slow's "no default": a lookup as cache[key]
+# The C core's own where it is in use (it made them once, for every import of it).
+if core is not None:
+    COLD, MISSING, GETITEM, Expired = core.COLD, core.MISSING, core.GETITEM, core.Expired
+else:
+    COLD = object()  # Entry.value when the decoded value is not kept (the entry is not hot)
+    MISSING = object()  # _hot_value: no hot entry
+    GETITEM = object()  # _get_slow's "no default": a lookup as cache[key]
+    Expired = PyExpired
 
 
 class PyEntryBase:
@@ -127,24 +125,9 @@ class PyHotBase:
 
 def _native() -> tuple[type, type, type] | None:
     """(HotBase, EntryBase, Clock) from the C module, or None (not built, stale, or not chosen)."""
-    if os.environ.get("VOLCACHE_HOT", "").lower() == "python":
+    if core is None:
         return None
-    try:
-        _hot = importlib.import_module(os.environ.get("VOLCACHE_HOT_MODULE") or "volcache._hot")
-    except ImportError:
-        return None
-    if SOURCE.exists():
-        digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()
-        if digest != _hot.SOURCE_HASH:
-            warnings.warn(
-                "volcache._hot is older than core/hot.c: the hot hit runs in Python "
-                "until it is rebuilt (pip install -e . again)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return None
-    _hot.configure(COLD, MISSING, GETITEM, Expired)
-    return _hot.HotBase, _hot.EntryBase, _hot.Clock
+    return core.HotBase, core.EntryBase, core.Clock
 
 
 _found = _native()

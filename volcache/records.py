@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import os
 from array import array
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -332,25 +331,21 @@ class RecordTable:
         return self.count * per_record + len(self._heads) * 4
 
 
-#: Which record table the stores make: "python" (this module's, the reference)
-#: or "native" (the C one, where the helper is built), from VOLCACHE_CORE. The
-#: Python one by default for now: with the C one, the uffd purger under a real
-#: cgroup limit gave memory back 80-420 ms late instead of under 15 ms
-#: (benchmarks/test_uffd_limit.py), not yet explained.
-CORE = os.environ.get("VOLCACHE_CORE", "python")
-if CORE not in ("native", "python"):
-    raise ImportError(f"VOLCACHE_CORE must be 'native' or 'python', not {CORE!r}")
-
-
 def new_table(exact: bool = False, stamp: Callable[[], int] | None = None) -> Any:
-    """A new record table: the C one if chosen and it works here, else this module's
-    (the same interface and behaviour)."""
-    # Imported here, not with this module: the helper is loaded when first needed.
-    from .backends import native_table
+    """A new record table: the C one where volcache._core is in use (see
+    :mod:`volcache.coremodule`), else this module's (the same interface and behaviour).
 
-    if CORE == "native" and native_table.unavailable() is None:
+    Through cffi, whose calls release the GIL and take it again, the C table
+    made the uffd purger under a real cgroup limit give memory back 80-420 ms
+    late and the group was OOM-killed in 5 of 12 runs of
+    benchmarks/test_uffd_limit.py; through the C API, holding the GIL, in 0 of 12.
+    """
+    # Imported here, not with this module: it imports this one.
+    from . import native_records
+
+    if native_records.unavailable() is None:
         try:
-            return native_table.NativeRecordTable(exact, stamp)
+            return native_records.NativeRecordTable(exact, stamp)
         except OSError:  # no address space for a mapping (RLIMIT_AS): the reference then
             pass
     return RecordTable(exact, stamp)

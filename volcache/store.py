@@ -29,6 +29,7 @@ from .codecs import Decoder, decoder_from_spec, decoder_spec
 from .keys import key_from_bytes, marshals_exactly
 from .records import ACTIVE, KEPT, RecordTable, new_table
 from .slab import OFFSET_MASK, SlabAllocator
+from .slabbooks import NEED_ROOM
 
 TRAILER = struct.Struct("<IIHBx")
 RAW = 1  # trailer flag: the value's own bytes (pin() gives them)
@@ -114,6 +115,8 @@ class Store:
     ) -> None:  # fmt: skip
         self.records = new_table(exact, stamp)
         self.slabs = SlabAllocator(backend, slab_bytes)
+        # Both in C: a store is one call of the C core (see _put_fused).
+        self._fused = hasattr(self.records, "handle") and hasattr(self.slabs.books, "put")
         self.decoders = Decoders()
         self.active_nbytes = 0
         self._long: dict[int, int] = {}  # the lengths of entries of 4 GiB and more
@@ -128,6 +131,8 @@ class Store:
         """
         nvalue, nkey, nspec = data.nbytes, len(key), len(spec)
         length = nvalue + nkey + nspec + TRAILER.size
+        if self._fused and length < _LONG:
+            return self._put_fused(h, data, key, tag, spec, flags, length)
         records = self.records
         rid = records.new(h, 0, min(length, _LONG), ACTIVE)
         try:
@@ -153,6 +158,23 @@ class Store:
             view.release()
         self.active_nbytes += length
         return rid, lost
+
+    def _put_fused(
+        self, h: int, data: memoryview, key: bytes, tag: int, spec: bytes, flags: int, length: int
+    ) -> tuple[int, list[int]]:
+        """``put`` in one call of the C core (what the lines above do, step by step)."""
+        slabs = self.slabs
+        books: Any = slabs.books  # the C books: put() is theirs
+        records = self.records
+        while True:
+            rid, more = books.put(records.handle, h, data, key, spec, tag, flags)
+            if rid >= 0:
+                self.active_nbytes += length
+                return rid, more  # type: ignore[return-value]
+            if rid == NEED_ROOM:
+                records.make_room()
+            else:
+                slabs.serve(rid, more)
 
     def put_kept(self, h: int) -> int:
         """A new record without bytes, for a value kept as a Python object."""
@@ -220,8 +242,8 @@ class Store:
         loc, length = records.loc[rid], records.length[rid]
         slabs = self.slabs
         if length <= _READ_WHOLE:
-            slab = slabs.slab(loc)
-            found = None if slab.nlost else slab.reader(loc & OFFSET_MASK, length)
+            reader = slabs.fast_reader(loc)
+            found = None if reader is None else reader(loc & OFFSET_MASK, length)
             if found is None:
                 found = slabs.read(loc, length)  # the careful way
                 if found is None:
@@ -359,5 +381,6 @@ class Store:
         self.slabs.close()
         # Closed: an empty table of the reference, which maps nothing.
         self.records = RecordTable(self.records.exact, self.records.stamp)
+        self._fused = False
         self._long.clear()
         self.active_nbytes = 0

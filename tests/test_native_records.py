@@ -3,14 +3,12 @@
 A hypothesis state machine gives both tables the same random calls (colliding
 hashes, the index growing and shrinking, both recency orders, ids reused, the
 table emptied) and compares every answer and every column after each step.
-``.ci/run`` runs this file once more against the C table built with
-AddressSanitizer and UndefinedBehaviorSanitizer.
+``.ci/run`` runs this file once more against the C core built with
+AddressSanitizer and UndefinedBehaviorSanitizer (``VOLCACHE_CORE_MODULE``).
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 import subprocess
 import sys
 import textwrap
@@ -20,19 +18,15 @@ import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from volcache.backends import native_table
+from volcache import native_records
 from volcache.records import ACTIVE, INDEXED, KEPT, LISTED, NONE, RecordTable
 
 from .conftest import require
 
-#: Another build of table.c to test (CI's sanitized one), by module name.
-SANITIZED = os.environ.get("VOLCACHE_TABLE_MODULE")
-NATIVE = importlib.import_module(SANITIZED) if SANITIZED else None
 
-
-def native(**options) -> native_table.NativeRecordTable:
-    """A C table: the installed helper's, or the one named by VOLCACHE_TABLE_MODULE."""
-    return native_table.NativeRecordTable(native=NATIVE, **options)
+def native(**options) -> native_records.NativeRecordTable:
+    """A C table (of the C core volcache.coremodule loaded)."""
+    return native_records.NativeRecordTable(**options)
 
 
 HASHES = st.one_of(st.sampled_from([0, 1, 7, 0xFFFFFFFF]), st.integers(0, 2**32 - 1))
@@ -151,9 +145,8 @@ SameAnswers.TestCase.settings = settings(max_examples=120, stateful_step_count=5
 
 
 @pytest.fixture(autouse=True)
-def _needs_the_helper():
-    if NATIVE is None:
-        require("kernel", native_table.unavailable())
+def _needs_the_core():
+    require("kernel", native_records.unavailable())
 
 
 class TestSameAnswers(SameAnswers.TestCase):
@@ -187,12 +180,12 @@ def test_bad_ids_are_refused_not_followed():
     assert list(table.listed_ids()) == [rid] and table.count == 1
 
 
-def test_without_the_helper_caches_use_the_python_table():
-    """Where the helper is missing, the reference is the table: the cache works on sim."""
+def test_without_the_core_caches_use_the_python_table():
+    """Where the C core is missing, the reference is the table: the cache works on sim."""
     script = textwrap.dedent(
         """
         import sys
-        sys.modules['volcache.backends._native'] = None
+        sys.modules['volcache._core'] = None
         from volcache import VolatileCache
         from volcache.records import RecordTable
         with VolatileCache(2, backend="sim") as cache:
@@ -208,12 +201,10 @@ def test_without_the_helper_caches_use_the_python_table():
 
 
 @pytest.mark.parametrize("machine", ["lru_order", "cache_model"])
-def test_the_cache_machines_pass_on_the_c_table_too(monkeypatch, machine):
-    """The suite runs the Python table (the default); the cache's own state machines
-    run the C one here."""
-    from volcache import records
-
-    monkeypatch.setattr(records, "CORE", "native")
+def test_the_cache_machines_pass_on_the_python_table_too(monkeypatch, machine):
+    """The suite runs the C table (the default); the cache's own state machines run
+    the Python one, its reference, here too."""
+    monkeypatch.setattr(native_records, "unavailable", lambda: "the test chose the Python one")
     if machine == "lru_order":
         from .test_lru_order import LRUOrder as Machine
     else:
@@ -242,8 +233,7 @@ def test_many_caches_fit_under_an_address_space_limit_and_close():
         print("ok")
         """
     )
-    env = {**os.environ, "VOLCACHE_CORE": "native"}
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
 
 

@@ -256,6 +256,15 @@ static void reset(struct vc_table *t)
     t->free_id = t->head = t->tail = t->demoted_head = t->demoted_tail = VC_NONE;
 }
 
+long vc_rec_next_id(const struct vc_table *t)
+{
+    if (t->magic != VC_TABLE_MAGIC)
+        return -EINVAL;
+    if (t->free_id != VC_NONE)
+        return t->free_id;
+    return t->size < t->max_records ? t->size : -ENOSPC;
+}
+
 long vc_rec_new(struct vc_table *t, uint32_t h, int64_t loc, uint32_t length, uint32_t flags)
 {
     int64_t rid = t->free_id;

@@ -1,4 +1,4 @@
-"""The record table in C (``native/table.c``), behind the interface of the Python one.
+"""The record table in C (``core/table.c``), behind the interface of the Python one.
 
 ``volcache.records.RecordTable`` is the reference: what it does, this does,
 and the differential tests drive both side by side. The table is one private
@@ -15,11 +15,12 @@ from __future__ import annotations
 import errno
 import itertools
 import mmap
+import types
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .clib import ffi, lib, unavailable_reason
+from .coremodule import WHY, core
 
 NONE = -1
 MAP_NORESERVE = 0x4000  # Linux; the mmap module does not name it before 3.13
@@ -45,7 +46,7 @@ _DEMOTED_HEAD, _DEMOTED_TAIL = _FIELDS.index("demoted_head"), _FIELDS.index("dem
 
 def unavailable() -> str | None:
     """None if the C table can be used here, else why not."""
-    return unavailable_reason()
+    return WHY
 
 
 def _check(result: int, what: str) -> int:
@@ -58,6 +59,12 @@ def _check(result: int, what: str) -> int:
     raise RuntimeError(f"record table: {what} found its books broken (errno {-result})")
 
 
+def _ids(found: list[int] | int) -> list[int]:
+    if isinstance(found, int):
+        _check(found, "ids")
+    return found  # type: ignore[return-value]
+
+
 class NativeRecordTable:
     """Records by id, a hash index over them, and a recency order, in C.
 
@@ -68,24 +75,13 @@ class NativeRecordTable:
 
     def __init__(
         self, exact: bool = False, stamp: Callable[[], int] | None = None,
-        max_records: int = MAX_RECORDS, native: Any = None, room: int = FIRST_ROOM,
+        max_records: int = MAX_RECORDS, room: int = FIRST_ROOM,
     ) -> None:  # fmt: skip
-        # ``native``: another build of table.c (the sanitizers' one, in CI's run).
-        self._ffi, self._lib = (ffi, lib) if native is None else (native.ffi, native.lib)
-        if self._lib is None:
-            raise RuntimeError(f"the native record table is unavailable: {unavailable_reason()}")
+        if core is None:
+            raise RuntimeError(f"the native record table is unavailable: {WHY}")
         self.exact = exact
         self.stamp: Callable[[], int] = stamp or itertools.count(1).__next__
         self.max_records = max_records
-        self._ids = self._ffi.new("int32_t[]", 64)  # room for candidates and listed ids
-        # The calls a store makes most, found once (not two lookups a call).
-        native = self._lib
-        self._new, self._delete = native.vc_rec_new, native.vc_rec_delete
-        self._index, self._unindex = native.vc_rec_index, native.vc_rec_unindex
-        self._head_of, self._append = native.vc_rec_head_of, native.vc_rec_append
-        self._place, self._touch = native.vc_rec_place, native.vc_rec_touch
-        self._unlist = native.vc_rec_unlist
-        self._resident = native.vc_table_resident
         self._map: mmap.mmap | None = None
         self._t: Any = None
         self._first_room = min(room, max_records)
@@ -95,22 +91,30 @@ class NativeRecordTable:
     def _settle(self, room: int, old: Any) -> None:
         """Map a table with room for ``room`` records: a new one, or holding what the
         table ``old`` holds; its columns become this object's."""
-        total = _check(self._lib.vc_table_bytes(room), "size")
+        assert core is not None
+        total = _check(core.table_bytes(room), "size")
         mapping = mmap.mmap(-1, total, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE)
-        base = self._ffi.from_buffer(mapping)  # exported: the mapping cannot close under us
-        t = self._ffi.cast("struct vc_table *", base)
+        t = core.Table(mapping)  # holds the buffer: the mapping cannot close under it
         if old is None:
-            _check(self._lib.vc_table_init(t, total, room, self.exact), "init")
+            _check(t.init(total, room, self.exact), "init")
         else:
-            _check(self._lib.vc_table_grow(t, total, room, old), "grow")
+            _check(t.grow(total, room, old), "grow")
         if self._release is not None:  # the mapping this one replaces
             self._release.detach()
-            self._lib.vc_table_release(self._t)
-        self._map, self._base, self._t, self.room = mapping, base, t, room
+            self._t.release()
+        self._map, self._t, self.room = mapping, t, room
         # Before the mapping goes (the attributes are still there when this runs).
-        self._release = weakref.finalize(self, self._lib.vc_table_release, t)
+        self._release = weakref.finalize(self, t.release)
+        # The calls a store makes most, found once (not two lookups a call).
+        self._new, self._delete = t.new, t.delete
+        self._index, self._unindex = t.index, t.unindex
+        self._head_of, self._append = t.head_of, t.append
+        self._place, self._touch = t.place, t.touch
+        self._unlist = t.unlist
         view = memoryview(mapping)
-        self._header = view[: len(_FIELDS) * 8].cast("q")
+        self._header = header = view[: len(_FIELDS) * 8].cast("q")
+        offsets = {name: header[_FIELDS.index(name)] for name in _FIELDS if name.startswith("off_")}
+        t = types.SimpleNamespace(**offsets)
         self.hash = view[t.off_hash : t.off_hash + 4 * room].cast("I")
         self.loc = view[t.off_loc : t.off_loc + 8 * room].cast("q")
         self.length = view[t.off_length : t.off_length + 4 * room].cast("I")
@@ -119,6 +123,16 @@ class NativeRecordTable:
         self.prev = view[t.off_prev : t.off_prev + 4 * room].cast("i")
         self.next = view[t.off_next : t.off_next + 4 * room].cast("i")
         self.used = view[t.off_used : t.off_used + 8 * room].cast("q")
+
+    @property
+    def handle(self) -> Any:
+        """The table's ``volcache._core.Table`` (the C core's fused calls take it); a new
+        one after :meth:`make_room`."""
+        return self._t
+
+    def make_room(self) -> None:
+        """Full: grow (a fused call of the C core said so)."""
+        self._grow()
 
     def _grow(self) -> None:
         """Full: a mapping twice as large, holding the same records (each column
@@ -170,82 +184,73 @@ class NativeRecordTable:
 
     def new(self, h: int, loc: int, length: int, flags: int) -> int:
         """A record id for a new record (not indexed, not listed)."""
-        rid = self._new(self._t, h, loc, length, flags)
+        rid = self._new(h, loc, length, flags)
         if rid == -errno.ENOSPC:
             self._grow()
-            rid = self._new(self._t, h, loc, length, flags)
+            rid = self._new(h, loc, length, flags)
         return rid if rid >= 0 else _check(rid, "new")
 
     def delete(self, rid: int) -> None:
         """Forget a record: out of the index and the order, its id free for reuse."""
-        if (done := self._delete(self._t, rid)) < 0:
+        if (done := self._delete(rid)) < 0:
             _check(done, "delete")
         if self.room > self._first_room and not self._header[_COUNT]:
             self._settle(self._first_room, None)  # emptied: the large mapping goes whole
 
     def index(self, rid: int) -> None:
         """Put a record in the hash index."""
-        if (done := self._index(self._t, rid)) < 0:
+        if (done := self._index(rid)) < 0:
             _check(done, "index")
 
     def unindex(self, rid: int) -> None:
         """Take a record out of the hash index."""
-        if (done := self._unindex(self._t, rid)) < 0:
+        if (done := self._unindex(rid)) < 0:
             _check(done, "unindex")
 
     def head_of(self, h: int) -> int:
         """The first id in the bucket of hash ``h`` (chained through ``chain``), or NONE."""
-        rid = self._head_of(self._t, h)
+        rid = self._head_of(h)
         return NONE if rid < 0 else rid
 
     def candidates(self, h: int) -> list[int]:
         """The ids of indexed records whose hash is ``h``."""
-        return self._ids_of(lambda out, cap: self._lib.vc_rec_candidates(self._t, h, out, cap))
+        return _ids(self._t.candidates(h))
 
     def append(self, rid: int) -> None:
         """List a record as the most recently used."""
-        if (done := self._append(self._t, rid, self.stamp() if self.exact else 0)) < 0:
+        if (done := self._append(rid, self.stamp() if self.exact else 0)) < 0:
             _check(done, "append")
 
     def place(self, rid: int, used: int) -> None:
         """List a record last used at stamp ``used``, in its place by it (exact)."""
-        if (done := self._place(self._t, rid, used)) < 0:
+        if (done := self._place(rid, used)) < 0:
             _check(done, "place")
 
     def touch(self, rid: int) -> None:
         """A listed record was used: the most recently used (exact), or referenced."""
-        if (done := self._touch(self._t, rid, self.stamp() if self.exact else 0)) < 0:
+        if (done := self._touch(rid, self.stamp() if self.exact else 0)) < 0:
             _check(done, "touch")
 
     def unlist(self, rid: int) -> None:
         """Take a record out of the recency order."""
-        if (done := self._unlist(self._t, rid)) < 0:
+        if (done := self._unlist(rid)) < 0:
             _check(done, "unlist")
 
     def oldest_use(self) -> tuple[int, int]:
         """Exact: (the listed record least recently used or NONE, its stamp)."""
-        used = self._ffi.new("int64_t *")
-        rid = self._lib.vc_rec_oldest_use(self._t, used)
+        rid, used = self._t.oldest_use()
         if rid == -errno.ENOENT:
             return NONE, 0
-        return _check(rid, "oldest use"), used[0]
+        return _check(rid, "oldest use"), used
 
     def victim(self) -> int:
         """The listed record to evict first (NONE if none)."""
-        rid = self._lib.vc_rec_victim(self._t)
+        rid = self._t.victim()
         return NONE if rid == -errno.ENOENT else _check(rid, "victim")
 
     def listed_ids(self) -> Iterator[int]:
         """Listed ids, least recently used first if exact, else in id order."""
-        return iter(self._ids_of(lambda out, cap: self._lib.vc_rec_listed(self._t, out, cap)))
-
-    def _ids_of(self, fill: Callable[[Any, int], int]) -> list[int]:
-        ids = self._ids
-        found = _check(fill(ids, len(ids)), "ids")
-        if found > len(ids):  # a room of their own, not kept
-            ids = self._ffi.new("int32_t[]", found)
-            found = _check(fill(ids, found), "ids")
-        return list(self._ffi.unpack(ids, found))
+        return iter(_ids(self._t.listed()))
 
     def nbytes(self) -> int:
         """The memory the live records and the index take, as the Python table
@@ -257,4 +262,4 @@ class NativeRecordTable:
 
     def resident(self) -> int:
         """The bytes of the pages the table's parts in use touch."""
-        return self._resident(self._t)
+        return self._t.resident()

@@ -1,0 +1,57 @@
+/* The store's fused calls: see store.h. */
+#include "store.h"
+
+#include <errno.h>
+#include <string.h>
+
+#define OFFSET_MASK (((int64_t)1 << VC_OFFSET_BITS) - 1)
+
+static void put_u32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+long vc_store_put(struct vc_table *t, struct vc_books *b, uint32_t h, const struct vc_put *p,
+                  int64_t *need, int32_t *lost, int64_t cap, int64_t *nlost)
+{
+    *nlost = 0;
+    if (p->nvalue < 0 || p->nkey < 0 || p->nspec < 0 || p->tag > 0xFFFF || p->flags > 0xFF)
+        return -EINVAL;
+    int64_t length = p->nvalue + p->nkey + p->nspec + VC_TRAILER;
+    if (length >= (int64_t)VC_LONG)
+        return -EFBIG; /* the caller keeps such a length apart */
+    long rid = vc_rec_next_id(t);
+    if (rid == -ENOSPC)
+        return VC_NEED_ROOM;
+    if (rid < 0)
+        return rid;
+    /* Placed first, under the id the record will have: a need changes nothing. */
+    int64_t loc = vc_books_allocate(b, length, rid, need, lost, cap, nlost);
+    if (loc < 0)
+        return (long)loc;
+    struct vc_slab *s = &b->slabs[loc >> VC_OFFSET_BITS];
+    if (s->base == 0) { /* never: the allocator tells every slab's base */
+        vc_books_free_entry(b, loc, length, rid, 1);
+        *nlost = 0;
+        return -EFAULT;
+    }
+    long made = vc_rec_new(t, h, loc, (uint32_t)length, VC_ACTIVE);
+    if (made != rid) { /* never: next_id said it */
+        vc_books_free_entry(b, loc, length, rid, 1);
+        *nlost = 0;
+        return made < 0 ? made : -EPROTO;
+    }
+    unsigned char *at = (unsigned char *)s->base + (loc & OFFSET_MASK);
+    memcpy(at, p->value, (size_t)p->nvalue);
+    memcpy(at + p->nvalue, p->key, (size_t)p->nkey);
+    memcpy(at + p->nvalue + p->nkey, p->spec, (size_t)p->nspec);
+    unsigned char *trailer = at + length - VC_TRAILER;
+    put_u32(trailer, (uint32_t)p->nkey);
+    put_u32(trailer + 4, (uint32_t)p->nspec);
+    trailer[8] = (unsigned char)(p->tag & 0xFF);
+    trailer[9] = (unsigned char)(p->tag >> 8);
+    trailer[10] = (unsigned char)p->flags;
+    trailer[11] = 0;
+    return rid;
+}
