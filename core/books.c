@@ -200,6 +200,30 @@ done:
     return result;
 }
 
+/* free_record(table, rid): store.h's vc_store_free: (empty slab or -1, length,
+ * active), or None for a record of 4 GiB or more (the caller's own way). */
+static PyObject *m_free_record(BooksObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_ready(self) < 0)
+        return NULL;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "free_record(table, rid) takes 2 arguments");
+        return NULL;
+    }
+    struct vc_table *t = vc_table_of(args[0]);
+    int64_t a[1];
+    if (t == NULL || ints(args + 1, 1, 1, a, "free_record") < 0)
+        return NULL;
+    int64_t length;
+    int active;
+    long empty = vc_store_free(t, &self->books, a[0], &length, &active);
+    if (empty == -EFBIG)
+        Py_RETURN_NONE;
+    if (empty < -1)
+        return fail(empty, "free_record");
+    return Py_BuildValue("(lLO)", empty, (long long)length, active ? Py_True : Py_False);
+}
+
 static PyObject *m_drop_slab(BooksObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     PREAMBLE(1, "drop_slab");
@@ -512,6 +536,8 @@ static PyMethodDef books_methods[] = {
     NOARGS(reset, "Forget every slab."),
     FAST(add_slab, "A new slab of npages fresh pages: its index."),
     FAST(drop_slab, "A slab that free() said was empty went back to the backend."),
+    FAST(free_record, "free_record(table, rid): forget a record and give its place back: "
+                      "(the slab now wholly free or -1, its length, whether it was active)."),
     FAST(set_base, "set_base(index, address): where the slab is mapped (put() writes there)."),
     FAST(put, "put(table, h, value, key, spec, tag, flags): a new active record holding the "
               "entry's bytes: (rid, ids a purge took), or what it needs first."),

@@ -55,3 +55,28 @@ long vc_store_put(struct vc_table *t, struct vc_books *b, uint32_t h, const stru
     trailer[11] = 0;
     return rid;
 }
+
+long vc_store_free(struct vc_table *t, struct vc_books *b, int64_t rid, int64_t *length,
+                   int *active)
+{
+    int64_t loc;
+    uint32_t nbytes;
+    uint8_t flags;
+    long r = vc_rec_get(t, rid, &loc, &nbytes, &flags);
+    if (r < 0)
+        return r;
+    *length = 0;
+    *active = 0;
+    if (flags & VC_KEPT) /* no bytes in the slabs: the record only */
+        return vc_rec_delete(t, rid) < 0 ? -EPROTO : -1;
+    if (nbytes == VC_LONG)
+        return -EFBIG;
+    long empty = vc_books_free_entry(b, loc, nbytes, rid, (flags & VC_ACTIVE) != 0);
+    if (empty < -1)
+        return empty; /* the books refused it: the record stays as it was */
+    if (vc_rec_delete(t, rid) < 0)
+        return -EPROTO; /* never: vc_rec_get found it in use */
+    *length = nbytes;
+    *active = (flags & VC_ACTIVE) != 0;
+    return empty;
+}

@@ -29,4 +29,12 @@ struct vc_put {
 long vc_store_put(struct vc_table *t, struct vc_books *b, uint32_t h, const struct vc_put *p,
                   int64_t *need, int32_t *lost, int64_t cap, int64_t *nlost);
 
+/* Forget a record and give its place back (it leaves the index and the order
+ * too): the index of the slab now wholly free (give it back to the backend,
+ * then vc_books_drop_slab) or -1; its length and whether it was active in
+ * *length, *active. -EFBIG for a record of VC_LONG or more bytes (its caller
+ * keeps their length); -EINVAL for an id not in use. */
+long vc_store_free(struct vc_table *t, struct vc_books *b, int64_t rid, int64_t *length,
+                   int *active);
+
 #endif

@@ -256,6 +256,17 @@ static void reset(struct vc_table *t)
     t->free_id = t->head = t->tail = t->demoted_head = t->demoted_tail = VC_NONE;
 }
 
+long vc_rec_get(const struct vc_table *t, int64_t rid, int64_t *loc, uint32_t *length,
+                uint8_t *flags)
+{
+    if (!valid((struct vc_table *)t, rid))
+        return -EINVAL;
+    *loc = loc_of((struct vc_table *)t)[rid];
+    *length = length_of((struct vc_table *)t)[rid];
+    *flags = flags_of((struct vc_table *)t)[rid];
+    return 0;
+}
+
 long vc_rec_next_id(const struct vc_table *t)
 {
     if (t->magic != VC_TABLE_MAGIC)

@@ -87,6 +87,9 @@ long vc_table_release(struct vc_table *t);
 
 /* A new record (not indexed, not listed): its id; -ENOSPC when the table is full. */
 long vc_rec_new(struct vc_table *t, uint32_t h, int64_t loc, uint32_t length, uint32_t flags);
+/* A record's loc, length and flags (-EINVAL: not a record in use). */
+long vc_rec_get(const struct vc_table *t, int64_t rid, int64_t *loc, uint32_t *length,
+                uint8_t *flags);
 /* The id vc_rec_new would give next, or -ENOSPC (-EINVAL: not a table). */
 long vc_rec_next_id(const struct vc_table *t);
 /* Forget a record (out of the index and the order); its id is free again. */

@@ -185,7 +185,8 @@ def test_without_the_core_caches_use_the_python_table():
     script = textwrap.dedent(
         """
         import sys
-        sys.modules['volcache._core'] = None
+        import os
+        sys.modules[os.environ.get('VOLCACHE_CORE_MODULE') or 'volcache._core'] = None
         from volcache import VolatileCache
         from volcache.records import RecordTable
         with VolatileCache(2, backend="sim") as cache:

@@ -194,6 +194,10 @@ class NativeRecordTable:
         """Forget a record: out of the index and the order, its id free for reuse."""
         if (done := self._delete(rid)) < 0:
             _check(done, "delete")
+        self.deleted()
+
+    def deleted(self) -> None:
+        """A record was deleted (here, or by a fused call of the C core)."""
         if self.room > self._first_room and not self._header[_COUNT]:
             self._settle(self._first_room, None)  # emptied: the large mapping goes whole
 

@@ -129,13 +129,17 @@ class SlabAllocator:
         """Give an entry's place back (``active``: it was activated). Its bytes are gone."""
         empty = self.books.free(loc, nbytes, ident, active)
         if empty >= 0:
-            # Released first: if the backend refuses, the slab stays ours, free and whole.
-            region = self._regions[empty]
-            assert region is not None
-            self.backend.release(region)
-            self.books.drop_slab(empty)
-            self._regions[empty] = None
-            self._readers[empty] = None
+            self.release_slab(empty)
+
+    def release_slab(self, index: int) -> None:
+        """A slab the books found wholly free goes back to the backend."""
+        # Released first: if the backend refuses, the slab stays ours, free and whole.
+        region = self._regions[index]
+        assert region is not None
+        self.backend.release(region)
+        self.books.drop_slab(index)
+        self._regions[index] = None
+        self._readers[index] = None
 
     def view(self, loc: int, nbytes: int) -> memoryview:
         """A writable view of an entry's bytes (a new view: release it when done)."""

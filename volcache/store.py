@@ -212,6 +212,17 @@ class Store:
     def free(self, rid: int) -> None:
         """Forget a record and give its bytes back."""
         records = self.records
+        if self._fused:
+            books: Any = self.slabs.books  # the C books: free_record() is theirs
+            done = books.free_record(records.handle, rid)
+            if done is not None:  # else a record of 4 GiB or more: the way below
+                empty, length, active = done
+                if active:
+                    self.active_nbytes -= length
+                records.deleted()
+                if empty >= 0:  # a backend refusing it: the slab stays, the record went
+                    self.slabs.release_slab(empty)
+                return
         if records.flags[rid] & KEPT:
             records.delete(rid)
             return
