@@ -224,6 +224,23 @@ static PyObject *m_free_record(BooksObject *self, PyObject *const *args, Py_ssiz
     return Py_BuildValue("(lLO)", empty, (long long)length, active ? Py_True : Py_False);
 }
 
+/* settle(table, rid, stamp): store.h's vc_store_settle: the record's length. */
+static PyObject *m_settle(BooksObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_ready(self) < 0)
+        return NULL;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "settle(table, rid, stamp) takes 3 arguments");
+        return NULL;
+    }
+    struct vc_table *t = vc_table_of(args[0]);
+    int64_t a[2];
+    if (t == NULL || ints(args + 1, 2, 2, a, "settle") < 0)
+        return NULL;
+    long length = vc_store_settle(t, &self->books, a[0], a[1]);
+    return length < 0 ? fail(length, "settle") : PyLong_FromLong(length);
+}
+
 static PyObject *m_drop_slab(BooksObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     PREAMBLE(1, "drop_slab");
@@ -538,6 +555,8 @@ static PyMethodDef books_methods[] = {
     FAST(drop_slab, "A slab that free() said was empty went back to the backend."),
     FAST(free_record, "free_record(table, rid): forget a record and give its place back: "
                       "(the slab now wholly free or -1, its length, whether it was active)."),
+    FAST(settle, "settle(table, rid, stamp): a new active record joins the index and the "
+                 "order and goes idle: its length."),
     FAST(set_base, "set_base(index, address): where the slab is mapped (put() writes there)."),
     FAST(put, "put(table, h, value, key, spec, tag, flags): a new active record holding the "
               "entry's bytes: (rid, ids a purge took), or what it needs first."),

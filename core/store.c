@@ -80,3 +80,29 @@ long vc_store_free(struct vc_table *t, struct vc_books *b, int64_t rid, int64_t 
     *active = (flags & VC_ACTIVE) != 0;
     return empty;
 }
+
+long vc_store_settle(struct vc_table *t, struct vc_books *b, int64_t rid, int64_t stamp)
+{
+    int64_t loc;
+    uint32_t length;
+    uint8_t flags;
+    long r = vc_rec_get(t, rid, &loc, &length, &flags);
+    if (r < 0)
+        return r;
+    if ((flags & (VC_INDEXED | VC_LISTED | VC_OBJECT | VC_KEPT)) || !(flags & VC_ACTIVE)
+        || length == VC_LONG)
+        return -EINVAL;
+    if ((r = vc_rec_index(t, rid)) < 0)
+        return r;
+    if ((r = vc_rec_append(t, rid, stamp)) < 0) {
+        vc_rec_unindex(t, rid);
+        return r;
+    }
+    if ((r = vc_books_deactivate(b, loc, length)) < 0) {
+        vc_rec_unlist(t, rid);
+        vc_rec_unindex(t, rid);
+        return r;
+    }
+    vc_rec_clear_flags(t, rid, VC_ACTIVE);
+    return (long)length;
+}

@@ -37,4 +37,9 @@ long vc_store_put(struct vc_table *t, struct vc_books *b, uint32_t h, const stru
 long vc_store_free(struct vc_table *t, struct vc_books *b, int64_t rid, int64_t *length,
                    int *active);
 
+/* A new active record (no Python object, not kept, shorter than VC_LONG)
+ * joins the index and the order (at stamp) and goes idle: its length, or
+ * -EINVAL (nothing changed) if it is not such a record. */
+long vc_store_settle(struct vc_table *t, struct vc_books *b, int64_t rid, int64_t stamp);
+
 #endif

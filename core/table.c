@@ -267,6 +267,15 @@ long vc_rec_get(const struct vc_table *t, int64_t rid, int64_t *loc, uint32_t *l
     return 0;
 }
 
+long vc_rec_clear_flags(struct vc_table *t, int64_t rid, uint32_t bits)
+{
+    /* Only the owner's flags: the index's and the order's are the table's to keep. */
+    if (!valid(t, rid) || (bits & ~(uint32_t)(VC_ACTIVE | VC_OBJECT | VC_KEPT)))
+        return -EINVAL;
+    flags_of(t)[rid] &= (uint8_t)~bits;
+    return 0;
+}
+
 long vc_rec_next_id(const struct vc_table *t)
 {
     if (t->magic != VC_TABLE_MAGIC)

@@ -90,6 +90,8 @@ long vc_rec_new(struct vc_table *t, uint32_t h, int64_t loc, uint32_t length, ui
 /* A record's loc, length and flags (-EINVAL: not a record in use). */
 long vc_rec_get(const struct vc_table *t, int64_t rid, int64_t *loc, uint32_t *length,
                 uint8_t *flags);
+/* Clear these flags of a record (ACTIVE: its pages went idle). */
+long vc_rec_clear_flags(struct vc_table *t, int64_t rid, uint32_t bits);
 /* The id vc_rec_new would give next, or -ENOSPC (-EINVAL: not a table). */
 long vc_rec_next_id(const struct vc_table *t);
 /* Forget a record (out of the index and the order); its id is free again. */

@@ -3,6 +3,7 @@ call of the C core is the put made step by step."""
 
 from __future__ import annotations
 
+import itertools
 from functools import partial
 from typing import Any
 
@@ -10,7 +11,7 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 from hypothesis import settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from volcache import Codec, VolatileCache, coremodule
 from volcache.backends import get_backend
@@ -58,13 +59,17 @@ class FusedAsSteps(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         require("kernel", None if coremodule.core is not None else coremodule.WHY)
+        self.stores: list[Store] = []
+        self.live: dict[int, tuple[bytes, bytes, bytes]] = {}
+
+    @initialize(exact=st.booleans())
+    def make(self, exact: bool) -> None:
         self.backends = [get_backend("sim", seed=3), get_backend("sim", seed=3)]
-        self.stores = [Store(b, 16 * b.page_size) for b in self.backends]
+        self.stores = [Store(b, 16 * b.page_size, exact) for b in self.backends]
         for store in self.stores:  # room for 2 records: the table grows under the puts
-            store.records = NativeRecordTable(room=2)
+            store.records = NativeRecordTable(exact, itertools.count(1).__next__, room=2)
         assert self.stores[0]._fused
         self.stores[1]._fused = False
-        self.live: dict[int, tuple[bytes, bytes, bytes]] = {}
 
     def both(self, name: str, *args):
         answers = [getattr(store, name)(*args) for store in self.stores]
@@ -74,9 +79,9 @@ class FusedAsSteps(RuleBasedStateMachine):
     @rule(
         value=st.one_of(st.binary(max_size=300), st.binary(min_size=2000, max_size=9000)),
         key=st.binary(max_size=40), spec=st.binary(max_size=20), h=st.integers(0, 2**32 - 1),
-        tag=st.integers(0, 0xFFFF), flags=st.integers(0, 255),
+        tag=st.integers(0, 0xFFFF), flags=st.integers(0, 255), settle=st.booleans(),
     )  # fmt: skip
-    def put(self, value, key, spec, h, tag, flags):
+    def put(self, value, key, spec, h, tag, flags, settle):
         rid, lost = self.both("put", h, memoryview(value), key, tag, spec, flags)
         for other in lost:  # idle entries on a page a purge took: the caller frees them
             if self.live.pop(other, None) is not None:
@@ -85,7 +90,8 @@ class FusedAsSteps(RuleBasedStateMachine):
             view = store.slabs.view(store.records.loc[rid], store.length(rid))
             assert bytes(view) == value + key + spec + TRAILER.pack(len(key), len(spec), tag, flags)
             view.release()
-        self.both("deactivate", rid)
+        # Joins the index and the order and goes idle in one call, or only goes idle.
+        self.both("settle_new" if settle else "deactivate", rid)
         self.live[rid] = (value, key, spec)
 
     @precondition(lambda self: self.live)
@@ -106,11 +112,14 @@ class FusedAsSteps(RuleBasedStateMachine):
         for name in ("npending", "stored_bytes", "capacity_bytes", "count", "total_pages"):
             assert getattr(a, name) == getattr(b, name), name
         assert self.stores[0].active_nbytes == self.stores[1].active_nbytes
+        tables = [store.records for store in self.stores]
         for rid in self.live:
-            assert self.stores[0].records.loc[rid] == self.stores[1].records.loc[rid]
+            assert tables[0].loc[rid] == tables[1].loc[rid]
+            assert tables[0].flags[rid] == tables[1].flags[rid]
+        assert list(tables[0].listed_ids()) == list(tables[1].listed_ids())
 
     def teardown(self) -> None:
-        for store, backend in zip(self.stores, self.backends, strict=True):
+        for store, backend in zip(self.stores, getattr(self, "backends", []), strict=True):
             store.close()
             backend.close()
 

@@ -426,14 +426,16 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
             except BaseException:
                 store.free(rid)
                 raise
-            own = serialized is None or tag == OWN_DECODER
-            entries.insert(rid, key, size, own, decode, value if data is None else MISSING)
-            if expires is not None:
-                entries.set_expiry(rid, expires)
             # Idle from the start: an entry becomes hot when it is read. A store
             # makes no Python object to keep, so that many stores of entries
             # never read again leave no garbage behind them.
-            entries.idle(rid)
+            if serialized is None or tag == OWN_DECODER or data is None:
+                entries.insert(rid, key, size, True, decode, value if data is None else MISSING)
+                entries.idle(rid)
+            else:
+                entries.insert_idle(rid, size)
+            if expires is not None:
+                entries.set_expiry(rid, expires)
             # What a store adds is a record's few bytes: the budget hears of it
             # every 16 stores while far from its limit, at once near it (or for
             # a value kept as an object, which may be large). The idle work

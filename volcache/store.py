@@ -176,6 +176,19 @@ class Store:
             else:
                 slabs.serve(rid, more)
 
+    def settle_new(self, rid: int) -> None:
+        """A new record (no Python object, not kept) joins the index and the order, the
+        most recently used, and goes idle."""
+        records = self.records
+        if self._fused and rid not in self._long:
+            books: Any = self.slabs.books  # the C books: settle() is theirs
+            stamp = records.stamp() if records.exact else 0
+            self.active_nbytes -= books.settle(records.handle, rid, stamp)
+            return
+        records.index(rid)
+        records.append(rid)
+        self.deactivate(rid)
+
     def put_kept(self, h: int) -> int:
         """A new record without bytes, for a value kept as a Python object."""
         return self.records.new(h, 0, 0, KEPT)
