@@ -62,7 +62,7 @@ typedef struct {
 
 static PyObject *COLD, *MISSING, *GETITEM, *EXPIRED; /* made once: see above */
 static PyObject *s_get_slow, *s_uncount_hit, *s_maintain_now; /* interned names */
-static PyTypeObject *EntryType, *ClockType, *HotType;
+static PyTypeObject *EntryType, *ClockType, *HotType, *MemoType;
 
 #define ENTRY_OBJECTS(X) X(value) X(key) X(rid) X(pins) X(hot_since) X(own) X(decode) \
                          X(detached) X(kept) X(cost)
@@ -368,6 +368,121 @@ static PyType_Spec hot_spec = {
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, hot_slots,
 };
 
+/* -- a memoized function's hit ------------------------------------------------
+
+ * MemoHit(cache).hit(args): a decorated call's hit, given its positional
+ * arguments' tuple: if each argument is of an exact type whose hash is C's
+ * (volcache.keys.C_HASHED: the tuple is then its own key, as cachetools'
+ * hashkey makes it), the cache's hot hit for that key, counted here; else,
+ * or if the key is not hot, MISSING (the decorator's Python takes it from
+ * there). volcache.hotpath.PyMemoHit is the reference.
+ * Invariants: cache is a HotBase instance, held; hits only grows.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *cache;
+    long long hits;
+} MemoObject;
+
+static int plain_key(PyObject *args)
+{
+    Py_ssize_t n = PyTuple_Size(args);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyTypeObject *type = Py_TYPE(PyTuple_GetItem(args, i));
+        if (type != &PyLong_Type && type != &PyUnicode_Type && type != &PyBytes_Type
+            && type != &PyFloat_Type && type != &PyBool_Type && type != &PyComplex_Type
+            && type != Py_TYPE(Py_None) && type != &PyType_Type && type != &PyFrozenSet_Type)
+            return 0;
+    }
+    return 1;
+}
+
+static PyObject *memo_hit(MemoObject *self, PyObject *args)
+{
+    if (!PyTuple_Check(args) || !plain_key(args))
+        return Py_NewRef(MISSING);
+    PyObject *value = hot_value((HotObject *)self->cache, args);
+    if (value != NULL && value != MISSING)
+        self->hits++;
+    return value;
+}
+
+static int memo_init(MemoObject *self, PyObject *args, PyObject *kwargs)
+{
+    PyObject *cache;
+    static char *names[] = {"cache", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O", names, &cache))
+        return -1;
+    if (!PyObject_TypeCheck(cache, HotType)) {
+        PyErr_SetString(PyExc_TypeError, "MemoHit: the cache must be a VolatileCache");
+        return -1;
+    }
+    PyObject *old = self->cache;
+    self->cache = Py_NewRef(cache);
+    Py_XDECREF(old);
+    return 0;
+}
+
+static PyObject *memo_hit_method(MemoObject *self, PyObject *args)
+{
+    if (self->cache == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "MemoHit.__init__ was not called");
+        return NULL;
+    }
+    return memo_hit(self, args);
+}
+
+static int memo_traverse(MemoObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->cache);
+    Py_VISIT(Py_TYPE((PyObject *)self));
+    return 0;
+}
+
+static int memo_clear(MemoObject *self)
+{
+    Py_CLEAR(self->cache);
+    return 0;
+}
+
+static void memo_dealloc(MemoObject *self)
+{
+    PyTypeObject *tp = Py_TYPE((PyObject *)self);
+    PyObject_GC_UnTrack(self);
+    memo_clear(self);
+    PyObject_GC_Del(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef memo_methods[] = {
+    {"hit", (PyCFunction)memo_hit_method, METH_O,
+     "hit(args): the hot value for the call with these positional arguments, counted; "
+     "else MISSING."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef memo_members[] = {
+    {"hits", T_LONGLONG, offsetof(MemoObject, hits), READONLY, "Hits counted here."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot memo_slots[] = {
+    {Py_tp_doc, "A memoized function's hot hit (volcache.hotpath.PyMemoHit in C)."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, memo_init},
+    {Py_tp_traverse, memo_traverse},
+    {Py_tp_clear, memo_clear},
+    {Py_tp_dealloc, memo_dealloc},
+    {Py_tp_methods, memo_methods},
+    {Py_tp_members, memo_members},
+    {0, NULL},
+};
+
+static PyType_Spec memo_spec = {
+    "volcache._core.MemoHit", sizeof(MemoObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, memo_slots,
+};
+
 /* Made once, by the first import: see the invariants above. */
 static int make_once(PyObject *module)
 {
@@ -394,7 +509,10 @@ static int make_once(PyObject *module)
     if (ClockType == NULL)
         return -1;
     HotType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &hot_spec, NULL);
-    return HotType == NULL ? -1 : 0;
+    if (HotType == NULL)
+        return -1;
+    MemoType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &memo_spec, NULL);
+    return MemoType == NULL ? -1 : 0;
 }
 
 int vc_add_hot_types(PyObject *module)
@@ -404,6 +522,7 @@ int vc_add_hot_types(PyObject *module)
     if (PyModule_AddObjectRef(module, "EntryBase", (PyObject *)EntryType) < 0
         || PyModule_AddObjectRef(module, "Clock", (PyObject *)ClockType) < 0
         || PyModule_AddObjectRef(module, "HotBase", (PyObject *)HotType) < 0
+        || PyModule_AddObjectRef(module, "MemoHit", (PyObject *)MemoType) < 0
         || PyModule_AddObjectRef(module, "COLD", COLD) < 0
         || PyModule_AddObjectRef(module, "MISSING", MISSING) < 0
         || PyModule_AddObjectRef(module, "GETITEM", GETITEM) < 0

@@ -5,7 +5,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-/* hot.c: HotBase, EntryBase, Clock, the sentinels COLD, MISSING, GETITEM, Expired. */
+/* hot.c: HotBase, EntryBase, Clock, MemoHit, the sentinels COLD, MISSING, GETITEM, Expired. */
 int vc_add_hot_types(PyObject *module);
 /* books.c: SlabBooks. */
 int vc_add_books_type(PyObject *module);

@@ -312,3 +312,47 @@ def test_the_hot_fields_take_what_the_cache_gives_them(kind):
         with pytest.raises(TypeError, match="_maintain_at must be an int"):
             cache._maintain_at = 1.5
     cache.close()
+
+
+@pytest.mark.parametrize("maxsize", [None, 10], ids=["unbounded", "maxsize"])
+def test_a_memoized_hit_in_c_answers_as_the_python_one(maxsize):
+    need_native()
+    answers = []
+    for make in (hotpath.MemoHit, hotpath.PyMemoHit):
+        cache = VolatileCache(maxsize or float("inf"), backend="sim")
+        memo = make(cache)
+        cache[(1,)] = b"one"
+        cache[("a", 2.5, None, True, frozenset({1}), int)] = b"mixed"
+        cache[(b"k",)] = b"bytes"
+        got = [memo.hit((1,))]  # idle: not a hot hit
+        cache[(1,)], cache[(1,)]
+        got += [
+            memo.hit((1,)),
+            memo.hit((1,)),
+            memo.hit(("a", 2.5, None, True, frozenset({1}), int)),
+        ]
+        cache[("a", 2.5, None, True, frozenset({1}), int)]
+        cache[("a", 2.5, None, True, frozenset({1}), int)]
+        got += [memo.hit(("a", 2.5, None, True, frozenset({1}), int))]
+        got += [memo.hit(([1],)), memo.hit((object(),)), memo.hit(())]  # not plain: Python's way
+        cache[(b"k",)] = b"new"  # replaced: not hot any more
+        got += [memo.hit((b"k",)), memo.hits, sorted(map(repr, cache))]
+        answers.append([hotpath.MISSING if g is hotpath.MISSING else g for g in got])
+        cache.close()
+    assert answers[0] == answers[1]
+    assert answers[0][:3] == [hotpath.MISSING, b"one", b"one"] and answers[0][-2] == 3
+
+
+def test_a_memoized_hit_needs_a_cache_and_keeps_the_decorators_counts():
+    need_native()
+    with pytest.raises(TypeError, match="VolatileCache"):
+        hotpath.MemoHit({})
+    f = cached(backend="sim")(lambda *args: len(args))
+    f(1), f(1), f(1), f((1, 2)), f((1, 2))  # a tuple argument: volcache's key, not C's
+    info = f.cache_info()
+    assert (info.hits, info.misses) == (3, 2)
+    f.cache_clear()
+    assert (f.cache_info().hits, f.cache_info().misses) == (0, 0)
+    f(1), f(1)
+    assert (f.cache_info().hits, f.cache_info().misses) == (1, 1)
+    f.cache.close()

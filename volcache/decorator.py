@@ -21,6 +21,7 @@ from .budget import MemoryBudget
 from .cache import _MISSING, VolatileCache
 from .entries import count_of
 from .flight import SingleFlight, await_check, await_done
+from .hotpath import MemoHit
 from .keys import C_HASHED, hashed, hashkey, typedkey
 from .tiers.bound import MISSING as TIER_MISSING
 
@@ -222,6 +223,8 @@ class Memoized:
         self._lock = threading.Lock()
         _ALL.add(self)
         self._hits = itertools.count(1)  # next() is atomic: hits counted without the lock
+        self._hits_cleared = 0  # hits counted before the last cache_clear()
+        self._memo_hits: Callable[[], int] = _no_hits  # a plain function's hits (MemoHit)
         self._misses = self._purged = self._regenerated = 0
         self._stores = 0  # results stored: a call that saw none since its miss need not look again
         self._flight = SingleFlight(reentrant=True)
@@ -505,7 +508,7 @@ class Memoized:
             maxsize = self._options.get("maxsize", math.inf)
         with self._lock:
             return CacheInfo(
-                hits=count_of(self._hits),
+                hits=count_of(self._hits) + self._memo_hits() - self._hits_cleared,
                 misses=self._misses,
                 maxsize=None if maxsize == math.inf else maxsize,
                 currsize=sum(getattr(c, "currsize", len(c)) for c in caches),
@@ -518,7 +521,9 @@ class Memoized:
         for cache in self._caches():
             cache.clear()
         with self._lock:
-            self._hits = itertools.count(1)
+            # The counters stay (a plain function's C hit counts its own): the
+            # hits counted up to now are set aside.
+            self._hits_cleared = count_of(self._hits) + self._memo_hits()
             self._misses = self._purged = self._regenerated = 0
             self._dead_tokens.clear()
 
@@ -614,17 +619,25 @@ def _function_of(memoized: Memoized) -> Callable[..., Any]:
     cache = memoized.cache
     hot_value = memoized._hot_value
     call = memoized._call
+    # The common hit in one call (in C where the core is): arguments whose
+    # tuple is its own key, and that key hot. It counts its hits.
+    memo = MemoHit(cache)
+    memoized._memo_hits = lambda: memo.hits
+    hit, missing = memo.hit, _MISSING
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if kwargs:
             return memoized(*args, **kwargs)
+        value = hit(args)
+        if value is not missing:
+            return value
         key = args
         for part in args:
             if type(part) not in C_HASHED:
                 key = hashed(args)
                 break
         value = hot_value(key)
-        if value is not _MISSING:
+        if value is not missing:
             next(memoized._hits)
             return value
         return call(cache, key, args, kwargs)
@@ -658,6 +671,10 @@ class _Jittered:
 
     def __repr__(self) -> str:
         return f"{self.ttl!r} less up to {self.jitter:.0%}"
+
+
+def _no_hits() -> int:
+    return 0
 
 
 def _no_hot_value(key: Any) -> Any:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from .coremodule import core
+from .keys import C_HASHED
 
 
 class PyExpired(Exception):
@@ -123,11 +124,40 @@ class PyHotBase:
         return value
 
 
-def _native() -> tuple[type, type, type] | None:
-    """(HotBase, EntryBase, Clock) from the C module, or None (not built, stale, or not chosen)."""
+class PyMemoHit:
+    """A memoized function's hot hit: :meth:`hit` takes the call's positional
+    arguments; if each is of an exact type whose hash is C's
+    (:data:`~volcache.keys.C_HASHED`), the tuple is its own key (as cachetools'
+    ``hashkey`` makes it) and the cache's hot hit for it is counted in
+    :attr:`hits`; else, or if the key is not hot, ``MISSING``."""
+
+    def __init__(self, cache: Any) -> None:
+        self._hot_value = cache._hot_value
+        self._count = itertools.count(1)
+        self._hit = self._count.__next__
+
+    def hit(self, args: tuple) -> Any:
+        """The hot value for the call with these positional arguments, else ``MISSING``."""
+        for part in args:
+            if type(part) not in C_HASHED:
+                return MISSING
+        value = self._hot_value(args)
+        if value is not MISSING:
+            self._hit()
+        return value
+
+    @property
+    def hits(self) -> int:
+        """Hits counted here."""
+        return int(repr(self._count)[6:-1]) - 1
+
+
+def _native() -> tuple[type, type, type, type] | None:
+    """(HotBase, EntryBase, Clock, MemoHit) from the C module, or None (not built, stale,
+    or not chosen)."""
     if core is None:
         return None
-    return core.HotBase, core.EntryBase, core.Clock
+    return core.HotBase, core.EntryBase, core.Clock, core.MemoHit
 
 
 _found = _native()
@@ -137,5 +167,6 @@ if TYPE_CHECKING:  # the C types have the Python ones' fields and methods
     HotBase = PyHotBase
     EntryBase = PyEntryBase
     Clock = PyClock
+    MemoHit = PyMemoHit
 else:
-    HotBase, EntryBase, Clock = _found or (PyHotBase, PyEntryBase, PyClock)
+    HotBase, EntryBase, Clock, MemoHit = _found or (PyHotBase, PyEntryBase, PyClock, PyMemoHit)
