@@ -172,6 +172,10 @@ static PyObject *m_put(BooksObject *self, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_ValueError, "put: h must be the low 32 bits of a hash");
         return NULL;
     }
+    if (a[1] < 0 || a[1] > 0xFFFF || a[2] < 0 || a[2] > 0xFF) {
+        PyErr_SetString(PyExc_ValueError, "put: the tag must fit 16 bits and the flags 8");
+        return NULL;
+    }
     Py_buffer views[3];
     int got = 0;
     PyObject *result = NULL;
@@ -284,8 +288,9 @@ static PyObject *m_allocate(BooksObject *self, PyObject *const *args, Py_ssize_t
     int64_t need[3];
     int32_t lost[MAX_CHAIN];
     int64_t nlost = 0;
-    if (a[0] <= 0) {
-        PyErr_Format(PyExc_ValueError, "nbytes must be positive, got %lld", (long long)a[0]);
+    if (a[0] <= 0 || a[0] > VC_MAX_ENTRY) {
+        PyErr_Format(PyExc_ValueError, "nbytes must be positive and at most 2**40, got %lld",
+                     (long long)a[0]);
         return NULL;
     }
     int64_t loc = vc_books_allocate(&self->books, a[0], a[1], need, lost, MAX_CHAIN, &nlost);
@@ -482,8 +487,9 @@ done:
     return result;
 }
 
-/* Bytes of books per page (state, owner, class, mask, active) and per entry
- * (its link); and the buckets' arrays of free runs. */
+/* Bytes of books per page (state, owner, class, mask, active) and per entry id
+ * up to the highest in use (its link); and the arrays of slabs, free runs and
+ * vacancies. */
 #define PAGE_BYTES (1 + 4 + 1 + 8 + 2)
 #define ENTRY_BYTES 4
 
@@ -492,11 +498,13 @@ static PyObject *m_nbytes(BooksObject *self, PyObject *unused)
     (void)unused;
     if (check_ready(self) < 0)
         return NULL;
-    int64_t runs = 0;
+    struct vc_books *b = &self->books;
+    int64_t arrays = b->slabs_cap * (int64_t)sizeof *b->slabs + b->vacant_cap * 8;
     for (int i = 0; i < VC_BUCKETS; i++)
-        runs += self->books.buckets[i].cap * (int64_t)sizeof(int64_t);
-    return PyLong_FromLongLong(self->books.total_pages * PAGE_BYTES
-                               + self->books.count * ENTRY_BYTES + runs);
+        arrays += b->buckets[i].cap * 8;
+    for (int k = 0; k < VC_MAX_CLASSES; k++)
+        arrays += b->stacks[k].cap * 8;
+    return PyLong_FromLongLong(b->total_pages * PAGE_BYTES + b->link_len * ENTRY_BYTES + arrays);
 }
 
 static PyObject *m_page_counts(BooksObject *self, PyObject *unused)

@@ -280,8 +280,8 @@ static long chain_ids(struct vc_books *b, struct vc_slab *s, int64_t page, int32
 
 long vc_books_add_slab(struct vc_books *b, int64_t npages)
 {
-    if (npages < 1 || npages > INT32_MAX - 1)
-        return -EINVAL;
+    if (npages < 1 || npages > INT32_MAX - 1 || npages > VC_MAX_ENTRY / b->page_size)
+        return -EINVAL; /* a loc's offset has 40 bits */
     int64_t index;
     if (b->nvacant) {
         index = b->vacant[b->nvacant - 1];
@@ -338,12 +338,10 @@ long vc_books_drop_slab(struct vc_books *b, int64_t index)
     b->total_pages -= s->npages;
     slab_release(s);
     b->vacant[b->nvacant++] = index;
-    if (b->total_pages == 0) { /* no slab left: no run either, and the arrays go too */
-        for (int i = 0; i < VC_BUCKETS; i++) {
-            free(b->buckets[i].runs);
-            memset(&b->buckets[i], 0, sizeof b->buckets[i]);
-        }
-        b->max_npages = 1;
+    if (b->total_pages == 0) { /* no slab left: the books start again, their arrays gone */
+        int64_t mark_errors = b->mark_errors;
+        vc_books_reset(b);
+        b->mark_errors = mark_errors;
     }
     return 0;
 }
@@ -522,7 +520,7 @@ int64_t vc_books_allocate(struct vc_books *b, int64_t nbytes, int64_t ident, int
                           int32_t *lost, int64_t cap, int64_t *nlost)
 {
     *nlost = 0;
-    if (nbytes <= 0 || ident < 0 || ident > INT32_MAX)
+    if (nbytes <= 0 || nbytes > VC_MAX_ENTRY || ident < 0 || ident > INT32_MAX)
         return -EINVAL;
     if (reserve_runs(b) < 0)
         return -ENOMEM;
@@ -566,11 +564,42 @@ static long give_run(struct vc_books *b, int64_t index, struct vc_slab *s, int64
     return stop - first == s->npages ? index : -1;
 }
 
+/* Whether (loc, nbytes) is an entry's place as allocate gave it: a taken slot
+ * of a shared page (nbytes up to its class), or the first page of a large
+ * entry's pages, all of them, for nbytes. The calls below refuse anything
+ * else: a wrong length or loc would walk into a neighbour's pages. */
+static int entry_span(struct vc_books *b, struct vc_slab *s, int64_t loc, int64_t page,
+                      int64_t nbytes, int64_t *npages)
+{
+    int64_t offset = loc & OFFSET_MASK, ps = b->page_size;
+    if (nbytes <= 0 || !(s->state[page] & VC_PAGE_USED))
+        return 0;
+    if (s->klass[page]) {
+        int64_t size = b->classes[s->klass[page] - 1], within = offset - page * ps;
+        *npages = 1;
+        return within % size == 0 && nbytes <= size
+               && (s->mask[page] >> (within / size) & 1);
+    }
+    if (offset % ps != 0 || nbytes > (s->npages - page) * ps)
+        return 0;
+    *npages = ceil_div(nbytes, ps);
+    int32_t owner = s->owner[page];
+    if (page > 0 && s->owner[page - 1] == owner && !s->klass[page - 1]
+        && (s->state[page - 1] & VC_PAGE_USED))
+        return 0; /* not the entry's first page */
+    for (int64_t p = page; p < page + *npages; p++)
+        if (s->owner[p] != owner || s->klass[p] || !(s->state[p] & VC_PAGE_USED))
+            return 0;
+    int64_t after = page + *npages;
+    return after == s->npages || s->owner[after] != owner || s->klass[after]
+           || !(s->state[after] & VC_PAGE_USED); /* all of its pages */
+}
+
 long vc_books_deactivate(struct vc_books *b, int64_t loc, int64_t nbytes)
 {
-    int64_t index, page;
+    int64_t index, page, npages;
     struct vc_slab *s = locate(b, loc, &index, &page);
-    if (s == NULL || nbytes <= 0 || !(s->state[page] & VC_PAGE_USED))
+    if (s == NULL || !entry_span(b, s, loc, page, nbytes, &npages))
         return -EINVAL;
     if (s->klass[page]) {
         if (s->active[page] == 0)
@@ -579,18 +608,28 @@ long vc_books_deactivate(struct vc_books *b, int64_t loc, int64_t nbytes)
             idle_pages(b, s, page, 1);
         return 0;
     }
-    int64_t npages = ceil_div(nbytes, b->page_size);
-    if (page + npages > s->npages)
-        return -EINVAL;
     idle_pages(b, s, page, npages);
     return 0;
 }
 
+static long free_entry(struct vc_books *b, int64_t loc, int64_t nbytes, int64_t ident, int active);
+
 long vc_books_free_entry(struct vc_books *b, int64_t loc, int64_t nbytes, int64_t ident, int active)
 {
-    int64_t index, page;
+    long empty = free_entry(b, loc, nbytes, ident, active);
+    if (empty >= -1 && b->count == 0) { /* no entry left: no link either */
+        free(b->link);
+        b->link = NULL;
+        b->link_len = 0;
+    }
+    return empty;
+}
+
+static long free_entry(struct vc_books *b, int64_t loc, int64_t nbytes, int64_t ident, int active)
+{
+    int64_t index, page, span;
     struct vc_slab *s = locate(b, loc, &index, &page);
-    if (s == NULL || nbytes <= 0 || ident < 0 || !(s->state[page] & VC_PAGE_USED))
+    if (s == NULL || ident < 0 || !entry_span(b, s, loc, page, nbytes, &span))
         return -EINVAL;
     int64_t klass = (int64_t)s->klass[page] - 1, ps = b->page_size;
     if (klass >= 0) {
@@ -602,7 +641,7 @@ long vc_books_free_entry(struct vc_books *b, int64_t loc, int64_t nbytes, int64_
             }
         if (!found)
             return -EINVAL;
-    } else if (s->owner[page] != ident || page + ceil_div(nbytes, ps) > s->npages) {
+    } else if (s->owner[page] != ident) {
         return -EINVAL;
     }
     if (reserve_runs(b) < 0)
@@ -648,10 +687,10 @@ long vc_books_free_entry(struct vc_books *b, int64_t loc, int64_t nbytes, int64_
 long vc_books_activate(struct vc_books *b, int64_t loc, int64_t nbytes, int64_t *need,
                        int32_t *lost, int64_t cap, int64_t *nlost)
 {
-    int64_t index, page;
+    int64_t index, page, span;
     *nlost = 0;
     struct vc_slab *s = locate(b, loc, &index, &page);
-    if (s == NULL || nbytes <= 0 || !(s->state[page] & VC_PAGE_USED))
+    if (s == NULL || !entry_span(b, s, loc, page, nbytes, &span))
         return -EINVAL;
     if (s->klass[page]) {
         if (s->active[page] == 0) {
@@ -672,9 +711,7 @@ long vc_books_activate(struct vc_books *b, int64_t loc, int64_t nbytes, int64_t 
         s->active[page]++;
         return 0;
     }
-    int64_t npages = ceil_div(nbytes, b->page_size);
-    if (page + npages > s->npages)
-        return -EINVAL;
+    int64_t npages = span;
     if (any_volatile(s, page, page + npages)) {
         need[0] = index, need[1] = page, need[2] = npages;
         return VC_NEED_REPIN;
@@ -846,7 +883,7 @@ long vc_books_ids_on(struct vc_books *b, int64_t index, const int64_t *pages, in
         if (page < 0 || page >= s->npages)
             return -EINVAL;
         uint8_t state = s->state[page];
-        if (!(state & VC_PAGE_VOLATILE) || !(state & VC_PAGE_USED))
+        if (!(state & VC_PAGE_VOLATILE) || !(state & VC_PAGE_USED) || (i > 0 && pages[i - 1] == page))
             continue;
         if (s->klass[page]) {
             long got = chain_ids(b, s, page, out + n, cap - n);

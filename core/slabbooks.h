@@ -32,6 +32,9 @@
  *  - count, stored_bytes, capacity_bytes: entries allocated, their bytes,
  *    and the bytes of their slots or pages.
  * Calls return a count, an id, a loc, or -errno; they never abort or print.
+ * Calls on an entry take its loc and length as allocate gave them and
+ * refuse any other (a slot not taken, a page not its first, a length not
+ * its pages'): -EINVAL, nothing changed.
  * A call that needs the backend first returns VC_NEED_SLAB or
  * VC_NEED_REPIN, says what in *need, and changes nothing.
  */
@@ -51,6 +54,7 @@
 #define VC_PAGE_RUN_LAST 128 /* the last page of a free run */
 
 #define VC_OFFSET_BITS 40
+#define VC_MAX_ENTRY ((int64_t)1 << VC_OFFSET_BITS) /* bytes of a slab or an entry, at most */
 #define VC_MAX_CLASSES 32
 #define VC_BUCKETS 64
 #define VC_NEED_SLAB (-1000) /* need[0]: pages of the new slab */
@@ -127,7 +131,7 @@ long vc_books_restore_pending(struct vc_books *b, int64_t index, int64_t first, 
 long vc_books_next_pending(struct vc_books *b, int64_t *index, int64_t *first, int64_t *stop);
 long vc_books_marked(struct vc_books *b, int64_t index, int64_t first, int64_t count);
 long vc_books_has_volatile(struct vc_books *b, int64_t index);
-/* The ids on these pages (volatile and used ones), each once, up to cap. */
+/* The ids on these pages (volatile and used ones, sorted), each once, up to cap. */
 long vc_books_ids_on(struct vc_books *b, int64_t index, const int64_t *pages, int64_t npages,
                      int32_t *out, int64_t cap);
 long vc_books_page_counts(struct vc_books *b, int64_t *total, int64_t *used, int64_t *vol);

@@ -9,6 +9,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <string.h>
 
 #include "pycore.h"
 #include "table.h"
@@ -20,6 +21,13 @@ typedef struct {
 } TableObject;
 
 #define IDS_ROOM 64
+
+/* Whether the buffer holds a table laid out by init or grow, all of it inside. */
+static int laid_out(TableObject *self)
+{
+    struct vc_table *t = self->t;
+    return t->magic == VC_TABLE_MAGIC && t->total > 0 && t->total <= self->view.len;
+}
 
 static int table_init(TableObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -47,7 +55,8 @@ static void table_dealloc(TableObject *self)
 {
     PyTypeObject *tp = Py_TYPE((PyObject *)self);
     if (self->t != NULL) {
-        vc_table_release(self->t);
+        if (laid_out(self))
+            vc_table_release(self->t);
         PyBuffer_Release(&self->view);
     }
     freefunc free_ = (freefunc)PyType_GetSlot(tp, Py_tp_free);
@@ -60,6 +69,11 @@ static int args_of(TableObject *self, PyObject *const *args, Py_ssize_t nargs, P
 {
     if (self->t == NULL) {
         PyErr_Format(PyExc_ValueError, "Table.%s: the table was released", name);
+        return -1;
+    }
+    if (strcmp(name, "init") != 0 && strcmp(name, "grow") != 0 && !laid_out(self)) {
+        PyErr_Format(PyExc_ValueError, "Table.%s: the buffer holds no table (init or grow "
+                     "it first)", name);
         return -1;
     }
     if (nargs != want) {
@@ -87,7 +101,7 @@ static int args_of(TableObject *self, PyObject *const *args, Py_ssize_t nargs, P
 /* A hash is the low 32 bits: a larger int is a caller's mistake, refused. */
 #define H(x) ((x) < 0 || (x) > UINT32_MAX ? (uint32_t)0 : (uint32_t)(x))
 
-CALL(init, 3, vc_table_init(self->t, a[0], a[1], (int)a[2]))
+CALL(init, 3, a[0] > self->view.len ? -EINVAL : vc_table_init(self->t, a[0], a[1], (int)a[2]))
 CALL(resident, 0, vc_table_resident(self->t))
 CALL(new, 4, (a[0] < 0 || a[0] > UINT32_MAX || a[2] < 0 || a[2] > UINT32_MAX || a[3] < 0)
                  ? -EINVAL : vc_rec_new(self->t, (uint32_t)a[0], a[1], (uint32_t)a[2], (uint32_t)a[3]))
@@ -115,14 +129,18 @@ static PyObject *m_grow(TableObject *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_TypeError, "Table.grow: old must be a Table not released");
         return NULL;
     }
-    return PyLong_FromLong(vc_table_grow(self->t, a[0], a[1], ((TableObject *)args[2])->t));
+    TableObject *old = (TableObject *)args[2];
+    if (a[0] > self->view.len || !laid_out(old))
+        return PyLong_FromLong(-EINVAL);
+    return PyLong_FromLong(vc_table_grow(self->t, a[0], a[1], old->t));
 }
 
 static PyObject *m_release(TableObject *self, PyObject *unused)
 {
     (void)unused;
     if (self->t != NULL) {
-        vc_table_release(self->t);
+        if (laid_out(self))
+            vc_table_release(self->t);
         self->t = NULL;
         PyBuffer_Release(&self->view);
     }

@@ -11,11 +11,21 @@ from .conftest import require
 
 def test_a_build_older_than_its_sources_is_not_used(tmp_path, monkeypatch):
     require("kernel", None if coremodule.core is not None else coremodule.WHY)
-    (tmp_path / "hot.c").write_text("/* edited since the build */")
+    for name in ("module.c", "pycore.h"):
+        (tmp_path / name).write_text("/* edited since the build */")
     monkeypatch.setattr(coremodule, "SOURCES", tmp_path)
     with pytest.warns(RuntimeWarning, match="older than its sources"):
         module, why = coremodule._load()
     assert module is None and why is not None and "older than its sources" in why
+
+
+def test_a_folder_named_core_that_is_not_ours_is_not_taken_for_the_sources(tmp_path, monkeypatch):
+    require("kernel", None if coremodule.core is not None else coremodule.WHY)
+    (tmp_path / "__init__.py").write_text("# another project's package called core\n")
+    (tmp_path / "thing.c").write_text("int thing;\n")
+    monkeypatch.setattr(coremodule, "SOURCES", tmp_path)
+    module, why = coremodule._load()
+    assert module is not None and why is None
 
 
 def test_a_missing_build_says_why(monkeypatch):

@@ -9,6 +9,7 @@ AddressSanitizer and UndefinedBehaviorSanitizer (``VOLCACHE_CORE_MODULE``).
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
 import textwrap
@@ -250,3 +251,34 @@ def test_a_small_table_keeps_a_page_and_a_large_one_little_more_than_its_records
     for rid in range(20_000):
         big.delete(rid)
     assert big.resident() == 4096 and big.nbytes() == 4 * 8  # emptied: a new small table
+
+
+def test_a_cache_still_works_in_an_atexit_handler():
+    """The table is not released at exit while caches may still be used."""
+    script = textwrap.dedent(
+        """
+        import atexit
+        def late():
+            cache["late"] = b"z" * 100
+            print("late", cache["late"][:3])
+        atexit.register(late)
+        from volcache import VolatileCache
+        cache = VolatileCache(backend="sim")
+        cache["early"] = b"a" * 100
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "late b'zzz'", run.stderr[-2000:]
+
+
+def test_a_table_refuses_a_buffer_it_does_not_fit_or_was_not_laid_out_in():
+    from volcache.coremodule import core
+
+    assert core is not None
+    table = core.Table(bytearray(8192))
+    with pytest.raises(ValueError, match="holds no table"):
+        table.head_of(12345)
+    with pytest.raises(ValueError, match="holds no table"):
+        table.new(1, 0, 0, ACTIVE)
+    assert table.init(core.table_bytes(1 << 20), 1 << 20, 0) == -errno.EINVAL  # too small
+    table.release()

@@ -180,8 +180,23 @@ def test_the_c_books_refuse_what_they_do_not_hold():
     ]:
         with pytest.raises(ValueError, match="slab books"):
             getattr(books, call)(*args)
-    with pytest.raises(ValueError, match="nbytes must be positive"):
-        books.allocate(0, 1)
+    big, _ = books.allocate(3 * PAGE, 9)  # three pages of their own
+    for call, args in [  # a length or loc not the entry's would walk into its neighbours
+        ("free", (big, 5 * PAGE, 9, True)),
+        ("free", (big, 2 * PAGE, 9, True)),
+        ("free", (big + PAGE, 2 * PAGE, 9, True)),
+        ("free", (big, 2**63 - 1, 9, True)),
+        ("deactivate", (big, 4 * PAGE)),
+        ("free", (loc + 16, 100, 7, True)),  # inside a slot
+        ("free", (loc, 200, 7, True)),  # past its class
+        ("add_slab", (1 << 29,)),  # 2 TiB: a loc's offset has 40 bits
+    ]:
+        with pytest.raises(ValueError, match="slab books"):
+            getattr(books, call)(*args)
+    assert books.free(big, 3 * PAGE, 9, True) == -1
+    for nbytes in (0, 2**63 - 1, (1 << 40) + 1):
+        with pytest.raises(ValueError, match="nbytes must be positive"):
+            books.allocate(nbytes, 1)
     with pytest.raises(TypeError):
         books.allocate("100", 1)
     with pytest.raises(ValueError):
@@ -189,3 +204,20 @@ def test_the_c_books_refuse_what_they_do_not_hold():
     assert books.free(loc, 100, 7, True) == index  # the books are intact after all that
     books.drop_slab(index)
     assert books.count == 0 and books.total_pages == 0 and loc & OFFSET_MASK == 0
+    assert books.nbytes() == 0  # empty books hold no array either
+
+
+def test_ids_on_takes_a_page_given_twice_once():
+    need_c_books()
+    assert coremodule.core is not None
+    answers = []
+    for books in (SlabBooks(PAGE, SLAB_PAGES), coremodule.core.SlabBooks(PAGE, SLAB_PAGES)):
+        index = books.add_slab(SLAB_PAGES)
+        a, _ = books.allocate(100, 0)
+        b, _ = books.allocate(100, 1)
+        books.deactivate(a, 100)
+        books.deactivate(b, 100)
+        for run in books.pending_runs():
+            books.marked(run[0], run[1], run[2] - run[1])
+        answers.append(books.ids_on(index, (0, 0)))
+    assert answers[0] == answers[1] == [1, 0]

@@ -4,6 +4,8 @@ call of the C core is the put made step by step."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from functools import partial
 from typing import Any
 
@@ -137,7 +139,27 @@ def test_a_fused_put_refuses_what_is_not_a_table():
             books.put(object(), 1, b"v", b"k", b"", 0, 0)
         with pytest.raises(ValueError, match="low 32 bits"):
             books.put(store.records.handle, 2**40, b"v", b"k", b"", 0, 0)
-        with pytest.raises(ValueError, match="refused"):
-            books.put(store.records.handle, 1, b"v", b"k", b"", 0x10000, 0)  # a tag past u16
+        for tag, flags in [(0x10000, 0), (2**32 + 5, 0), (0, -(2**32) + 7), (0, 256)]:
+            with pytest.raises(ValueError, match="tag must fit 16 bits"):
+                books.put(store.records.handle, 1, b"v", b"k", b"", tag, flags)
         assert store.records.count == 0 and books.count == 0  # nothing was left half done
         store.close()
+
+
+def test_a_store_after_its_backend_was_closed_is_refused_not_written():
+    """The fused put writes at a slab's address: a closed backend unmapped it."""
+    script = (
+        "from volcache import VolatileCache\n"
+        "from volcache.backends import get_backend\n"
+        "backend = get_backend('sim')\n"
+        "cache = VolatileCache(backend=backend)\n"
+        "cache['a'] = b'x' * 100\n"
+        "backend.close()\n"
+        "try:\n"
+        "    cache['b'] = b'y' * 100\n"
+        "except ValueError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "refused:" in run.stdout and "closed" in run.stdout

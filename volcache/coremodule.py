@@ -20,7 +20,8 @@ from types import ModuleType
 
 #: The interface this package was written for (the module's VERSION).
 VERSION = 2
-#: The C sources, where a source checkout has them: a build whose hash differs is stale.
+#: The C sources, where a source checkout has them (a folder with module.c and
+#: pycore.h, not any package named core): a build whose hash differs is stale.
 SOURCES = Path(__file__).resolve().parent.parent / "core"
 
 
@@ -45,7 +46,8 @@ def _load() -> tuple[ModuleType | None, str | None]:
         return None, f"{name} was not built ({exc})"
     if getattr(module, "VERSION", None) != VERSION:
         return None, f"{name} has another interface (VERSION {getattr(module, 'VERSION', None)})"
-    if SOURCES.is_dir() and source_hash(SOURCES) != getattr(module, "SOURCE_HASH", None):
+    ours = (SOURCES / "module.c").is_file() and (SOURCES / "pycore.h").is_file()
+    if ours and source_hash(SOURCES) != getattr(module, "SOURCE_HASH", None):
         warnings.warn(
             f"{name} is older than its sources in core/: the cache runs its Python "
             "versions until it is rebuilt (pip install -e . again)",

@@ -105,6 +105,8 @@ class NativeRecordTable:
         self._map, self._t, self.room = mapping, t, room
         # Before the mapping goes (the attributes are still there when this runs).
         self._release = weakref.finalize(self, t.release)
+        # Not at exit: caches still open then go on working (the process's end frees it).
+        self._release.atexit = False
         # The calls a store makes most, found once (not two lookups a call).
         self._new, self._delete = t.new, t.delete
         self._index, self._unindex = t.index, t.unindex

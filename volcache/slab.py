@@ -255,7 +255,11 @@ class SlabAllocator:
 
     def _new_slab(self, npages: int) -> None:
         region = self.backend.allocate(npages * self.page_size)
-        index = self.books.add_slab(region.pages)
+        try:
+            index = self.books.add_slab(region.pages)
+        except BaseException:  # no memory for the books: the region goes back
+            self.backend.release(region)
+            raise
         self.books.set_base(index, region.address)
         while len(self._regions) <= index:
             self._regions.append(None)

@@ -22,11 +22,13 @@ _RUNS = re.compile(b"\x01+")
 _NONE = -1
 _OFFSET_BITS = 40  # a loc is (slab index << 40) | byte offset
 OFFSET_MASK = (1 << _OFFSET_BITS) - 1
+MAX_ENTRY = 1 << _OFFSET_BITS  # bytes of a slab or an entry, at most (a loc's offset)
 _MAX_SLOTS = 64  # slots of a shared page: a 64-bit mask says which are taken
 #: Bytes of books per page of slab (four state bytes, owner, class, slot mask, count,
 #: flag); the C books take 16 (a byte of state bits).
 PAGE_BOOK_BYTES = 4 + 4 + 1 + 8 + 2 + 1
-#: Bytes of books per entry (its link in its shared page's chain).
+#: Bytes of books per entry id up to the highest in use (its link in its shared page's
+#: chain; the links go when no entry is left).
 ENTRY_BOOK_BYTES = 4
 #: What a call needs before it can be made again (a negative first item of its answer).
 NEED_SLAB = -1  # (NEED_SLAB, npages): a new slab of at least that many pages
@@ -117,6 +119,8 @@ class SlabBooks:
 
     def add_slab(self, npages: int) -> int:
         """A new slab of ``npages`` fresh pages (non-volatile, free): its index."""
+        if not 0 < npages * self.page_size <= MAX_ENTRY:
+            raise ValueError(f"slab books: add_slab refused ({npages} pages)")
         if self._vacant_indexes:
             index = self._vacant_indexes.pop()
         else:
@@ -141,6 +145,10 @@ class SlabBooks:
         self.total_pages -= slab.npages
         self._slabs[index] = None
         self._vacant_indexes.append(index)
+        if not self.total_pages:  # no slab left: the books start again (the C ones free all)
+            mark_errors = self.mark_errors
+            self.reset()
+            self.mark_errors = mark_errors
 
     def slab_indexes(self) -> list[int]:
         """The indexes of the slabs in use."""
@@ -160,8 +168,8 @@ class SlabBooks:
     def allocate(self, nbytes: int, ident: int) -> tuple[int, object]:
         """An active place for ``nbytes`` of entry ``ident``: (loc, ids a purge took),
         or what it needs first (see the class)."""
-        if nbytes <= 0:
-            raise ValueError(f"nbytes must be positive, got {nbytes!r}")
+        if not 0 < nbytes <= MAX_ENTRY:
+            raise ValueError(f"nbytes must be positive and at most 2**40, got {nbytes!r}")
         if nbytes > self.classes[-1]:
             return self._allocate_large(nbytes, ident)
         return self._allocate_small(bisect_left(self.classes, nbytes), nbytes, ident)
@@ -278,6 +286,12 @@ class SlabBooks:
     def free(self, loc: int, nbytes: int, ident: int, active: bool) -> int:
         """Give an entry's place back (``active``: it was activated); the index of its
         slab if that is now wholly free (give it back, then :meth:`drop_slab`), else -1."""
+        empty = self._free_entry(loc, nbytes, ident, active)
+        if not self.count:
+            self._link = array("i")  # no entry left: no link either
+        return empty
+
+    def _free_entry(self, loc: int, nbytes: int, ident: int, active: bool) -> int:
         if active:
             self.deactivate(loc, nbytes)
         index = loc >> _OFFSET_BITS
@@ -538,7 +552,7 @@ class SlabBooks:
 
     def nbytes(self) -> int:
         """The memory the books take: per page of slab, and per entry."""
-        return self.total_pages * PAGE_BOOK_BYTES + self.count * ENTRY_BOOK_BYTES
+        return self.total_pages * PAGE_BOOK_BYTES + len(self._link) * ENTRY_BOOK_BYTES
 
     def page_counts(self) -> tuple[int, int, int]:
         """(slab pages, used pages, used pages that are volatile)."""

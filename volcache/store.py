@@ -133,6 +133,7 @@ class Store:
         length = nvalue + nkey + nspec + TRAILER.size
         if self._fused and length < _LONG:
             return self._put_fused(h, data, key, tag, spec, flags, length)
+        trailer = TRAILER.pack(nkey, nspec, tag, flags)  # a bad tag fails before anything
         records = self.records
         rid = records.new(h, 0, min(length, _LONG), ACTIVE)
         try:
@@ -146,7 +147,6 @@ class Store:
             self._long[rid] = length
         view = self.slabs.view(loc, length)
         try:
-            trailer = TRAILER.pack(nkey, nspec, tag, flags)
             if length <= _JOIN_BELOW:  # one copy into volatile memory, not four
                 view[:] = b"".join((data, key, spec, trailer))
             else:
@@ -164,6 +164,8 @@ class Store:
     ) -> tuple[int, list[int]]:
         """``put`` in one call of the C core (what the lines above do, step by step)."""
         slabs = self.slabs
+        if slabs.backend.closed:  # its regions are unmapped: C must not write there
+            raise ValueError(f"the backend {slabs.backend!r} was closed")
         books: Any = slabs.books  # the C books: put() is theirs
         records = self.records
         while True:
@@ -241,13 +243,14 @@ class Store:
             return
         length = self.length(rid)
         active = bool(records.flags[rid] & ACTIVE)
+        # The books first: if they refuse (no memory), nothing changed and the record stays.
+        empty = self.slabs.books.free(records.loc[rid], length, rid, active)
         if active:
             self.active_nbytes -= length
-        try:
-            self.slabs.free(records.loc[rid], length, rid, active)
-        finally:  # a backend refusing to release an empty slab: the slab stays, the record goes
-            self._long.pop(rid, None)
-            records.delete(rid)
+        self._long.pop(rid, None)
+        records.delete(rid)
+        if empty >= 0:  # a backend refusing it: the slab stays, the record went
+            self.slabs.release_slab(empty)
 
     def _open(self, rid: int) -> tuple[memoryview, int, int, int, int, int]:
         """(a view of an active record's bytes, value, key and parameter lengths, tag,
