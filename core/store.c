@@ -31,12 +31,8 @@ long vc_store_put(struct vc_table *t, struct vc_books *b, uint32_t h, const stru
     if (loc < 0)
         return (long)loc;
     struct vc_slab *s = &b->slabs[loc >> VC_OFFSET_BITS];
-    if (s->base == 0) { /* never: the allocator tells every slab's base */
-        vc_books_free_entry(b, loc, length, rid, 1);
-        *nlost = 0;
-        return -EFAULT;
-    }
-    long made = vc_rec_new(t, h, loc, (uint32_t)length, VC_ACTIVE);
+    long made = s->base == 0 ? -EFAULT /* never: the allocator tells every slab's base */
+                             : vc_rec_new(t, h, loc, (uint32_t)length, VC_ACTIVE);
     if (made != rid) { /* never: next_id said it */
         vc_books_free_entry(b, loc, length, rid, 1);
         *nlost = 0;

@@ -477,19 +477,15 @@ class Entries:
                 entry.decode = decode
         else:
             self.records.index(rid)
-        self.count += 1
-        self.currsize += size
-        sizes = self.sizes
-        if sizes is not None:
-            if len(sizes) <= rid:
-                grow = max(64, len(sizes) // 8, rid + 1 - len(sizes))
-                sizes.extend(array("d", bytes(8 * grow)))
-            sizes[rid] = size
+        self._count_in(rid, size)
 
     def insert_idle(self, rid: int, size: float) -> None:
         """A new active record without a Python entry joins the mapping, idle and the
         most recently used (:meth:`insert` and :meth:`idle`, in one call of the store)."""
         self.store.settle_new(rid)
+        self._count_in(rid, size)
+
+    def _count_in(self, rid: int, size: float) -> None:
         self.count += 1
         self.currsize += size
         sizes = self.sizes

@@ -77,36 +77,21 @@ class PyHotBase:
     _tick: Callable[[], int]
 
     def __getitem__(self, key: Hashable) -> Any:
-        # No lock: one dict lookup and attribute stores, each atomic under the
-        # GIL; a racing demotion or delete is harmless (the value read is still
-        # the value stored). Anything else is the cache's _get_slow.
-        entry = self._objects.get(key)  # not [key]: raising KeyError costs an idle hit 0.3 µs
-        if entry is None:
+        value = self._hot_value(key)
+        if value is MISSING:
             return self._get_slow(key, GETITEM)  # type: ignore[attr-defined]
-        value = entry.value  # read once: a racing demotion may make it COLD
-        if value is COLD:
-            return self._get_slow(key, GETITEM)  # type: ignore[attr-defined]
-        used = entry.used = self._tick()  # also counts the hit
-        touch = self._touch
-        if touch is not None:
-            try:
-                touch(key, entry)
-            except KeyError:
-                pass
-            except Expired:
-                self._uncount_hit()  # type: ignore[attr-defined]
-                return self._get_slow(key, GETITEM)  # type: ignore[attr-defined]
-        if used >= self._maintain_at:  # maintenance every 1024 ticks of the clock
-            self._maintain_now()  # type: ignore[attr-defined]
         return value
 
     def _hot_value(self, key: Hashable) -> Any:
-        """A hot entry's value without the lock, else ``MISSING``: ``__getitem__``'s
-        lines again (a call more would cost the hot hit a quarter of its time)."""
-        entry = self._objects.get(key)
+        """A hot entry's value without the lock, else ``MISSING``.
+
+        No lock: one dict lookup and attribute stores, each atomic under the
+        GIL; a racing demotion or delete is harmless (the value read is still
+        the value stored)."""
+        entry = self._objects.get(key)  # not [key]: raising KeyError costs a miss 0.3 µs
         if entry is None:
             return MISSING
-        value = entry.value
+        value = entry.value  # read once: a racing demotion may make it COLD
         if value is COLD:
             return MISSING
         used = entry.used = self._tick()

@@ -402,11 +402,7 @@ class SlabBooks:
     def _activate_pages(self, slab: _Pages, first: int, npages: int) -> list[int]:
         """Take non-volatile pages off the pending list: the purged ones a re-pin found."""
         stop = first + npages
-        pending = slab.pending.count(1, first, stop)
-        if pending:
-            slab.pending[first:stop] = bytes(npages)
-            slab.npending -= pending
-            self.npending -= pending
+        self._off_pending(slab, first, npages)
         if not slab.nlost:
             return []
         lost = [i for i in range(first, stop) if slab.lost[i]]
@@ -415,15 +411,19 @@ class SlabBooks:
             slab.nlost -= len(lost)
         return lost
 
-    def take_pending(self, index: int, first: int, npages: int) -> tuple[int, int]:
-        """Before a re-pin: the pages leave the pending list; (low, high) of their volatile ones."""
-        slab = self._pages(index)
+    def _off_pending(self, slab: _Pages, first: int, npages: int) -> None:
         stop = first + npages
         pending = slab.pending.count(1, first, stop)
         if pending:
             slab.pending[first:stop] = bytes(npages)
             slab.npending -= pending
             self.npending -= pending
+
+    def take_pending(self, index: int, first: int, npages: int) -> tuple[int, int]:
+        """Before a re-pin: the pages leave the pending list; (low, high) of their volatile ones."""
+        slab = self._pages(index)
+        stop = first + npages
+        self._off_pending(slab, first, npages)
         low = slab.volatile.find(1, first, stop)
         if low < 0:
             return first, first
