@@ -29,7 +29,9 @@ from .codecs import Codec, Decoder, check_codec
 from .entries import COLD, HASH_MASK, MISSING, SEEN_BYTES, SEEN_LIMIT, Entries, Entry
 from .events import deferring, notifying_lock
 from .flight import SingleFlight
-from .hotpath import GETITEM, Expired, HotBase
+from .hotpath import GETITEM as _GETITEM
+from .hotpath import Expired as _Expired
+from .hotpath import HotBase
 from .info import CacheInfo
 from .keys import key_bytes
 from .pins import Pin, pin_views
@@ -40,16 +42,12 @@ from .tiers.bound import MISSING as TIER_MISSING
 from .tiers.bound import BoundTier
 
 _MISSING = MISSING  # the decorator's name for it
-_GETITEM = GETITEM  # "no default": a lookup as cache[key]
 _TIER_ONLY = object()  # in a flight's key: a get() asking the tier, which regenerates nothing
 _MAINTAIN_EVERY = 1024  # hot hits between maintenance passes (a power of two)
 _SWEEP_SECONDS = 1.0  # the idle work looks for purged pages at most this often
 _SWEEP_OVER_BUDGET = 0.05  # over the budget, purged records are dropped first, this often
 _POP_TRIES = 3  # rounds of regenerating a purged entry in pop() before returning the value
 _EXPIRE_STEP = 256  # expired entries the idle work removes at most, each time
-
-
-_Expired = Expired  # a hot hit found its entry's time up: the lookup goes the locked way
 
 
 # By id: a mapping is unhashable, so it cannot be in a WeakSet.

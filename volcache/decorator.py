@@ -19,9 +19,8 @@ from cachetools import keys as cachekeys
 
 from .budget import MemoryBudget
 from .cache import _MISSING, VolatileCache
-from .entries import count_of
 from .flight import SingleFlight, await_check, await_done
-from .hotpath import MemoHit
+from .hotpath import MemoHit, count_of
 from .keys import C_HASHED, hashed, hashkey, typedkey
 from .tiers.bound import MISSING as TIER_MISSING
 

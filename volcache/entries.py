@@ -659,8 +659,3 @@ def _reordered(exc: RuntimeError) -> None:
     again on every retry)."""
     if type(exc) is not RuntimeError:
         raise exc
-
-
-def count_of(counter: itertools.count) -> int:
-    """How many times ``next`` was called on a counter that started at 1."""
-    return int(repr(counter)[6:-1]) - 1

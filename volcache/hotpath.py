@@ -37,6 +37,11 @@ else:
     Expired = PyExpired
 
 
+def count_of(counter: itertools.count) -> int:
+    """How many times ``next`` was called on a counter that started at 1."""
+    return int(repr(counter)[6:-1]) - 1
+
+
 class PyEntryBase:
     """An entry's fields (the C version's ``EntryBase`` has them as members)."""
 
@@ -59,7 +64,7 @@ class PyClock:
     @property
     def taken(self) -> int:
         """Ticks taken so far."""
-        return int(repr(self._count)[6:-1]) - 1
+        return count_of(self._count)
 
 
 class PyHotBase:
@@ -118,8 +123,8 @@ class PyMemoHit:
 
     def __init__(self, cache: Any) -> None:
         self._hot_value = cache._hot_value
-        self._count = itertools.count(1)
-        self._hit = self._count.__next__
+        self._count = PyClock()
+        self._hit = self._count.tick
 
     def hit(self, args: tuple) -> Any:
         """The hot value for the call with these positional arguments, else ``MISSING``."""
@@ -134,7 +139,7 @@ class PyMemoHit:
     @property
     def hits(self) -> int:
         """Hits counted here."""
-        return int(repr(self._count)[6:-1]) - 1
+        return self._count.taken
 
 
 def _native() -> tuple[type, type, type, type] | None:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .coremodule import WHY, core
+from .records import EXACT_RECORD_BYTES, RECORD_BYTES
 
 NONE = -1
 MAP_NORESERVE = 0x4000  # Linux; the mmap module does not name it before 3.13
@@ -36,8 +37,6 @@ _FIELDS = (
     "tail", "demoted_head", "demoted_tail", "hand", "bits", "off_hash", "off_loc", "off_length",
     "off_flags", "off_chain", "off_prev", "off_next", "off_used", "off_heads", "max_bits", "total",
 )  # fmt: skip
-_RECORD_BYTES = 4 + 8 + 4 + 1 + 4  # as records.RECORD_BYTES
-_EXACT_RECORD_BYTES = _RECORD_BYTES + 4 + 4 + 8
 _BITS = _FIELDS.index("bits")
 _SIZE, _COUNT, _LISTED = _FIELDS.index("size"), _FIELDS.index("count"), _FIELDS.index("listed")
 _HEAD, _TAIL = _FIELDS.index("head"), _FIELDS.index("tail")
@@ -263,7 +262,7 @@ class NativeRecordTable:
         counts it: what evicting records gives back (a table keeps its pages, up
         to about twice that and a header page, until it empties)."""
         header = self._header
-        per_record = _EXACT_RECORD_BYTES if self.exact else _RECORD_BYTES
+        per_record = EXACT_RECORD_BYTES if self.exact else RECORD_BYTES
         return header[_COUNT] * per_record + (4 << header[_BITS])
 
     def resident(self) -> int:

@@ -32,6 +32,7 @@ from .coremodule import core
 from .slabbooks import (
     ENTRY_BOOK_BYTES,
     NEED_SLAB,
+    OFFSET_BITS,
     OFFSET_MASK,
     PAGE_BOOK_BYTES,
     SlabBooks,
@@ -43,7 +44,7 @@ __all__ = [
     "size_classes", "slab_of",
 ]  # fmt: skip
 
-_OFFSET_BITS = 40
+_OFFSET_BITS = OFFSET_BITS
 
 
 def slab_of(loc: int) -> int:

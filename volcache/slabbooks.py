@@ -20,7 +20,7 @@ from bisect import bisect_left
 
 _RUNS = re.compile(b"\x01+")
 _NONE = -1
-_OFFSET_BITS = 40  # a loc is (slab index << 40) | byte offset
+OFFSET_BITS = _OFFSET_BITS = 40  # a loc is (slab index << 40) | byte offset
 OFFSET_MASK = (1 << _OFFSET_BITS) - 1
 MAX_ENTRY = 1 << _OFFSET_BITS  # bytes of a slab or an entry, at most (a loc's offset)
 _MAX_SLOTS = 64  # slots of a shared page: a 64-bit mask says which are taken
