@@ -628,6 +628,36 @@ def test_one_process_computes_a_key_that_many_ask_for_at_once(server, tmp_path):
     assert sum(r["tier_hits"] for r in results) == 3
 
 
+@pytest.mark.parametrize("held", [False, True], ids=["lock-free", "lock-held"])
+def test_a_value_stored_between_a_miss_and_taking_the_lock_is_not_computed_again(server, held):
+    """Another process stores the key and lets its lock go after this one's lookup
+    missed and before it takes the lock (injected there): this one reads it."""
+    tier = make_tier(server, lock=True, lock_timeout=5.0)
+    other_tier = make_tier(server, namespace=tier.namespace)
+    computed = []
+    with (
+        VolatileCache(backend="sim", tier=tier, regenerate=lambda k: computed.append(k) or b"mine")
+        as cache,
+        VolatileCache(backend="sim", tier=other_tier) as other,
+    ):  # fmt: skip
+        name, _ = cache._tier.key_of("k")
+        if held:
+            assert tier.add(name + ":lock", b"the other's token", 5.0)
+        bound, real_lookup, stored = cache._tier, cache._tier.lookup, []
+
+        def lookup(named, count=True):
+            value, seen = real_lookup(named, count)
+            if not stored:  # the first miss: now the other stores it and lets go
+                stored.append(True)
+                other["k"] = b"theirs"
+                tier.release(name + ":lock", b"the other's token")
+            return value, seen
+
+        bound.lookup = lookup
+        assert cache["k"] == b"theirs" and computed == []
+        assert cache.info().tier_hits == 1
+
+
 def test_a_crashed_lock_holder_blocks_nobody_past_the_lock_timeout(server):
     tier = make_tier(server, lock=True, lock_timeout=1.0)
     with VolatileCache(backend="sim", tier=tier, regenerate=lambda k: b"made") as cache:

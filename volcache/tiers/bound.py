@@ -285,6 +285,14 @@ class BoundTier:
                     held = self._acquire(lock_key, token)
                     if held:
                         break
+            if held and value is MISSING:
+                # A holder may have stored the value and let go between the last
+                # miss and this acquire: look once more before computing it again.
+                value, seen = self.lookup(named, count=False)
+                if value is not MISSING:
+                    self._count("tier_hits")
+                elif seen is not None:
+                    carried[0] = seen
             try:
                 yield value
             finally:
