@@ -604,6 +604,15 @@ static PyType_Spec books_spec = {
     "volcache._core.SlabBooks", sizeof(BooksObject), 0, Py_TPFLAGS_DEFAULT, books_slots,
 };
 
+struct vc_books *vc_books_of(PyObject *books)
+{
+    /* Each import of the module makes its own type: its dealloc says it is ours. */
+    if (PyType_GetSlot(Py_TYPE(books), Py_tp_dealloc) != (void *)books_dealloc
+        || !((BooksObject *)books)->ready)
+        return NULL;
+    return &((BooksObject *)books)->books;
+}
+
 int vc_add_books_type(PyObject *module)
 {
     PyObject *type = PyType_FromModuleAndSpec(module, &books_spec, NULL);

@@ -46,22 +46,9 @@ typedef struct {
     PyObject *key, *rid, *pins, *hot_since, *own, *decode, *detached, *kept, *cost;
 } EntryObject;
 
-/* A logical clock: ticks taken so far, 0 <= taken < LLONG_MAX. */
-typedef struct {
-    PyObject_HEAD
-    long long taken;
-} ClockObject;
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *objects;
-    PyObject *touch;
-    PyObject *clock; /* the cache's logical clock: a Clock */
-    long long maintain_at;
-} HotObject;
 
 static PyObject *COLD, *MISSING, *GETITEM, *EXPIRED; /* made once: see above */
-static PyObject *s_get_slow, *s_uncount_hit, *s_maintain_now; /* interned names */
+static PyObject *s_get_slow, *s_uncount_hit, *s_maintain_now, *s_setitem, *s_delitem;
 static PyTypeObject *EntryType, *ClockType, *HotType, *MemoType;
 
 #define ENTRY_OBJECTS(X) X(value) X(key) X(rid) X(pins) X(hot_since) X(own) X(decode) \
@@ -126,6 +113,14 @@ static PyObject *clock_tick(ClockObject *self, PyObject *unused)
     return PyLong_FromLongLong(++self->taken);
 }
 
+static PyObject *clock_stamp(ClockObject *self, PyObject *unused)
+{
+    PyObject *tick = clock_tick(self, unused);
+    if (tick != NULL)
+        self->locked++;
+    return tick;
+}
+
 static void clock_dealloc(ClockObject *self)
 {
     PyTypeObject *tp = Py_TYPE((PyObject *)self);
@@ -136,11 +131,15 @@ static void clock_dealloc(ClockObject *self)
 
 static PyMethodDef clock_methods[] = {
     {"tick", (PyCFunction)clock_tick, METH_NOARGS, "The next tick: 1, 2, 3, ..."},
+    {"stamp", (PyCFunction)clock_stamp, METH_NOARGS,
+     "The next tick, taken with the cache's lock held (counted in locked)."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMemberDef clock_members[] = {
     {"taken", T_LONGLONG, offsetof(ClockObject, taken), READONLY, "Ticks taken so far."},
+    {"locked", T_LONGLONG, offsetof(ClockObject, locked), 0,
+     "Ticks taken with the lock held (stamps, and lock-free hits that found no value)."},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -162,6 +161,7 @@ static int hot_traverse(HotObject *self, visitproc visit, void *arg)
     Py_VISIT(self->objects);
     Py_VISIT(self->touch);
     Py_VISIT(self->clock);
+    Py_VISIT(self->quick);
     Py_VISIT(Py_TYPE((PyObject *)self));
     return 0;
 }
@@ -171,6 +171,7 @@ static int hot_clear(HotObject *self)
     Py_CLEAR(self->objects);
     Py_CLEAR(self->touch);
     Py_CLEAR(self->clock);
+    Py_CLEAR(self->quick);
     return 0;
 }
 
@@ -264,6 +265,29 @@ static PyObject *hot_subscript(HotObject *self, PyObject *key)
     return PyObject_CallMethodObjArgs((PyObject *)self, s_get_slow, key, GETITEM, NULL);
 }
 
+/* cache[key] = value: a new key in one call (quick.c) where the cache's plan
+ * allows, else its _setitem; del cache[key]: its _delitem. */
+static int hot_ass_subscript(HotObject *self, PyObject *key, PyObject *value)
+{
+    PyObject *r;
+    if (value == NULL) {
+        r = PyObject_CallMethodObjArgs((PyObject *)self, s_delitem, key, NULL);
+    } else {
+        if (self->quick != NULL && self->quick != Py_None) {
+            PyObject *quick = Py_NewRef(self->quick);
+            int done = vc_quick_set((PyObject *)self, quick, key, value);
+            Py_DECREF(quick);
+            if (done <= 0)
+                return done;
+        }
+        r = PyObject_CallMethodObjArgs((PyObject *)self, s_setitem, key, value, NULL);
+    }
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 static PyObject *hot_value_method(HotObject *self, PyObject *key)
 {
     return hot_value(self, key);
@@ -278,6 +302,8 @@ static PyMethodDef hot_methods[] = {
 
 static PyMemberDef hot_members[] = {
     {"_touch", T_OBJECT, offsetof(HotObject, touch), 0, NULL},
+    {"_quick", T_OBJECT, offsetof(HotObject, quick), 0, NULL},
+    {"_stores", T_LONGLONG, offsetof(HotObject, stores), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -360,6 +386,7 @@ static PyType_Slot hot_slots[] = {
     {Py_tp_methods, hot_methods},
     {Py_tp_members, hot_members},
     {Py_mp_subscript, hot_subscript},
+    {Py_mp_ass_subscript, hot_ass_subscript},
     {0, NULL},
 };
 
@@ -490,7 +517,9 @@ static int make_once(PyObject *module)
         return 0;
     if ((s_get_slow = PyUnicode_InternFromString("_get_slow")) == NULL
         || (s_uncount_hit = PyUnicode_InternFromString("_uncount_hit")) == NULL
-        || (s_maintain_now = PyUnicode_InternFromString("_maintain_now")) == NULL)
+        || (s_maintain_now = PyUnicode_InternFromString("_maintain_now")) == NULL
+        || (s_setitem = PyUnicode_InternFromString("_setitem")) == NULL
+        || (s_delitem = PyUnicode_InternFromString("_delitem")) == NULL)
         return -1;
     PyObject *object_type = (PyObject *)&PyBaseObject_Type;
     if ((COLD = PyObject_CallNoArgs(object_type)) == NULL

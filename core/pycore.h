@@ -5,14 +5,46 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+/* A logical clock: ticks taken so far, 0 <= taken < LLONG_MAX; locked of
+ * them were taken with the cache's lock held (stamps), the rest by lock-free hits. */
+typedef struct {
+    PyObject_HEAD
+    long long taken;
+    long long locked;
+} ClockObject;
+
+/* A VolatileCache's C fields (see hot.c for their invariants). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *objects;
+    PyObject *touch;
+    PyObject *clock; /* the cache's logical clock: a Clock */
+    long long maintain_at;
+    PyObject *quick; /* NULL or None, or a Quick: the plan of a store in one call */
+    long long stores; /* stores made: the idle work runs every 8th */
+} HotObject;
+
 /* hot.c: HotBase, EntryBase, Clock, MemoHit, the sentinels COLD, MISSING, GETITEM, Expired. */
 int vc_add_hot_types(PyObject *module);
 /* books.c: SlabBooks. */
 int vc_add_books_type(PyObject *module);
+struct vc_books;
+/* The books of a SlabBooks object made by this module, or NULL (no exception set). */
+struct vc_books *vc_books_of(PyObject *books);
 /* table_type.c: Table, table_bytes(). */
 int vc_add_table_type(PyObject *module);
 struct vc_table;
 /* The table of a Table object, or NULL with an exception set. */
 struct vc_table *vc_table_of(PyObject *table);
+
+/* keybytes.c: a key's bytes as volcache.keys.key_bytes writes them (marshal format 2),
+ * for None, bools, ints of 64 bits, floats but NaN, str, bytes and tuples of them:
+ * their count, -ENOTSUP for another key, -ENOBUFS past cap (no exception set). */
+long vc_key_bytes(PyObject *key, unsigned char *out, long cap);
+/* quick.c: Quick, and the store of a new key in one call (HotBase's __setitem__). */
+int vc_add_quick_type(PyObject *module);
+/* 0: stored; 1: not a store this path makes (nothing changed: the Python
+ * way's); -1: an exception is set. */
+int vc_quick_set(PyObject *cache, PyObject *quick, PyObject *key, PyObject *value);
 
 #endif

@@ -383,6 +383,18 @@ long vc_rec_head_of(struct vc_table *t, uint32_t h)
     return rid == VC_NONE ? -ENOENT : rid;
 }
 
+long vc_rec_first_of(struct vc_table *t, uint32_t h, uint8_t mask, uint8_t want)
+{
+    const uint32_t *hashes = hash_of(t);
+    const uint8_t *flags = flags_of(t);
+    const int32_t *chain = chain_of(t);
+
+    for (int32_t rid = heads_of(t)[bucket(t, h)]; rid != VC_NONE; rid = chain[rid])
+        if (hashes[rid] == h && (flags[rid] & mask) == want)
+            return rid;
+    return -ENOENT;
+}
+
 long vc_rec_candidates(struct vc_table *t, uint32_t h, int32_t *out, size_t cap)
 {
     const uint32_t *hashes = hash_of(t);

@@ -100,6 +100,8 @@ long vc_rec_index(struct vc_table *t, int64_t rid);
 long vc_rec_unindex(struct vc_table *t, int64_t rid);
 /* The first id of the bucket of hash h (chained through chain), or -ENOENT. */
 long vc_rec_head_of(struct vc_table *t, uint32_t h);
+/* The first indexed record of hash h whose flags & mask are want, or -ENOENT. */
+long vc_rec_first_of(struct vc_table *t, uint32_t h, uint8_t mask, uint8_t want);
 /* The ids of indexed records whose hash is h, up to cap in out; returns how many. */
 long vc_rec_candidates(struct vc_table *t, uint32_t h, int32_t *out, size_t cap);
 /* List a record as the most recently used, at stamp (exact tables). */

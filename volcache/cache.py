@@ -35,6 +35,7 @@ from .hotpath import HotBase
 from .info import CacheInfo
 from .keys import key_bytes
 from .pins import Pin, pin_views
+from .quick import quick_plan
 from .records import NONE, REFERENCED
 from .store import OWN_DECODER, SPECIAL_KEY
 from .tiers.base import Tier
@@ -48,6 +49,7 @@ _SWEEP_SECONDS = 1.0  # the idle work looks for purged pages at most this often
 _SWEEP_OVER_BUDGET = 0.05  # over the budget, purged records are dropped first, this often
 _POP_TRIES = 3  # rounds of regenerating a purged entry in pop() before returning the value
 _EXPIRE_STEP = 256  # expired entries the idle work removes at most, each time
+_STORES_BETWEEN = 63  # stores & this == 0: the budget hears of them, the idle work runs
 
 
 # By id: a mapping is unhashable, so it cannot be in a WeakSet.
@@ -60,6 +62,7 @@ def _new_locks_in_child() -> None:
     for cache in list(_ALL.values()):
         cache._lock = cache._new_lock()
         cache._flight = SingleFlight()
+        cache._plan_quick()  # the plan holds the lock
 
 
 os.register_at_fork(after_in_child=_new_locks_in_child)
@@ -305,6 +308,19 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
         self._stop = threading.Event()
         if idle_interval is not None:
             self._start_timer(idle_interval)
+        self._plan_quick()
+
+    def _plan_quick(self) -> None:
+        """Let ``self[key] = value`` store a new key in one call of the C core, where
+        this cache's stores need nothing of Python's (see :mod:`volcache.quick`)."""
+        self._quick = None
+        custom_popitem = type(self).popitem is not VolatileCache.popitem
+        if self._closed or self._tier is not None or custom_popitem:
+            return
+        self._quick = quick_plan(
+            self._lock, self._entries, self._backend, self._hot, self._counts, self._pool,
+            self._codec, self._maxsize, self._mark_batch, self._report_step,
+        )  # fmt: skip
 
     # -- cachetools surface --------------------------------------------------------
 
@@ -357,7 +373,11 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
             ) from exc
         return value
 
-    def __setitem__(self, key: Hashable, value: Any) -> None:
+    # cache[key] = value and del cache[key] are HotBase's (a new key is stored in
+    # one call of the C core where _quick allows): the rest comes here.
+
+    def _setitem(self, key: Hashable, value: Any) -> None:
+        """``self[key] = value`` the Python way (and through the tier, if any)."""
         tier = self._tier
         if tier is None:
             self._set(key, value)
@@ -403,8 +423,7 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
                 self._check_open()
             if clears is not None and clears != self._clears:
                 return None
-            entries = self._entries
-            store = entries.store
+            store = self._entries.store
             if data is None or decode is None:
                 rid, lost = store.put_kept(h), list[int]()
                 tag = OWN_DECODER
@@ -413,40 +432,62 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
                 if special:
                     flags |= SPECIAL_KEY
                 rid, lost = store.put(h, data, serialized or b"", tag, spec, flags)
-            try:
-                if lost:
-                    entries.lose(lost)
-                old, old_rid = entries.locate(key)
-                if old_rid != NONE:
-                    entries.remove(old, old_rid)
-                if self._exact_lru:
-                    self._make_room(size)
-            except BaseException:
-                store.free(rid)
-                raise
-            # Idle from the start: an entry becomes hot when it is read. A store
-            # makes no Python object to keep, so that many stores of entries
-            # never read again leave no garbage behind them.
-            if serialized is None or tag == OWN_DECODER or data is None:
-                entries.insert(rid, key, size, True, decode, value if data is None else MISSING)
-                entries.idle(rid)
-            else:
-                entries.insert_idle(rid, size)
-            if expires is not None:
-                entries.set_expiry(rid, expires)
-            # What a store adds is a record's few bytes: the budget hears of it
-            # every 16 stores while far from its limit, at once near it (or for
-            # a value kept as an object, which may be large). The idle work
-            # runs every 8 stores, or when a batch of pages waits to be marked.
-            stores = self._stores = self._stores + 1
-            near = self._pool.used + (self._report_step << 4) >= self._pool.limit
-            if (not stores & 15 or data is None or near) and self._report():
-                self._fit_budget(rid)
-            if not stores & 7 or store.slabs.npending >= self._mark_batch:
-                self._maintain()
+            own = serialized is None or tag == OWN_DECODER or data is None
+            kept = value if data is None else MISSING
+            self._settle_put(key, rid, lost, size, own, decode, kept, expires)
         return None if data is None or decode is None else (data, decode)
 
-    def __delitem__(self, key: Hashable) -> None:
+    def _settle_put(
+        self, key: Hashable, rid: int, lost: list[int], size: float, own: bool,
+        decode: Decoder | None, kept: Any, expires: float | None,
+    ) -> None:  # fmt: skip
+        """A record just put (``rid``, still active) joins the mapping: the records a
+        purge took (``lost``) leave, an entry of the same key goes, room is made;
+        then the idle work, if due. ``own``: it keeps a Python entry (its key or
+        decoder has no record form, or ``kept`` is a value kept as an object).
+        With the lock held; the C store (``core/quick.c``) calls it for what it
+        leaves to Python."""
+        entries = self._entries
+        try:
+            if lost:
+                entries.lose(lost)
+            old, old_rid = entries.locate(key)
+            if old_rid != NONE:
+                entries.remove(old, old_rid)
+            if self._exact_lru:
+                self._make_room(size)
+        except BaseException:
+            entries.store.free(rid)
+            raise
+        # Idle from the start: an entry becomes hot when it is read. A store
+        # makes no Python object to keep, so that many stores of entries
+        # never read again leave no garbage behind them.
+        if own:
+            entries.insert(rid, key, size, True, decode, kept)
+            entries.idle(rid)
+        else:
+            entries.insert_idle(rid, size)
+        if expires is not None:
+            entries.set_expiry(rid, expires)
+        self._after_store(rid, kept is not MISSING)
+
+    def _after_store(self, rid: int, kept: bool = False) -> None:
+        """A store was made (``rid``; ``kept``: a value kept as an object): counted;
+        the budget and the idle work hear of it when due. With the lock held."""
+        # What a store adds is a record's few bytes: the budget hears of it
+        # every 64 stores while far from its limit, at once near it (or for
+        # a value kept as an object, which may be large). The idle work runs
+        # every 64 stores too (a store adds nothing hot to demote), or when a
+        # batch of pages waits to be marked.
+        stores = self._stores = self._stores + 1
+        near = self._pool.used + (self._report_step << 4) >= self._pool.limit
+        if (not stores & _STORES_BETWEEN or kept or near) and self._report():
+            self._fit_budget(rid)
+        if not stores & _STORES_BETWEEN or self._entries.store.slabs.npending >= self._mark_batch:
+            self._maintain()
+
+    def _delitem(self, key: Hashable) -> None:
+        """``del self[key]``."""
         with self._lock:
             self._check_open()
             entry, rid = self._entries.locate(key)
@@ -636,7 +677,7 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
         """A lock-free hit took a tick of the clock (which counts it) and then found
         its entry expired: a miss, not a hit."""
         with self._lock:
-            self._entries.locked_ticks += 1
+            self._entries.clock.locked += 1
 
     def _check_ttl(self, key: Hashable, entry: Entry) -> None:
         """A hot hit's touch with a TTL, given the entry whose value it read:
@@ -709,6 +750,7 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
             if self._closed:
                 return
             self._closed = True
+            self._quick = None
             self._stop.set()
             self._entries.close()
             self._pool.leave(self)

@@ -110,7 +110,8 @@ class Entries:
         # lock (so the ticks count those hits), everything else through stamp().
         self.clock = Clock()
         self.tick = self.clock.tick
-        self.locked_ticks = 0  # ticks not taken by lock-free hits
+        # A tick of the clock of uses, for a use made with the lock held.
+        self.stamp: Callable[[], int] = self.clock.stamp
         self.store = Store(backend, slab_bytes, exact, self.stamp)
         # With a TTL: each record's expiry time by id (the timer's clock), and
         # where the idle work's sweep for expired records goes on next.
@@ -138,14 +139,9 @@ class Entries:
         self.seen: dict[int, float] = {}
         self.seen_limit = SEEN_LIMIT
 
-    def stamp(self) -> int:
-        """A tick of the clock of uses, for a use made with the lock held."""
-        self.locked_ticks += 1
-        return self.tick()
-
     def lock_free_hits(self) -> int:
         """The hits taken without the lock so far (the clock's other ticks)."""
-        return self.clock.taken - self.locked_ticks
+        return self.clock.taken - self.clock.locked
 
     def oldest_hot(self) -> Entry | None:
         """The least recently used hot entry, or None."""

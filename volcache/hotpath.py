@@ -55,11 +55,17 @@ class PyClock:
     """A cache's logical clock of uses: ``tick()`` gives 1, 2, 3, ..., atomically
     under the GIL (it is an ``itertools.count``'s ``__next__``)."""
 
-    __slots__ = ("_count", "tick")
+    __slots__ = ("_count", "locked", "tick")
 
     def __init__(self) -> None:
         self._count = itertools.count(1)
         self.tick = self._count.__next__
+        self.locked = 0  # ticks taken with the cache's lock held
+
+    def stamp(self) -> int:
+        """The next tick, taken with the cache's lock held (counted in ``locked``)."""
+        self.locked += 1
+        return self.tick()
 
     @property
     def taken(self) -> int:
@@ -72,7 +78,10 @@ class PyHotBase:
     and the logical clock of uses: ``_uses`` (a :data:`Clock`) and ``_tick`` (its ``tick``).
 
     The hooks it calls on anything but a plain hot hit are the cache's:
-    ``_get_slow(key, token)``, ``_uncount_hit()`` and ``_maintain_now()``.
+    ``_get_slow(key, token)``, ``_uncount_hit()`` and ``_maintain_now()``;
+    ``cache[key] = value`` and ``del cache[key]`` are its ``_setitem`` and
+    ``_delitem`` (the C version stores a new key in one call where the
+    cache's ``_quick`` plan allows: ``core/quick.c``).
     """
 
     _objects: dict[Hashable, Any]
@@ -81,11 +90,20 @@ class PyHotBase:
     _uses: Any
     _tick: Callable[[], int]
 
+    _quick: Any = None  # the C store's plan (the C version stores in one call with it)
+    _stores = 0
+
     def __getitem__(self, key: Hashable) -> Any:
         value = self._hot_value(key)
         if value is MISSING:
             return self._get_slow(key, GETITEM)  # type: ignore[attr-defined]
         return value
+
+    def __setitem__(self, key: Hashable, value: Any) -> None:
+        self._setitem(key, value)  # type: ignore[attr-defined]
+
+    def __delitem__(self, key: Hashable) -> None:
+        self._delitem(key)  # type: ignore[attr-defined]
 
     def _hot_value(self, key: Hashable) -> Any:
         """A hot entry's value without the lock, else ``MISSING``.

@@ -1,0 +1,558 @@
+/* A store of a new key in one call: VolatileCache.__setitem__'s common case.
+ *
+ * The Python way (VolatileCache._set) walks the codec, the key's bytes, the
+ * store, the record table, the books and the entries: fifty calls. Here the
+ * same steps are one: the value's bytes (a bytes object as it is, the values
+ * the default codec pickles through pickle.dumps), the key's (keybytes.c),
+ * the cache's lock taken without waiting, a look for the key (not among the
+ * Python entries, no indexed record of its hash), the store (store.c's
+ * fused put), the least recently used idle entry evicted past maxsize, the
+ * new record settled idle, the counts. Anything else goes the Python way,
+ * before anything changed: a key or value of another kind, the lock held by
+ * another thread, a key with a record or an entry already (an overwrite), a
+ * hot entry that may be older than the idle ones, a backend call the books
+ * ask for. A purge that the put found (its lost ids) and a refusal of the
+ * books after the put go to Python's _settle_put, which finishes the store
+ * as _set would (its reference: the differential tests compare the two).
+ *
+ * Invariants of a Quick (made by VolatileCache._plan_quick, for a cache
+ * without a tier, TTL, getsizeof, callback, popitem of its own or codec of
+ * its own; dropped by close() under the lock):
+ *   lock is the cache's lock, acquire and release_base _thread.RLock's own
+ *     methods, release the lock's bound release (its events' delivery);
+ *   entries, records, books, backend, hot, seen, counts, pool, slabs are the
+ *     cache's objects of those names, which live as long as the cache is open;
+ *   maxsize >= 1, or -1 for an unbounded cache (no eviction, CLOCK order).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include "structmember.h"
+#include <errno.h>
+#include <limits.h>
+
+#include "pycore.h"
+#include "slabbooks.h"
+#include "store.h"
+#include "table.h"
+
+#define SLOW 1
+#define KEY_CAP 256 /* longer keys go the Python way */
+#define MAX_LOST 64
+#define STORES_BETWEEN 63 /* volcache.cache._STORES_BETWEEN */
+#define MAX_TRIES 8 /* backend calls for one put, at most (a slab, a re-pin, a larger table) */
+#define NEED_SLAB (-1) /* volcache.slabbooks.NEED_SLAB, as SlabAllocator.serve takes it */
+#define NEED_REPIN (-2)
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *lock, *acquire, *release_base, *release;
+    PyObject *acquire_args, *lock_args; /* (lock, False), (lock,) */
+    PyObject *entries, *records, *books, *backend, *hot, *seen, *counts, *pool, *slabs;
+    PyObject *dumps, *protocol; /* pickle.dumps and its protocol; dumps None: no pickling here */
+    long long maxsize, mark_batch, report_step;
+    long bytes_tag, bytes_flags, pickle_tag, pickle_flags;
+} QuickObject;
+
+#define QUICK_OBJECTS(X) X(lock) X(acquire) X(release_base) X(release) X(acquire_args) \
+    X(lock_args) X(entries) X(records) X(books) X(backend) X(hot) X(seen) X(counts)     \
+    X(pool) X(slabs) X(dumps) X(protocol)
+
+static PyObject *s_count, *s_currsize, *s_used, *s_limit, *s_closed, *s_t,
+    *s_settle_put, *s_after_store, *s_release_slab, *s_evictions, *s_active_nbytes, *s_store,
+    *s_missing, *s_serve, *s_make_room;
+
+static int quick_traverse(QuickObject *self, visitproc visit, void *arg)
+{
+#define VISIT(f) Py_VISIT(self->f);
+    QUICK_OBJECTS(VISIT)
+#undef VISIT
+    Py_VISIT(Py_TYPE((PyObject *)self));
+    return 0;
+}
+
+static int quick_clear(QuickObject *self)
+{
+#define CLEAR(f) Py_CLEAR(self->f);
+    QUICK_OBJECTS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void quick_dealloc(QuickObject *self)
+{
+    PyTypeObject *tp = Py_TYPE((PyObject *)self);
+    PyObject_GC_UnTrack(self);
+    quick_clear(self);
+    PyObject_GC_Del(self);
+    Py_DECREF(tp);
+}
+
+static int quick_init(QuickObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"lock", "acquire", "release_base", "entries", "records", "books",
+                            "backend", "hot", "seen", "counts", "pool", "slabs", "dumps",
+                            "protocol", "maxsize", "mark_batch", "report_step", "bytes_tag",
+                            "bytes_flags", "pickle_tag", "pickle_flags", NULL};
+    PyObject *o[14];
+    long long maxsize, mark_batch, report_step;
+    long tags[4];
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOOOOOOLLLllll", names, &o[0], &o[1],
+                                     &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9],
+                                     &o[10], &o[11], &o[12], &o[13], &maxsize, &mark_batch,
+                                     &report_step, &tags[0], &tags[1], &tags[2], &tags[3]))
+        return -1;
+    if (!(maxsize >= 1 || maxsize == -1) || mark_batch < 0 || report_step < 1) {
+        PyErr_SetString(PyExc_ValueError, "Quick: maxsize must be >= 1 or -1, mark_batch >= 0, "
+                                          "report_step >= 1");
+        return -1;
+    }
+    if (vc_books_of(o[5]) == NULL || !PyDict_CheckExact(o[8]) || !PyDict_CheckExact(o[9])
+        || !PyDict_Check(o[7])) {
+        PyErr_SetString(PyExc_TypeError, "Quick: books must be ready SlabBooks of this core, "
+                                         "seen and counts dicts, hot an OrderedDict");
+        return -1;
+    }
+    PyObject *release = PyObject_GetAttrString(o[0], "release");
+    PyObject *acquire_args = Py_BuildValue("(OO)", o[0], Py_False);
+    PyObject *lock_args = PyTuple_Pack(1, o[0]);
+    if (release == NULL || acquire_args == NULL || lock_args == NULL) {
+        Py_XDECREF(release);
+        Py_XDECREF(acquire_args);
+        Py_XDECREF(lock_args);
+        return -1;
+    }
+    quick_clear(self);
+    self->release = release;
+    self->acquire_args = acquire_args;
+    self->lock_args = lock_args;
+    PyObject **fields[] = {&self->lock, &self->acquire, &self->release_base, &self->entries,
+                           &self->records, &self->books, &self->backend, &self->hot,
+                           &self->seen, &self->counts, &self->pool, &self->slabs,
+                           &self->dumps, &self->protocol};
+    for (int i = 0; i < 14; i++)
+        *fields[i] = Py_NewRef(o[i]);
+    self->maxsize = maxsize;
+    self->mark_batch = mark_batch;
+    self->report_step = report_step;
+    self->bytes_tag = tags[0];
+    self->bytes_flags = tags[1];
+    self->pickle_tag = tags[2];
+    self->pickle_flags = tags[3];
+    return 0;
+}
+
+/* An int attribute as a long long; -1 with an exception set if it is not one. */
+static int get_ll(PyObject *obj, PyObject *name, long long *out)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* obj.name += delta (any number: the Python way's arithmetic). */
+static int add_to(PyObject *obj, PyObject *name, long long delta)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    PyObject *d = PyLong_FromLongLong(delta);
+    PyObject *sum = d ? PyNumber_Add(v, d) : NULL;
+    Py_DECREF(v);
+    Py_XDECREF(d);
+    if (sum == NULL)
+        return -1;
+    int r = PyObject_SetAttr(obj, name, sum);
+    Py_DECREF(sum);
+    return r;
+}
+
+/* The types the default codec pickles whole (DefaultCodec.encode_with_decoder). */
+static int pickled_type(PyObject *value)
+{
+    return PyLong_CheckExact(value) || PyUnicode_CheckExact(value) || PyFloat_CheckExact(value)
+           || PyTuple_CheckExact(value) || PyList_CheckExact(value) || PyDict_CheckExact(value)
+           || value == Py_None || PyBool_Check(value);
+}
+
+/* Python finishes a store the put made: _settle_put(key, rid, lost, 1, False, None,
+ * MISSING, None), as _set calls it. The put's bytes count as active until settled. */
+static int settle_in_python(PyObject *cache, QuickObject *q, PyObject *key, long rid,
+                            const int32_t *lost, int64_t nlost, int64_t length)
+{
+    PyObject *store = PyObject_GetAttr(q->entries, s_store);
+    int r = store ? add_to(store, s_active_nbytes, length) : -1;
+    Py_XDECREF(store);
+    PyObject *ids = r < 0 ? NULL : PyList_New(nlost);
+    for (int64_t i = 0; ids != NULL && i < nlost; i++) {
+        PyObject *id = PyLong_FromLong(lost[i]);
+        if (id == NULL || PyList_SetItem(ids, i, id) < 0)
+            Py_CLEAR(ids);
+    }
+    PyObject *rid_obj = ids ? PyLong_FromLong(rid) : NULL;
+    PyObject *one = rid_obj ? PyLong_FromLong(1) : NULL;
+    PyObject *done = one ? PyObject_CallMethodObjArgs(cache, s_settle_put, key, rid_obj, ids, one,
+                                                      Py_False, Py_None, s_missing, Py_None, NULL)
+                         : NULL;
+    Py_XDECREF(ids);
+    Py_XDECREF(rid_obj);
+    Py_XDECREF(one);
+    if (done == NULL)
+        return -1;
+    Py_DECREF(done);
+    return 0;
+}
+
+/* Forget a new record that cannot join the mapping (its store failed after the put). */
+static void drop_new(struct vc_table *t, struct vc_books *b, long rid)
+{
+    int64_t length;
+    int active;
+    vc_store_free(t, b, rid, &length, &active);
+}
+
+static PyObject *books_error(long code, const char *what)
+{
+    if (code == -ENOMEM)
+        return PyErr_NoMemory();
+    return PyErr_Format(PyExc_RuntimeError, "the store's %s failed (errno %ld)", what, -code);
+}
+
+/* The store with the lock held; *python set when Python code was called
+ * (the lock's own release then delivers what it noted). */
+static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h,
+                      const struct vc_put *put, int *python)
+{
+    HotObject *hot = (HotObject *)cache;
+    if (hot->quick != (PyObject *)q || hot->objects == NULL || hot->clock == NULL)
+        return SLOW; /* closed meanwhile, or not set up */
+    PyObject *closed = PyObject_GetAttr(q->backend, s_closed);
+    if (closed == NULL)
+        return -1;
+    int gone = PyObject_IsTrue(closed);
+    Py_DECREF(closed);
+    if (gone != 0)
+        return gone < 0 ? -1 : SLOW; /* the Python way says what is wrong */
+    int has = PyDict_Contains(hot->objects, key);
+    if (has != 0)
+        return has < 0 ? -1 : SLOW; /* a Python entry: an overwrite */
+    struct vc_books *b = vc_books_of(q->books);
+    PyObject *handle = PyObject_GetAttr(q->records, s_t);
+    if (handle == NULL)
+        return -1;
+    struct vc_table *t = vc_table_of(handle);
+    int result = SLOW;
+    if (t == NULL) {
+        PyErr_Clear();
+        goto out;
+    }
+    if (b == NULL || vc_rec_first_of(t, h, VC_INDEXED | VC_OBJECT, VC_INDEXED) >= 0)
+        goto out; /* a record of this hash: the same key, maybe (Python compares) */
+    /* The put first: the backend calls the books ask for are made (Python's),
+     * and the put tried again; nothing of the mapping changes until it is made. */
+    int64_t need[3], nlost;
+    int32_t lost[MAX_LOST];
+    long rid = -1;
+    for (int tries = 0; tries < MAX_TRIES; tries++) {
+        rid = vc_store_put(t, b, h, put, need, lost, MAX_LOST, &nlost);
+        if (rid >= 0 || (rid != VC_NEED_SLAB && rid != VC_NEED_REPIN && rid != VC_NEED_ROOM))
+            break;
+        *python = 1;
+        PyObject *r;
+        if (rid == VC_NEED_ROOM) {
+            r = PyObject_CallMethodObjArgs(q->records, s_make_room, NULL);
+        } else {
+            PyObject *more = rid == VC_NEED_SLAB ? PyLong_FromLongLong(need[0])
+                                                 : Py_BuildValue("(LLL)", (long long)need[0],
+                                                                 (long long)need[1],
+                                                                 (long long)need[2]);
+            PyObject *code = PyLong_FromLong(rid == VC_NEED_SLAB ? NEED_SLAB : NEED_REPIN);
+            r = more && code ? PyObject_CallMethodObjArgs(q->slabs, s_serve, code, more, NULL)
+                             : NULL;
+            Py_XDECREF(more);
+            Py_XDECREF(code);
+        }
+        if (r == NULL) {
+            result = -1;
+            goto out;
+        }
+        Py_DECREF(r);
+        Py_DECREF(handle); /* a table that grew is a new one */
+        if ((handle = PyObject_GetAttr(q->records, s_t)) == NULL)
+            return -1;
+        if ((t = vc_table_of(handle)) == NULL) {
+            result = -1;
+            goto out;
+        }
+    }
+    if (rid < 0)
+        goto out; /* refused (a length past the books', say): the Python way says why */
+    int64_t length = put->nvalue + put->nkey + put->nspec + VC_TRAILER;
+    /* Past maxsize, the least recently used idle entry goes, if it is the one
+     * to go: else (a hot entry may be older, or more must go) Python's way. */
+    long long count;
+    long victim = -1;
+    int python_way = nlost > 0;
+    if (!python_way && get_ll(q->entries, s_count, &count) < 0) {
+        drop_new(t, b, rid);
+        result = -1;
+        goto out;
+    }
+    if (!python_way && q->maxsize > 0 && count + 1 > q->maxsize) {
+        Py_ssize_t nhot = PyObject_Length(q->hot);
+        int64_t used, loc;
+        uint32_t vlen;
+        uint8_t flags;
+        if (nhot < 0) {
+            drop_new(t, b, rid);
+            result = -1;
+            goto out;
+        }
+        victim = count > q->maxsize || nhot != 0 ? -1 : vc_rec_oldest_use(t, &used);
+        python_way = victim < 0 || vc_rec_get(t, victim, &loc, &vlen, &flags) < 0
+                     || (flags & VC_OBJECT) || vlen == VC_LONG;
+    }
+    if (python_way) {
+        *python = 1;
+        result = settle_in_python(cache, q, key, rid, lost, nlost, length);
+        goto out;
+    }
+    if (victim >= 0) {
+        if (PyDict_Size(q->seen) > 0) {
+            PyObject *id = PyLong_FromLong(victim);
+            if (id == NULL || (PyDict_DelItem(q->seen, id) < 0 && PyErr_ExceptionMatches(PyExc_KeyError)))
+                PyErr_Clear();
+            Py_XDECREF(id);
+            if (PyErr_Occurred()) {
+                drop_new(t, b, rid);
+                result = -1;
+                goto out;
+            }
+        }
+        int64_t vlength;
+        int active;
+        long empty = vc_store_free(t, b, victim, &vlength, &active);
+        if (empty < -1) { /* the books refused: Python's eviction meets it and unwinds */
+            *python = 1;
+            result = settle_in_python(cache, q, key, rid, NULL, 0, length);
+            goto out;
+        }
+        count--;
+        PyObject *store = PyObject_GetAttr(q->entries, s_store);
+        PyObject *evictions = PyDict_GetItemWithError(q->counts, s_evictions);
+        PyObject *one = PyLong_FromLong(1);
+        PyObject *more = evictions && one ? PyNumber_Add(evictions, one) : NULL;
+        int bad = store == NULL || more == NULL || PyDict_SetItem(q->counts, s_evictions, more) < 0
+                  || (active && add_to(store, s_active_nbytes, -vlength) < 0);
+        Py_XDECREF(store);
+        Py_XDECREF(one);
+        Py_XDECREF(more);
+        if (!bad && empty >= 0) { /* the evicted entry's slab is empty: the backend frees it */
+            *python = 1;
+            PyObject *index = PyLong_FromLong(empty);
+            PyObject *r = index ? PyObject_CallMethodObjArgs(q->slabs, s_release_slab, index, NULL)
+                                : NULL;
+            Py_XDECREF(index);
+            bad = r == NULL;
+            Py_XDECREF(r);
+        }
+        if (bad) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "counts['evictions'] is missing");
+            drop_new(t, b, rid);
+            result = -1;
+            goto out;
+        }
+    }
+    long long stamp = 0;
+    if (q->maxsize > 0) { /* Entries.stamp(): a tick taken under the lock */
+        ClockObject *clock = (ClockObject *)hot->clock;
+        if (clock->taken < LLONG_MAX)
+            clock->taken++;
+        stamp = clock->taken;
+        clock->locked++;
+    }
+    long settled = vc_store_settle(t, b, rid, stamp);
+    if (settled < 0) {
+        drop_new(t, b, rid);
+        books_error(settled, "settle");
+        result = -1;
+        goto out;
+    }
+    if (victim < 0) {
+        PyObject *n = PyLong_FromLongLong(count + 1);
+        int bad = n == NULL || PyObject_SetAttr(q->entries, s_count, n) < 0
+                  || add_to(q->entries, s_currsize, 1) < 0;
+        Py_XDECREF(n);
+        if (bad) {
+            result = -1;
+            goto out;
+        }
+    }
+    /* The budget hears of it every 64 stores, or at once near its limit, and
+     * the idle work runs then (VolatileCache._after_store, which counts it). */
+    long long next = hot->stores + 1, used, limit;
+    if (get_ll(q->pool, s_used, &used) < 0 || get_ll(q->pool, s_limit, &limit) < 0) {
+        result = -1;
+        goto out;
+    }
+    if (!(next & STORES_BETWEEN) || used + (q->report_step << 4) >= limit
+        || b->npending >= q->mark_batch) {
+        *python = 1;
+        PyObject *rid_obj = PyLong_FromLong(rid);
+        PyObject *r = rid_obj ? PyObject_CallMethodObjArgs(cache, s_after_store, rid_obj, NULL)
+                              : NULL;
+        Py_XDECREF(rid_obj);
+        result = r == NULL ? -1 : 0;
+        Py_XDECREF(r);
+        goto out;
+    }
+    hot->stores = next;
+    result = 0;
+out:
+    Py_DECREF(handle);
+    return result;
+}
+
+int vc_quick_set(PyObject *cache, PyObject *quick, PyObject *key, PyObject *value)
+{
+    if (PyType_GetSlot(Py_TYPE(quick), Py_tp_dealloc) != (void *)quick_dealloc)
+        return SLOW; /* not a Quick (of any import of the module) */
+    QuickObject *q = (QuickObject *)quick;
+    PyObject *encoded = NULL;
+    struct vc_put put = {NULL, NULL, "", 0, 0, 0, 0, 0};
+    if (PyBytes_CheckExact(value)) {
+        put.value = PyBytes_AsString(value);
+        put.nvalue = PyBytes_Size(value);
+        put.tag = (uint32_t)q->bytes_tag;
+        put.flags = (uint32_t)q->bytes_flags;
+    } else if (q->dumps != Py_None && pickled_type(value)) {
+        encoded = PyObject_CallFunctionObjArgs(q->dumps, value, q->protocol, NULL);
+        if (encoded == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception))
+                return -1; /* an interrupt, not a refusal */
+            PyErr_Clear(); /* the Python way keeps such a value as an object */
+            return SLOW;
+        }
+        if (!PyBytes_CheckExact(encoded)) {
+            Py_DECREF(encoded);
+            return SLOW;
+        }
+        put.value = PyBytes_AsString(encoded);
+        put.nvalue = PyBytes_Size(encoded);
+        put.tag = (uint32_t)q->pickle_tag;
+        put.flags = (uint32_t)q->pickle_flags;
+    } else {
+        return SLOW;
+    }
+    unsigned char kbuf[KEY_CAP];
+    long nkey = vc_key_bytes(key, kbuf, KEY_CAP);
+    int result = SLOW;
+    if (nkey < 0) {
+        result = PyErr_Occurred() ? -1 : SLOW;
+        goto done;
+    }
+    put.key = kbuf;
+    put.nkey = nkey;
+    Py_hash_t hash = PyObject_Hash(key);
+    if (hash == -1 && PyErr_Occurred()) {
+        result = -1;
+        goto done;
+    }
+    PyObject *got = PyObject_Call(q->acquire, q->acquire_args, NULL);
+    if (got == NULL) {
+        result = -1;
+        goto done;
+    }
+    int mine = got == Py_True;
+    Py_DECREF(got);
+    if (!mine)
+        goto done; /* held by another thread: the Python way waits for it */
+    int python = 0;
+    result = locked_set(cache, q, key, (uint32_t)hash, &put, &python);
+    /* The lock's own release if Python ran (its events), else _thread.RLock's. */
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyObject *r = python ? PyObject_CallNoArgs(q->release)
+                         : PyObject_Call(q->release_base, q->lock_args, NULL);
+    if (r == NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(exc);
+        Py_XDECREF(tb);
+        result = -1;
+    } else {
+        Py_DECREF(r);
+        PyErr_Restore(type, exc, tb);
+    }
+done:
+    Py_XDECREF(encoded);
+    return result;
+}
+
+static PyMemberDef quick_members[] = {
+    {"lock", T_OBJECT, offsetof(QuickObject, lock), READONLY, "The cache's lock it takes."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot quick_slots[] = {
+    {Py_tp_members, quick_members},
+    {Py_tp_doc, "The plan of a VolatileCache's store in one call (see core/quick.c)."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, quick_init},
+    {Py_tp_traverse, quick_traverse},
+    {Py_tp_clear, quick_clear},
+    {Py_tp_dealloc, quick_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec quick_spec = {
+    "volcache._core.Quick", sizeof(QuickObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, quick_slots,
+};
+
+static PyObject *m_key_bytes(PyObject *module, PyObject *key)
+{
+    (void)module;
+    unsigned char buf[KEY_CAP];
+    long n = vc_key_bytes(key, buf, KEY_CAP);
+    if (n < 0) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    return PyBytes_FromStringAndSize((const char *)buf, n);
+}
+
+static PyMethodDef quick_functions[] = {
+    {"key_bytes", (PyCFunction)m_key_bytes, METH_O,
+     "key_bytes(key): the bytes a store in C writes for key (volcache.keys.key_bytes's, "
+     "marshal format 2), or None for a key it leaves to Python."},
+    {NULL, NULL, 0, NULL},
+};
+
+int vc_add_quick_type(PyObject *module)
+{
+#define NAME(var, text) \
+    if (var == NULL && (var = PyUnicode_InternFromString(text)) == NULL) return -1;
+    NAME(s_count, "count") NAME(s_currsize, "currsize") 
+    NAME(s_used, "used") NAME(s_limit, "limit") NAME(s_closed, "closed") NAME(s_t, "_t")
+    NAME(s_settle_put, "_settle_put") NAME(s_after_store, "_after_store")
+    NAME(s_release_slab, "release_slab") NAME(s_evictions, "evictions")
+    NAME(s_active_nbytes, "active_nbytes") NAME(s_store, "store") NAME(s_serve, "serve")
+    NAME(s_make_room, "make_room")
+#undef NAME
+    if (s_missing == NULL) {
+        PyObject *missing = PyObject_GetAttrString(module, "MISSING");
+        if (missing == NULL)
+            return -1;
+        s_missing = missing;
+    }
+    PyObject *type = PyType_FromModuleAndSpec(module, &quick_spec, NULL);
+    if (type == NULL || PyModule_AddObject(module, "Quick", type) < 0) {
+        Py_XDECREF(type);
+        return -1;
+    }
+    return PyModule_AddFunctions(module, quick_functions);
+}
