@@ -405,11 +405,6 @@ static PyType_Spec hot_spec = {
  * there). volcache.hotpath.PyMemoHit is the reference.
  * Invariants: cache is a HotBase instance, held; hits only grows.
  */
-typedef struct {
-    PyObject_HEAD
-    PyObject *cache;
-    long long hits;
-} MemoObject;
 
 static int plain_key(PyObject *args)
 {
@@ -434,20 +429,69 @@ static PyObject *memo_hit(MemoObject *self, PyObject *args)
     return value;
 }
 
+#define MEMO_OBJECTS(X) X(cache) X(func) X(lock) X(flights) X(memoized) X(name) X(label) \
+    X(fallback) X(cache_id)
+
 static int memo_init(MemoObject *self, PyObject *args, PyObject *kwargs)
 {
-    PyObject *cache;
-    static char *names[] = {"cache", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O", names, &cache))
+    PyObject *o[8] = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    static char *names[] = {"cache", "func", "lock", "flights", "memoized", "name", "label",
+                            "fallback", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$OOOOOOO", names, &o[0], &o[1], &o[2],
+                                     &o[3], &o[4], &o[5], &o[6], &o[7]))
         return -1;
-    if (!PyObject_TypeCheck(cache, HotType)) {
+    if (!PyObject_TypeCheck(o[0], HotType)) {
         PyErr_SetString(PyExc_TypeError, "MemoHit: the cache must be a VolatileCache");
         return -1;
     }
-    PyObject *old = self->cache;
-    self->cache = Py_NewRef(cache);
-    Py_XDECREF(old);
+    if (o[1] == Py_None)
+        o[1] = NULL;
+    if (o[1] != NULL && (o[2] == NULL || o[3] == NULL || !PyDict_CheckExact(o[3]) || o[4] == NULL
+                         || o[5] == NULL || o[6] == NULL)) {
+        PyErr_SetString(PyExc_TypeError, "MemoHit: a func needs its lock, flights (a dict), "
+                                         "memoized, name and label");
+        return -1;
+    }
+    PyObject *cache_id = PyLong_FromVoidPtr(o[0]); /* id(cache): the flights' keys hold it */
+    if (cache_id == NULL)
+        return -1;
+    PyObject **fields[] = {&self->cache, &self->func, &self->lock, &self->flights,
+                           &self->memoized, &self->name, &self->label, &self->fallback};
+    for (int i = 0; i < 8; i++)
+        VC_SETREF(*fields[i], o[i] == NULL || (i > 0 && o[i] == Py_None) ? NULL : Py_NewRef(o[i]));
+    VC_SETREF(self->cache_id, cache_id);
     return 0;
+}
+
+/* call(args): the hot hit, or a miss made in C (memo.c), else fallback(args). */
+static PyObject *memo_call(MemoObject *self, PyObject *args)
+{
+    if (self->cache == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "MemoHit.__init__ was not called");
+        return NULL;
+    }
+    if (PyTuple_Check(args) && plain_key(args)) {
+        PyObject *value = hot_value((HotObject *)self->cache, args);
+        if (value == NULL)
+            return NULL;
+        if (value != MISSING) {
+            self->hits++;
+            return value;
+        }
+        Py_DECREF(value);
+        value = vc_memo_miss(self, args);
+        if (value != MISSING)
+            return value;
+        Py_DECREF(value);
+    }
+    if (self->fallback == NULL)
+        return Py_NewRef(MISSING);
+    return PyObject_CallFunctionObjArgs(self->fallback, args, NULL);
+}
+
+PyObject *vc_missing(void)
+{
+    return MISSING;
 }
 
 static PyObject *memo_hit_method(MemoObject *self, PyObject *args)
@@ -461,14 +505,18 @@ static PyObject *memo_hit_method(MemoObject *self, PyObject *args)
 
 static int memo_traverse(MemoObject *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->cache);
+#define VISIT(f) Py_VISIT(self->f);
+    MEMO_OBJECTS(VISIT)
+#undef VISIT
     Py_VISIT(Py_TYPE((PyObject *)self));
     return 0;
 }
 
 static int memo_clear(MemoObject *self)
 {
-    Py_CLEAR(self->cache);
+#define CLEAR(f) Py_CLEAR(self->f);
+    MEMO_OBJECTS(CLEAR)
+#undef CLEAR
     return 0;
 }
 
@@ -485,11 +533,15 @@ static PyMethodDef memo_methods[] = {
     {"hit", (PyCFunction)memo_hit_method, METH_O,
      "hit(args): the hot value for the call with these positional arguments, counted; "
      "else MISSING."},
+    {"call", (PyCFunction)memo_call, METH_O,
+     "call(args): the call's result: its hot hit, or its miss computed and stored here "
+     "where it can be, else fallback(args)."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMemberDef memo_members[] = {
     {"hits", T_LONGLONG, offsetof(MemoObject, hits), READONLY, "Hits counted here."},
+    {"misses", T_LONGLONG, offsetof(MemoObject, misses), READONLY, "Misses made here."},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -34,7 +34,8 @@ static int module_exec(PyObject *module)
         return -1;
     }
     if (vc_add_hot_types(module) < 0 || vc_add_books_type(module) < 0
-        || vc_add_table_type(module) < 0 || vc_add_quick_type(module) < 0)
+        || vc_add_table_type(module) < 0 || vc_add_quick_type(module) < 0
+        || vc_add_memo_types(module) < 0)
         return -1;
     if (PyModule_AddIntConstant(module, "VERSION", CORE_VERSION) < 0
         || PyModule_AddStringConstant(module, "SOURCE_HASH", VC_CORE_HASH) < 0)

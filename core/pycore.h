@@ -24,8 +24,29 @@ typedef struct {
     long long stores; /* stores made: the idle work runs every 8th */
 } HotObject;
 
+/* A memoized function's hot hit and, with func, its miss (hot.c, memo.c). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *cache; /* a HotBase */
+    long long hits, misses;
+    PyObject *func, *lock, *flights, *memoized, *name, *label, *fallback, *cache_id;
+} MemoObject;
+
+#define VC_SETREF(dst, src)              \
+    do {                                 \
+        PyObject *vc_old_ = (PyObject *)(dst); \
+        (dst) = (src);                   \
+        Py_XDECREF(vc_old_);             \
+    } while (0)
+
 /* hot.c: HotBase, EntryBase, Clock, MemoHit, the sentinels COLD, MISSING, GETITEM, Expired. */
 int vc_add_hot_types(PyObject *module);
+/* The MISSING sentinel (borrowed: it lives as long as the process). */
+PyObject *vc_missing(void);
+/* memo.c: Flight, and a memoized function's miss: its value (stored), NULL
+ * with an exception set, or MISSING (a new reference): the Python way's. */
+int vc_add_memo_types(PyObject *module);
+PyObject *vc_memo_miss(MemoObject *memo, PyObject *args);
 /* books.c: SlabBooks. */
 int vc_add_books_type(PyObject *module);
 struct vc_books;
@@ -46,5 +67,10 @@ int vc_add_quick_type(PyObject *module);
 /* 0: stored; 1: not a store this path makes (nothing changed: the Python
  * way's); -1: an exception is set. */
 int vc_quick_set(PyObject *cache, PyObject *quick, PyObject *key, PyObject *value);
+/* 1: the key has no entry and no record of its hash (a store would be new);
+ * 0: it may have; -1: an exception is set. Read without the lock. */
+int vc_quick_absent(PyObject *cache, PyObject *quick, PyObject *key);
+/* The cache's counts["misses"] += 1; -1 with an exception set. */
+int vc_quick_count_miss(PyObject *quick);
 
 #endif

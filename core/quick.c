@@ -49,17 +49,18 @@ typedef struct {
     PyObject *acquire_args, *lock_args; /* (lock, False), (lock,) */
     PyObject *entries, *records, *books, *backend, *hot, *seen, *counts, *pool, *slabs;
     PyObject *dumps, *protocol; /* pickle.dumps and its protocol; dumps None: no pickling here */
+    PyObject *closed; /* the backend's attribute that says it was closed (a str) */
     long long maxsize, mark_batch, report_step;
     long bytes_tag, bytes_flags, pickle_tag, pickle_flags;
 } QuickObject;
 
 #define QUICK_OBJECTS(X) X(lock) X(acquire) X(release_base) X(release) X(acquire_args) \
     X(lock_args) X(entries) X(records) X(books) X(backend) X(hot) X(seen) X(counts)     \
-    X(pool) X(slabs) X(dumps) X(protocol)
+    X(pool) X(slabs) X(dumps) X(protocol) X(closed)
 
-static PyObject *s_count, *s_currsize, *s_used, *s_limit, *s_closed, *s_t,
+static PyObject *s_count, *s_currsize, *s_used, *s_limit, *s_t,
     *s_settle_put, *s_after_store, *s_release_slab, *s_evictions, *s_active_nbytes, *s_store,
-    *s_missing, *s_serve, *s_make_room;
+    *s_missing, *s_serve, *s_make_room, *s_misses;
 
 static int quick_traverse(QuickObject *self, visitproc visit, void *arg)
 {
@@ -91,14 +92,15 @@ static int quick_init(QuickObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"lock", "acquire", "release_base", "entries", "records", "books",
                             "backend", "hot", "seen", "counts", "pool", "slabs", "dumps",
-                            "protocol", "maxsize", "mark_batch", "report_step", "bytes_tag",
-                            "bytes_flags", "pickle_tag", "pickle_flags", NULL};
-    PyObject *o[14];
+                            "protocol", "closed", "maxsize", "mark_batch", "report_step",
+                            "bytes_tag", "bytes_flags", "pickle_tag", "pickle_flags", NULL};
+    PyObject *o[15];
     long long maxsize, mark_batch, report_step;
     long tags[4];
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOOOOOOLLLllll", names, &o[0], &o[1],
-                                     &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9],
-                                     &o[10], &o[11], &o[12], &o[13], &maxsize, &mark_batch,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOOOOOOULLLllll", names, &o[0],
+                                     &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                                     &o[9], &o[10], &o[11], &o[12], &o[13], &o[14], &maxsize,
+                                     &mark_batch,
                                      &report_step, &tags[0], &tags[1], &tags[2], &tags[3]))
         return -1;
     if (!(maxsize >= 1 || maxsize == -1) || mark_batch < 0 || report_step < 1) {
@@ -128,8 +130,8 @@ static int quick_init(QuickObject *self, PyObject *args, PyObject *kwargs)
     PyObject **fields[] = {&self->lock, &self->acquire, &self->release_base, &self->entries,
                            &self->records, &self->books, &self->backend, &self->hot,
                            &self->seen, &self->counts, &self->pool, &self->slabs,
-                           &self->dumps, &self->protocol};
-    for (int i = 0; i < 14; i++)
+                           &self->dumps, &self->protocol, &self->closed};
+    for (int i = 0; i < 15; i++)
         *fields[i] = Py_NewRef(o[i]);
     self->maxsize = maxsize;
     self->mark_batch = mark_batch;
@@ -228,7 +230,7 @@ static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h
     HotObject *hot = (HotObject *)cache;
     if (hot->quick != (PyObject *)q || hot->objects == NULL || hot->clock == NULL)
         return SLOW; /* closed meanwhile, or not set up */
-    PyObject *closed = PyObject_GetAttr(q->backend, s_closed);
+    PyObject *closed = PyObject_GetAttr(q->backend, q->closed);
     if (closed == NULL)
         return -1;
     int gone = PyObject_IsTrue(closed);
@@ -491,6 +493,47 @@ done:
     return result;
 }
 
+int vc_quick_absent(PyObject *cache, PyObject *quick, PyObject *key)
+{
+    if (PyType_GetSlot(Py_TYPE(quick), Py_tp_dealloc) != (void *)quick_dealloc)
+        return 0;
+    QuickObject *q = (QuickObject *)quick;
+    HotObject *hot = (HotObject *)cache;
+    Py_hash_t hash = PyObject_Hash(key);
+    if (hash == -1 && PyErr_Occurred())
+        return -1;
+    if (hot->objects == NULL)
+        return 0;
+    int has = PyDict_Contains(hot->objects, key);
+    if (has != 0)
+        return has < 0 ? -1 : 0;
+    PyObject *handle = PyObject_GetAttr(q->records, s_t);
+    if (handle == NULL)
+        return -1;
+    /* No Python code runs from here: the table cannot change under the walk. */
+    struct vc_table *t = vc_table_of(handle);
+    int absent = t != NULL
+                 && vc_rec_first_of(t, (uint32_t)hash, VC_INDEXED | VC_OBJECT, VC_INDEXED) < 0;
+    if (t == NULL)
+        PyErr_Clear();
+    Py_DECREF(handle);
+    return absent;
+}
+
+int vc_quick_count_miss(PyObject *quick)
+{
+    QuickObject *q = (QuickObject *)quick;
+    PyObject *misses = PyDict_GetItemWithError(q->counts, s_misses);
+    if (misses == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *one = PyLong_FromLong(1);
+    PyObject *more = one ? PyNumber_Add(misses, one) : NULL;
+    Py_XDECREF(one);
+    int r = more == NULL ? -1 : PyDict_SetItem(q->counts, s_misses, more);
+    Py_XDECREF(more);
+    return r;
+}
+
 static PyMemberDef quick_members[] = {
     {"lock", T_OBJECT, offsetof(QuickObject, lock), READONLY, "The cache's lock it takes."},
     {NULL, 0, 0, 0, NULL},
@@ -537,11 +580,11 @@ int vc_add_quick_type(PyObject *module)
 #define NAME(var, text) \
     if (var == NULL && (var = PyUnicode_InternFromString(text)) == NULL) return -1;
     NAME(s_count, "count") NAME(s_currsize, "currsize") 
-    NAME(s_used, "used") NAME(s_limit, "limit") NAME(s_closed, "closed") NAME(s_t, "_t")
+    NAME(s_used, "used") NAME(s_limit, "limit") NAME(s_t, "_t")
     NAME(s_settle_put, "_settle_put") NAME(s_after_store, "_after_store")
     NAME(s_release_slab, "release_slab") NAME(s_evictions, "evictions")
     NAME(s_active_nbytes, "active_nbytes") NAME(s_store, "store") NAME(s_serve, "serve")
-    NAME(s_make_room, "make_room")
+    NAME(s_make_room, "make_room") NAME(s_misses, "misses")
 #undef NAME
     if (s_missing == NULL) {
         PyObject *missing = PyObject_GetAttrString(module, "MISSING");

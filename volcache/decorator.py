@@ -196,6 +196,8 @@ class Memoized:
         options: dict[str, Any],
     ) -> None:
         functools.update_wrapper(self, func)
+        if "__qualname__" not in self.__dict__:  # a partial, a callable object: errors name it so
+            self.__qualname__ = getattr(func, "__name__", None) or type(func).__qualname__
         self._func = func
         self._typed = typed
         self._per_instance = per_instance
@@ -224,6 +226,8 @@ class Memoized:
         self._hits = itertools.count(1)  # next() is atomic: hits counted without the lock
         self._hits_cleared = 0  # hits counted before the last cache_clear()
         self._memo_hits: Callable[[], int] = _no_hits  # a plain function's hits (MemoHit)
+        self._memo_misses: Callable[[], int] = _no_hits  # and the misses it made
+        self._misses_cleared = 0
         self._misses = self._purged = self._regenerated = 0
         self._stores = 0  # results stored: a call that saw none since its miss need not look again
         self._flight = SingleFlight(reentrant=True)
@@ -508,7 +512,7 @@ class Memoized:
         with self._lock:
             return CacheInfo(
                 hits=count_of(self._hits) + self._memo_hits() - self._hits_cleared,
-                misses=self._misses,
+                misses=self._misses + self._memo_misses() - self._misses_cleared,
                 maxsize=None if maxsize == math.inf else maxsize,
                 currsize=sum(getattr(c, "currsize", len(c)) for c in caches),
                 purged=self._purged,
@@ -523,6 +527,7 @@ class Memoized:
             # The counters stay (a plain function's C hit counts its own): the
             # hits counted up to now are set aside.
             self._hits_cleared = count_of(self._hits) + self._memo_hits()
+            self._misses_cleared = self._memo_misses()
             self._misses = self._purged = self._regenerated = 0
             self._dead_tokens.clear()
 
@@ -618,28 +623,38 @@ def _function_of(memoized: Memoized) -> Callable[..., Any]:
     cache = memoized.cache
     hot_value = memoized._hot_value
     call = memoized._call
-    # The common hit in one call (in C where the core is): arguments whose
-    # tuple is its own key, and that key hot. It counts its hits.
-    memo = MemoHit(cache)
-    memoized._memo_hits = lambda: memo.hits
-    hit, missing = memo.hit, _MISSING
 
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if kwargs:
-            return memoized(*args, **kwargs)
-        value = hit(args)
-        if value is not missing:
-            return value
+    def rest(args: tuple) -> Any:
+        """A call with positional arguments that ``memo.call`` did not answer."""
         key = args
         for part in args:
             if type(part) not in C_HASHED:
                 key = hashed(args)
                 break
         value = hot_value(key)
-        if value is not missing:
+        if value is not _MISSING:
             next(memoized._hits)
             return value
-        return call(cache, key, args, kwargs)
+        return call(cache, key, args, {})
+
+    # The common hit in one call (in C where the core is): arguments whose
+    # tuple is its own key, and that key hot; where the cache stores in C, a
+    # miss of a key it does not hold is computed and stored in that call too
+    # (its flight in the decorator's). It counts its hits and misses.
+    flight = memoized._flight
+    func = memoized._func if memoized._cache_if is None else None
+    memo = MemoHit(
+        cache, func=func, lock=flight._lock, flights=flight._flights, memoized=memoized,
+        name=memoized.__qualname__, label=_Call, fallback=rest,
+    )  # fmt: skip
+    memoized._memo_hits = lambda: memo.hits
+    memoized._memo_misses = lambda: memo.misses
+    answer = memo.call
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            return memoized(*args, **kwargs)
+        return answer(args)
 
     functools.update_wrapper(wrapper, memoized._func)
     for name in ("cache", "cache_info", "cache_clear", "cache_parameters", "cache_invalidate"):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .coremodule import core
 
 # Who waits for which flight: a thread's ident -> the _Flight it waits for,
 # or an asyncio task -> the task it awaits. Checked and changed under _WAITS.
@@ -36,7 +38,10 @@ class DeadlockError(RuntimeError):
 _LEAD, _WAIT, _AGAIN = range(3)  # run(): computes, waits for another thread, re-enters
 
 
-class _Flight:
+class _PyFlight:
+    """A computation others may wait for (``volcache._core.Flight`` in C, which a
+    memoized function's miss made in C registers)."""
+
     __slots__ = ("done", "error", "finished", "key", "owner", "value")
 
     def __init__(self, key: Any) -> None:
@@ -48,6 +53,12 @@ class _Flight:
         self.value: Any = None
         self.error: BaseException | None = None
         self.finished = False
+
+
+if TYPE_CHECKING:  # the C type has the Python one's fields
+    _Flight = _PyFlight
+else:
+    _Flight = core.Flight if core is not None else _PyFlight
 
 
 class SingleFlight:

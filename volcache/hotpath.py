@@ -137,12 +137,29 @@ class PyMemoHit:
     arguments; if each is of an exact type whose hash is C's
     (:data:`~volcache.keys.C_HASHED`), the tuple is its own key (as cachetools'
     ``hashkey`` makes it) and the cache's hot hit for it is counted in
-    :attr:`hits`; else, or if the key is not hot, ``MISSING``."""
+    :attr:`hits`; else, or if the key is not hot, ``MISSING``. :meth:`call` is
+    the whole call: the hit, else ``fallback(args)`` (the C version also makes
+    the miss of a key the cache does not hold, in ``core/memo.c``: this one
+    leaves every miss to the fallback, the decorator's Python, its reference)."""
 
-    def __init__(self, cache: Any) -> None:
+    misses = 0  # misses made here (the C version's)
+
+    def __init__(
+        self, cache: Any, *, func: Any = None, lock: Any = None, flights: Any = None,
+        memoized: Any = None, name: Any = None, label: Any = None,
+        fallback: Callable[[tuple], Any] | None = None,
+    ) -> None:  # fmt: skip
         self._hot_value = cache._hot_value
         self._count = PyClock()
         self._hit = self._count.tick
+        self._fallback = fallback
+
+    def call(self, args: tuple) -> Any:
+        """The call's result: its hot hit, else ``fallback(args)`` (``MISSING`` without one)."""
+        value = self.hit(args)
+        if value is MISSING and self._fallback is not None:
+            return self._fallback(args)
+        return value
 
     def hit(self, args: tuple) -> Any:
         """The hot value for the call with these positional arguments, else ``MISSING``."""

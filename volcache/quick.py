@@ -19,6 +19,7 @@ import pickle
 from collections import OrderedDict
 from typing import Any
 
+from .backends import Backend
 from .budget import MemoryBudget
 from .codecs import Codec, DefaultCodec, PickleCodec
 from .coremodule import core
@@ -53,6 +54,8 @@ def quick_plan(
         entries=entries, records=store.records, books=store.slabs.books, backend=backend,
         hot=hot, seen=entries.seen, counts=counts, pool=pool, slabs=store.slabs,
         dumps=dumps, protocol=getattr(pickler, "protocol", pickle.HIGHEST_PROTOCOL),
+        # The contract's property reads _closed: read without calling it, where it is that one.
+        closed="_closed" if type(backend).closed is Backend.closed else "closed",
         maxsize=-1 if maxsize == math.inf else min(math.floor(maxsize), _LARGEST),
         mark_batch=mark_batch, report_step=report_step,
         bytes_tag=bytes_tag, bytes_flags=bytes_flags,
