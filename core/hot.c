@@ -262,6 +262,14 @@ static PyObject *hot_subscript(HotObject *self, PyObject *key)
     if (value != MISSING || value == NULL)
         return value;
     Py_DECREF(value);
+    if (self->quick != NULL && self->quick != Py_None) { /* an idle entry read in C */
+        PyObject *quick = Py_NewRef(self->quick);
+        value = vc_quick_idle((PyObject *)self, quick, key);
+        Py_DECREF(quick);
+        if (value != MISSING)
+            return value;
+        Py_DECREF(value);
+    }
     return PyObject_CallMethodObjArgs((PyObject *)self, s_get_slow, key, GETITEM, NULL);
 }
 

@@ -216,10 +216,14 @@ PyObject *vc_memo_miss(MemoObject *m, PyObject *args)
     FlightObject *flight = NULL;
     long long before;
     int absent = vc_quick_absent(m->cache, quick, args);
-    if (absent <= 0) {
-        result = absent < 0 ? NULL : Py_NewRef(vc_missing());
+    if (absent == 0) { /* held: an idle entry is read here, else the Python way */
+        result = vc_quick_idle(m->cache, quick, args);
+        if (result != NULL && result != vc_missing())
+            m->hits++;
         goto out;
     }
+    if (absent < 0)
+        goto out;
     PyObject *stores = PyObject_GetAttr(m->memoized, s_stores);
     if (stores == NULL)
         goto out;

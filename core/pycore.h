@@ -70,6 +70,10 @@ int vc_quick_set(PyObject *cache, PyObject *quick, PyObject *key, PyObject *valu
 /* 1: the key has no entry and no record of its hash (a store would be new);
  * 0: it may have; -1: an exception is set. Read without the lock. */
 int vc_quick_absent(PyObject *cache, PyObject *quick, PyObject *key);
+/* The value of key's idle record, read without re-pinning it as the cache's
+ * _hit reads it (counted, touched); MISSING (a new reference) for the Python
+ * way; NULL with an exception set. */
+PyObject *vc_quick_idle(PyObject *cache, PyObject *quick, PyObject *key);
 /* The cache's counts["misses"] += 1; -1 with an exception set. */
 int vc_quick_count_miss(PyObject *quick);
 

@@ -29,6 +29,7 @@
 #include "structmember.h"
 #include <errno.h>
 #include <limits.h>
+#include <string.h>
 
 #include "pycore.h"
 #include "slabbooks.h"
@@ -38,6 +39,8 @@
 #define SLOW 1
 #define KEY_CAP 256 /* longer keys go the Python way */
 #define MAX_LOST 64
+#define READ_WHOLE 16384 /* volcache.store._READ_WHOLE: longer entries are read in parts */
+#define SPECIAL 4 /* volcache.store.SPECIAL_KEY */
 #define STORES_BETWEEN 63 /* volcache.cache._STORES_BETWEEN */
 #define MAX_TRIES 8 /* backend calls for one put, at most (a slab, a re-pin, a larger table) */
 #define NEED_SLAB (-1) /* volcache.slabbooks.NEED_SLAB, as SlabAllocator.serve takes it */
@@ -50,17 +53,19 @@ typedef struct {
     PyObject *entries, *records, *books, *backend, *hot, *seen, *counts, *pool, *slabs;
     PyObject *dumps, *protocol; /* pickle.dumps and its protocol; dumps None: no pickling here */
     PyObject *closed; /* the backend's attribute that says it was closed (a str) */
+    PyObject *loads, *clock, *hot_seconds; /* pickle.loads; the cache's clock; None or seconds */
+    long long seen_limit;
     long long maxsize, mark_batch, report_step;
     long bytes_tag, bytes_flags, pickle_tag, pickle_flags;
 } QuickObject;
 
 #define QUICK_OBJECTS(X) X(lock) X(acquire) X(release_base) X(release) X(acquire_args) \
     X(lock_args) X(entries) X(records) X(books) X(backend) X(hot) X(seen) X(counts)     \
-    X(pool) X(slabs) X(dumps) X(protocol) X(closed)
+    X(pool) X(slabs) X(dumps) X(protocol) X(closed) X(loads) X(clock) X(hot_seconds)
 
 static PyObject *s_count, *s_currsize, *s_used, *s_limit, *s_t,
     *s_settle_put, *s_after_store, *s_release_slab, *s_evictions, *s_active_nbytes, *s_store,
-    *s_missing, *s_serve, *s_make_room, *s_misses;
+    *s_missing, *s_serve, *s_make_room, *s_misses, *s_hits, *s_readers, *s_after_idle_read;
 
 static int quick_traverse(QuickObject *self, visitproc visit, void *arg)
 {
@@ -92,16 +97,19 @@ static int quick_init(QuickObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"lock", "acquire", "release_base", "entries", "records", "books",
                             "backend", "hot", "seen", "counts", "pool", "slabs", "dumps",
-                            "protocol", "closed", "maxsize", "mark_batch", "report_step",
-                            "bytes_tag", "bytes_flags", "pickle_tag", "pickle_flags", NULL};
-    PyObject *o[15];
+                            "protocol", "closed", "loads", "clock", "hot_seconds", "maxsize",
+                            "mark_batch", "report_step", "bytes_tag", "bytes_flags",
+                            "pickle_tag", "pickle_flags", "seen_limit", NULL};
+    PyObject *o[18];
+    long long seen_limit;
     long long maxsize, mark_batch, report_step;
     long tags[4];
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOOOOOOULLLllll", names, &o[0],
-                                     &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
-                                     &o[9], &o[10], &o[11], &o[12], &o[13], &o[14], &maxsize,
-                                     &mark_batch,
-                                     &report_step, &tags[0], &tags[1], &tags[2], &tags[3]))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOOOOOOUOOOLLLllllL", names,
+                                     &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
+                                     &o[8], &o[9], &o[10], &o[11], &o[12], &o[13], &o[14],
+                                     &o[15], &o[16], &o[17], &maxsize, &mark_batch,
+                                     &report_step, &tags[0], &tags[1], &tags[2], &tags[3],
+                                     &seen_limit))
         return -1;
     if (!(maxsize >= 1 || maxsize == -1) || mark_batch < 0 || report_step < 1) {
         PyErr_SetString(PyExc_ValueError, "Quick: maxsize must be >= 1 or -1, mark_batch >= 0, "
@@ -130,8 +138,10 @@ static int quick_init(QuickObject *self, PyObject *args, PyObject *kwargs)
     PyObject **fields[] = {&self->lock, &self->acquire, &self->release_base, &self->entries,
                            &self->records, &self->books, &self->backend, &self->hot,
                            &self->seen, &self->counts, &self->pool, &self->slabs,
-                           &self->dumps, &self->protocol, &self->closed};
-    for (int i = 0; i < 15; i++)
+                           &self->dumps, &self->protocol, &self->closed, &self->loads,
+                           &self->clock, &self->hot_seconds};
+    self->seen_limit = seen_limit;
+    for (int i = 0; i < 18; i++)
         *fields[i] = Py_NewRef(o[i]);
     self->maxsize = maxsize;
     self->mark_batch = mark_batch;
@@ -493,6 +503,200 @@ done:
     return result;
 }
 
+/* -- an idle hit ---------------------------------------------------------------- */
+
+static uint32_t get_u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* The idle record of key read without re-pinning, with the lock held, as
+ * VolatileCache._hit reads one the first time in a while: its value, or
+ * MISSING for the Python way (no such record, or another of its hash first,
+ * or purged, or read lately: promoted there), NULL with an exception set. */
+static PyObject *locked_idle(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h,
+                             const unsigned char *kbytes, long nkey, int *python)
+{
+    HotObject *hot = (HotObject *)cache;
+    PyObject *missing = Py_NewRef(s_missing);
+    if (hot->quick != (PyObject *)q || hot->objects == NULL || hot->clock == NULL)
+        return missing;
+    PyObject *closed = PyObject_GetAttr(q->backend, q->closed);
+    int gone = closed == NULL ? -1 : PyObject_IsTrue(closed);
+    Py_XDECREF(closed);
+    int has = gone != 0 ? 0 : PyDict_Contains(hot->objects, key);
+    if (gone < 0 || has < 0) {
+        Py_DECREF(missing);
+        return NULL;
+    }
+    if (gone || has)
+        return missing;
+    struct vc_books *b = vc_books_of(q->books);
+    PyObject *handle = PyObject_GetAttr(q->records, s_t);
+    if (handle == NULL) {
+        Py_DECREF(missing);
+        return NULL;
+    }
+    PyObject *result = missing, *rid_obj = NULL, *blob = NULL, *now = NULL;
+    struct vc_table *t = vc_table_of(handle);
+    if (t == NULL || b == NULL) {
+        PyErr_Clear();
+        goto out;
+    }
+    long rid = vc_rec_first_of(t, h, VC_INDEXED | VC_OBJECT, VC_INDEXED);
+    int64_t loc;
+    uint32_t length;
+    uint8_t rflags;
+    if (rid < 0 || vc_rec_get(t, rid, &loc, &length, &rflags) < 0 || length > READ_WHOLE
+        || length < VC_TRAILER)
+        goto out;
+    int64_t index = loc >> VC_OFFSET_BITS;
+    if (index >= b->nslabs || b->slabs[index].nlost)
+        goto out; /* a purge the books must hear of first: the careful way */
+    PyObject *readers = PyObject_GetAttr(q->slabs, s_readers);
+    PyObject *reader = readers && PyList_Check(readers) ? PyList_GetItem(readers, index) : NULL;
+    Py_XINCREF(reader);
+    Py_XDECREF(readers);
+    if (reader == NULL || reader == Py_None) {
+        Py_XDECREF(reader);
+        PyErr_Clear();
+        goto out;
+    }
+    /* Read twice lately: Python promotes it (re-pinned, hot). */
+    rid_obj = PyLong_FromLong(rid);
+    now = rid_obj ? PyObject_CallNoArgs(q->clock) : NULL;
+    PyObject *last = now ? PyDict_GetItemWithError(q->seen, rid_obj) : NULL;
+    if (now == NULL || (last == NULL && PyErr_Occurred())) {
+        Py_DECREF(reader);
+        goto fail;
+    }
+    if (last != NULL) {
+        int lately = q->hot_seconds == Py_None;
+        if (!lately) {
+            PyObject *age = PyNumber_Subtract(now, last);
+            lately = age == NULL ? -1 : PyObject_RichCompareBool(age, q->hot_seconds, Py_LE);
+            Py_XDECREF(age);
+        }
+        if (lately != 0) {
+            Py_DECREF(reader);
+            if (lately < 0)
+                goto fail;
+            goto out;
+        }
+    }
+    *python = 1; /* the backend's reader is Python's */
+    blob = PyObject_CallFunction(reader, "LI", (long long)(loc & (((int64_t)1 << VC_OFFSET_BITS) - 1)),
+                                 (unsigned int)length);
+    Py_DECREF(reader);
+    if (blob == NULL)
+        goto fail;
+    if (!PyBytes_CheckExact(blob) || PyBytes_Size(blob) != (Py_ssize_t)length)
+        goto out; /* None: a purge took some of it */
+    const unsigned char *at = (const unsigned char *)PyBytes_AsString(blob);
+    const unsigned char *trailer = at + length - VC_TRAILER;
+    uint32_t skey = get_u32(trailer), nspec = get_u32(trailer + 4);
+    uint32_t tag = (uint32_t)trailer[8] | (uint32_t)trailer[9] << 8, sflags = trailer[10];
+    if ((int64_t)skey + nspec + VC_TRAILER > length || skey != (uint32_t)nkey || (sflags & SPECIAL)
+        || memcmp(at + length - VC_TRAILER - nspec - skey, kbytes, (size_t)nkey) != 0)
+        goto out; /* another key, or one Python compares with == (1 == 1.0) */
+    Py_ssize_t nvalue = (Py_ssize_t)(length - VC_TRAILER - nspec - skey);
+    PyObject *value;
+    if (tag == (uint32_t)q->bytes_tag && nspec == 0) {
+        value = PyBytes_FromStringAndSize((const char *)at, nvalue);
+    } else if (tag == (uint32_t)q->pickle_tag && nspec == 0 && q->loads != Py_None) {
+        PyObject *view = PyMemoryView_FromMemory((char *)at, nvalue, PyBUF_READ);
+        value = view ? PyObject_CallFunctionObjArgs(q->loads, view, NULL) : NULL;
+        Py_XDECREF(view);
+    } else {
+        goto out; /* another decoder: Python's */
+    }
+    if (value == NULL)
+        goto fail;
+    /* What _hit does for an idle record read intact: counted, remembered as
+     * read now, touched in the order; the budget hears of every 16th. */
+    PyObject *hits = PyDict_GetItemWithError(q->counts, s_hits);
+    PyObject *one = PyLong_FromLong(1);
+    PyObject *more = hits && one ? PyNumber_Add(hits, one) : NULL;
+    Py_XDECREF(one);
+    int bad = more == NULL || PyDict_SetItem(q->counts, s_hits, more) < 0;
+    Py_XDECREF(more);
+    if (!bad && last != NULL)
+        bad = PyDict_DelItem(q->seen, rid_obj) < 0;
+    if (!bad && PyDict_Size(q->seen) >= q->seen_limit)
+        PyDict_Clear(q->seen);
+    bad = bad || PyDict_SetItem(q->seen, rid_obj, now) < 0;
+    long long stamp = 0;
+    if (!bad && q->maxsize > 0) {
+        ClockObject *clock = (ClockObject *)hot->clock;
+        if (clock->taken < LLONG_MAX)
+            clock->taken++;
+        stamp = clock->taken;
+        clock->locked++;
+    }
+    if (!bad && vc_rec_touch(t, rid, stamp) < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "the record table refused a touch");
+        bad = 1;
+    }
+    if (!bad && !(PyDict_Size(q->seen) & 15)) {
+        PyObject *r = PyObject_CallMethodObjArgs(cache, s_after_idle_read, NULL);
+        bad = r == NULL;
+        Py_XDECREF(r);
+    }
+    if (bad) {
+        Py_DECREF(value);
+        goto fail;
+    }
+    Py_DECREF(missing);
+    result = value;
+    goto out;
+fail:
+    Py_DECREF(missing);
+    result = NULL;
+out:
+    Py_XDECREF(blob);
+    Py_XDECREF(now);
+    Py_XDECREF(rid_obj);
+    Py_DECREF(handle);
+    return result;
+}
+
+PyObject *vc_quick_idle(PyObject *cache, PyObject *quick, PyObject *key)
+{
+    if (PyType_GetSlot(Py_TYPE(quick), Py_tp_dealloc) != (void *)quick_dealloc)
+        return Py_NewRef(s_missing);
+    QuickObject *q = (QuickObject *)quick;
+    unsigned char kbuf[KEY_CAP];
+    long nkey = vc_key_bytes(key, kbuf, KEY_CAP);
+    if (nkey < 0)
+        return PyErr_Occurred() ? NULL : Py_NewRef(s_missing);
+    Py_hash_t hash = PyObject_Hash(key);
+    if (hash == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *got = PyObject_Call(q->acquire, q->acquire_args, NULL);
+    if (got == NULL)
+        return NULL;
+    int mine = got == Py_True;
+    Py_DECREF(got);
+    if (!mine)
+        return Py_NewRef(s_missing);
+    int python = 0;
+    PyObject *value = locked_idle(cache, q, key, (uint32_t)hash, kbuf, nkey, &python);
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyObject *r = python ? PyObject_CallNoArgs(q->release)
+                         : PyObject_Call(q->release_base, q->lock_args, NULL);
+    if (r == NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(exc);
+        Py_XDECREF(tb);
+        Py_XDECREF(value);
+        return NULL;
+    }
+    Py_DECREF(r);
+    PyErr_Restore(type, exc, tb);
+    return value;
+}
+
 int vc_quick_absent(PyObject *cache, PyObject *quick, PyObject *key)
 {
     if (PyType_GetSlot(Py_TYPE(quick), Py_tp_dealloc) != (void *)quick_dealloc)
@@ -584,7 +788,8 @@ int vc_add_quick_type(PyObject *module)
     NAME(s_settle_put, "_settle_put") NAME(s_after_store, "_after_store")
     NAME(s_release_slab, "release_slab") NAME(s_evictions, "evictions")
     NAME(s_active_nbytes, "active_nbytes") NAME(s_store, "store") NAME(s_serve, "serve")
-    NAME(s_make_room, "make_room") NAME(s_misses, "misses")
+    NAME(s_make_room, "make_room") NAME(s_misses, "misses") NAME(s_hits, "hits")
+    NAME(s_readers, "_readers") NAME(s_after_idle_read, "_after_idle_read")
 #undef NAME
     if (s_missing == NULL) {
         PyObject *missing = PyObject_GetAttrString(module, "MISSING");

@@ -1,6 +1,6 @@
-"""The store of a new key in one C call (``core/quick.c``): the same cache as the
-Python way's, step for step; the keys' bytes are marshal's; whatever it cannot
-take goes the Python way unchanged."""
+"""The store of a new key, and the read of an idle entry, in one C call
+(``core/quick.c``): the same cache as the Python way's, step for step; the keys'
+bytes are marshal's; whatever it cannot take goes the Python way unchanged."""
 
 from __future__ import annotations
 
@@ -94,13 +94,17 @@ class QuickAsPython(RuleBasedStateMachine):
     counts, clock, records and books, whatever the keys, values, reads (hot
     entries), deletions, overwrites and evictions."""
 
-    @initialize(maxsize=st.sampled_from([1, 3, 8, math.inf]))
-    def make(self, maxsize: float) -> None:
+    @initialize(maxsize=st.sampled_from([1, 3, 8, math.inf]), window=st.sampled_from([1, None]))
+    def make(self, maxsize: float, window: float | None) -> None:
         needs_core()
+        self.now = 0.0  # one clock for both: what was read "lately" is the same
         self.caches = [
-            VolatileCache(maxsize, backend="sim", slab_bytes=16 * 4096, mark_batch=4)
+            VolatileCache(
+                maxsize, backend="sim", slab_bytes=16 * 4096, mark_batch=4,
+                clock=lambda: self.now, hot_seconds=window,
+            )
             for _ in range(2)
-        ]
+        ]  # fmt: skip
         assert self.caches[0]._quick is not None
         self.caches[1]._quick = None
 
@@ -123,6 +127,15 @@ class QuickAsPython(RuleBasedStateMachine):
         self.both(lambda cache, k: cache.get(k), key)
 
     @rule(key=small_keys)
+    def subscript(self, key):
+        """An idle entry is read in C (the first read in a while), a hot one too."""
+        self.both(lambda cache, k: cache[k], key)
+
+    @rule(seconds=st.sampled_from([0.5, 2]))
+    def time_passes(self, seconds):
+        self.now += seconds
+
+    @rule(key=small_keys)
     def delete(self, key):
         self.both(lambda cache, k: cache.pop(k, None), key)
 
@@ -138,6 +151,7 @@ class QuickAsPython(RuleBasedStateMachine):
         assert a._counts == b._counts and a._stores == b._stores
         assert a._uses.taken == b._uses.taken
         assert a._uses.locked == b._uses.locked
+        assert a._entries.seen == b._entries.seen
         for name in ("count", "currsize", "hot_nbytes", "object_nbytes"):
             assert getattr(a._entries, name) == getattr(b._entries, name), name
         stores = [cache._entries.store for cache in self.caches]

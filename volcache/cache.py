@@ -320,6 +320,7 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
         self._quick = quick_plan(
             self._lock, self._entries, self._backend, self._hot, self._counts, self._pool,
             self._codec, self._maxsize, self._mark_batch, self._report_step,
+            self._clock, self._hot_seconds,
         )  # fmt: skip
 
     # -- cachetools surface --------------------------------------------------------
@@ -470,6 +471,12 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
         if expires is not None:
             entries.set_expiry(rid, expires)
         self._after_store(rid, kept is not MISSING)
+
+    def _after_idle_read(self) -> None:
+        """Every 16th idle record remembered as read: the budget hears of them. With
+        the lock held (the C core's idle hit calls it too)."""
+        if self._report():
+            self._fit_budget(NONE)
 
     def _after_store(self, rid: int, kept: bool = False) -> None:
         """A store was made (``rid``; ``kept``: a value kept as an object): counted;
@@ -858,8 +865,8 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
                     entries.records.touch(rid)
                 else:
                     entries.records.flags[rid] |= REFERENCED  # RecordTable.touch, inline
-                if not len(entries.seen) & 15 and self._report():  # what it remembers counts
-                    self._fit_budget(NONE)
+                if not len(entries.seen) & 15:  # what it remembers counts
+                    self._after_idle_read()
             else:  # read twice lately: hot, unless its pages cannot be re-pinned now
                 try:
                     pinned = entries.repin(rid)

@@ -1,14 +1,17 @@
-"""The plan of a store in one call of the C core (``core/quick.c``).
+"""The plan of a store, and of an idle hit, in one call of the C core (``core/quick.c``).
 
 ``cache[key] = value`` for a new key of a common kind (``str``, ``int``,
 ``bytes``, ``None``, floats, tuples of them) and a value the default codec
 stores as it is (``bytes``) or pickles (numbers, strings, tuples, lists,
 dicts) is one C call: the value's and key's bytes, the lock taken without
 waiting, the put, the eviction of the least recently used idle entry, the
-settling, the counts. Everything else is ``VolatileCache._setitem``'s, the
-Python way, which is also the reference the differential tests hold the C
-one to. A cache gets a plan only if its stores need nothing of Python's: no
-tier, TTL, ``getsizeof``, ``on_evict``, ``popitem`` or codec of its own.
+settling, the counts. ``cache[key]`` of such a key whose entry is idle reads
+it in one call too (the backend's reader, the key's bytes compared, the value
+decoded, the read counted and remembered). Everything else goes the Python
+way (``VolatileCache._setitem``, ``_get_slow``), which is also the reference
+the differential tests hold the C one to. A cache gets a plan only if its
+stores need nothing of Python's: no tier, TTL, ``getsizeof``, ``on_evict``,
+``popitem`` or codec of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import _thread
 import math
 import pickle
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from .backends import Backend
@@ -33,6 +37,7 @@ _LARGEST = 1 << 62
 def quick_plan(
     lock: Any, entries: Entries, backend: Any, hot: OrderedDict, counts: dict[str, int],
     pool: MemoryBudget, codec: Codec, maxsize: float, mark_batch: int, report_step: int,
+    clock: Callable[[], float], hot_seconds: float | None,
 ) -> Any:  # fmt: skip
     """A ``volcache._core.Quick`` for these parts of a cache, or None where the C
     core is not in use or its store could not take this cache's values."""
@@ -56,6 +61,8 @@ def quick_plan(
         dumps=dumps, protocol=getattr(pickler, "protocol", pickle.HIGHEST_PROTOCOL),
         # The contract's property reads _closed: read without calling it, where it is that one.
         closed="_closed" if type(backend).closed is Backend.closed else "closed",
+        loads=pickle.loads if dumps is not None else None, clock=clock, hot_seconds=hot_seconds,
+        seen_limit=entries.seen_limit,
         maxsize=-1 if maxsize == math.inf else min(math.floor(maxsize), _LARGEST),
         mark_batch=mark_batch, report_step=report_step,
         bytes_tag=bytes_tag, bytes_flags=bytes_flags,
