@@ -189,9 +189,10 @@ static int add_one(PyObject *obj, PyObject *name)
 
 /* The result stored as the decorator's _store stores it: 1 stored, 0 not
  * (too large for maxsize: returned, not cached), -1 an exception set. */
-static int store_result(MemoObject *m, PyObject *quick, PyObject *args, PyObject *value)
+static int store_result(MemoObject *m, PyObject *quick, PyObject *args, PyObject *value,
+                        long long stores)
 {
-    int done = vc_quick_set(m->cache, quick, args, value);
+    int done = vc_quick_store(m->cache, quick, args, value, stores);
     if (done == 1) {
         PyObject *r = PyObject_CallMethodObjArgs(m->cache, s_setitem, args, value, NULL);
         done = r == NULL ? -1 : 0;
@@ -215,6 +216,7 @@ PyObject *vc_memo_miss(MemoObject *m, PyObject *args)
     PyObject *result = NULL, *fkey = NULL;
     FlightObject *flight = NULL;
     long long before;
+    long long stores_seen = cache->stores; /* read before the look: see vc_quick_store */
     int absent = vc_quick_absent(m->cache, quick, args);
     if (absent == 0) { /* held: an idle entry is read here, else the Python way */
         result = vc_quick_idle(m->cache, quick, args);
@@ -285,7 +287,7 @@ PyObject *vc_memo_miss(MemoObject *m, PyObject *args)
         goto out;
     }
     PyObject *value = PyObject_Call(m->func, args, NULL);
-    if (value == NULL || store_result(m, quick, args, value) < 0) {
+    if (value == NULL || store_result(m, quick, args, value, stores_seen) < 0) {
         PyObject *type, *exc, *tb;
         PyErr_Fetch(&type, &exc, &tb);
         PyErr_NormalizeException(&type, &exc, &tb);

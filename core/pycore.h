@@ -41,6 +41,8 @@ typedef struct {
 
 /* hot.c: HotBase, EntryBase, Clock, MemoHit, the sentinels COLD, MISSING, GETITEM, Expired. */
 int vc_add_hot_types(PyObject *module);
+/* Whether obj is a HotBase (a VolatileCache). */
+int vc_is_hot(PyObject *obj);
 /* The MISSING sentinel (borrowed: it lives as long as the process). */
 PyObject *vc_missing(void);
 /* memo.c: Flight, and a memoized function's miss: its value (stored), NULL
@@ -67,6 +69,10 @@ int vc_add_quick_type(PyObject *module);
 /* 0: stored; 1: not a store this path makes (nothing changed: the Python
  * way's); -1: an exception is set. */
 int vc_quick_set(PyObject *cache, PyObject *quick, PyObject *key, PyObject *value);
+/* vc_quick_set of a key vc_quick_absent found absent when the cache's stores
+ * count was stores: no look for it again if no store was made since. */
+int vc_quick_store(PyObject *cache, PyObject *quick, PyObject *key, PyObject *value,
+                   long long stores);
 /* 1: the key has no entry and no record of its hash (a store would be new);
  * 0: it may have; -1: an exception is set. Read without the lock. */
 int vc_quick_absent(PyObject *cache, PyObject *quick, PyObject *key);

@@ -41,7 +41,7 @@
 #define MAX_LOST 64
 #define READ_WHOLE 16384 /* volcache.store._READ_WHOLE: longer entries are read in parts */
 #define SPECIAL 4 /* volcache.store.SPECIAL_KEY */
-#define STORES_BETWEEN 63 /* volcache.cache._STORES_BETWEEN */
+#define REPORT_EVERY 15 /* volcache.cache._REPORT_EVERY: stores & it == 0, Python's turn */
 #define MAX_TRIES 8 /* backend calls for one put, at most (a slab, a re-pin, a larger table) */
 #define NEED_SLAB (-1) /* volcache.slabbooks.NEED_SLAB, as SlabAllocator.serve takes it */
 #define NEED_REPIN (-2)
@@ -65,7 +65,8 @@ typedef struct {
 
 static PyObject *s_count, *s_currsize, *s_used, *s_limit, *s_t,
     *s_settle_put, *s_after_store, *s_release_slab, *s_evictions, *s_active_nbytes, *s_store,
-    *s_missing, *s_serve, *s_make_room, *s_misses, *s_hits, *s_readers, *s_after_idle_read;
+    *s_missing, *s_serve, *s_make_room, *s_misses, *s_hits, *s_readers, *s_after_idle_read,
+    *s_evict_rid, *s_deleted;
 
 static int quick_traverse(QuickObject *self, visitproc visit, void *arg)
 {
@@ -232,10 +233,55 @@ static PyObject *books_error(long code, const char *what)
     return PyErr_Format(PyExc_RuntimeError, "the store's %s failed (errno %ld)", what, -code);
 }
 
+/* Evict an idle record (no Python entry) as Entries.remove does: forgotten as
+ * read lately, freed, counted; its slab given back if that emptied it. The
+ * caller counts it out of entries.count and currsize. 0: done; 1: the books
+ * refused (nothing changed); -1: an exception is set (the record is gone). */
+static int evict_idle(QuickObject *q, struct vc_table *t, struct vc_books *b, long victim,
+                      int *python)
+{
+    if (PyDict_Size(q->seen) > 0) {
+        PyObject *id = PyLong_FromLong(victim);
+        if (id == NULL)
+            return -1;
+        int bad = PyDict_DelItem(q->seen, id) < 0;
+        Py_DECREF(id);
+        if (bad && !PyErr_ExceptionMatches(PyExc_KeyError))
+            return -1;
+        PyErr_Clear();
+    }
+    int64_t vlength;
+    int active;
+    long empty = vc_store_free(t, b, victim, &vlength, &active);
+    if (empty < -1)
+        return 1;
+    PyObject *store = PyObject_GetAttr(q->entries, s_store);
+    PyObject *evictions = PyDict_GetItemWithError(q->counts, s_evictions);
+    PyObject *one = PyLong_FromLong(1);
+    PyObject *more = evictions && one ? PyNumber_Add(evictions, one) : NULL;
+    int bad = store == NULL || more == NULL || PyDict_SetItem(q->counts, s_evictions, more) < 0
+              || (active && add_to(store, s_active_nbytes, -vlength) < 0);
+    Py_XDECREF(store);
+    Py_XDECREF(one);
+    Py_XDECREF(more);
+    if (!bad && empty >= 0) { /* its slab is empty: the backend frees it */
+        *python = 1;
+        PyObject *index = PyLong_FromLong(empty);
+        PyObject *r = index ? PyObject_CallMethodObjArgs(q->slabs, s_release_slab, index, NULL)
+                            : NULL;
+        Py_XDECREF(index);
+        bad = r == NULL;
+        Py_XDECREF(r);
+    }
+    if (bad && !PyErr_Occurred())
+        PyErr_SetString(PyExc_RuntimeError, "counts['evictions'] is missing");
+    return bad ? -1 : 0;
+}
+
 /* The store with the lock held; *python set when Python code was called
  * (the lock's own release then delivers what it noted). */
 static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h,
-                      const struct vc_put *put, int *python)
+                      const struct vc_put *put, long long stores, int *python)
 {
     HotObject *hot = (HotObject *)cache;
     if (hot->quick != (PyObject *)q || hot->objects == NULL || hot->clock == NULL)
@@ -260,7 +306,10 @@ static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h
         PyErr_Clear();
         goto out;
     }
-    if (b == NULL || vc_rec_first_of(t, h, VC_INDEXED | VC_OBJECT, VC_INDEXED) >= 0)
+    /* Looked for since no store was made (stores < 0: not looked for): absent still. */
+    if (b == NULL
+        || (stores != hot->stores
+            && vc_rec_first_of(t, h, VC_INDEXED | VC_OBJECT, VC_INDEXED) >= 0))
         goto out; /* a record of this hash: the same key, maybe (Python compares) */
     /* The put first: the backend calls the books ask for are made (Python's),
      * and the put tried again; nothing of the mapping changes until it is made. */
@@ -271,7 +320,7 @@ static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h
         rid = vc_store_put(t, b, h, put, need, lost, MAX_LOST, &nlost);
         if (rid >= 0 || (rid != VC_NEED_SLAB && rid != VC_NEED_REPIN && rid != VC_NEED_ROOM))
             break;
-        *python = 1;
+        /* Backend calls (Python's): they note no event, the plain release will do. */
         PyObject *r;
         if (rid == VC_NEED_ROOM) {
             r = PyObject_CallMethodObjArgs(q->records, s_make_room, NULL);
@@ -332,51 +381,18 @@ static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h
         goto out;
     }
     if (victim >= 0) {
-        if (PyDict_Size(q->seen) > 0) {
-            PyObject *id = PyLong_FromLong(victim);
-            if (id == NULL || (PyDict_DelItem(q->seen, id) < 0 && PyErr_ExceptionMatches(PyExc_KeyError)))
-                PyErr_Clear();
-            Py_XDECREF(id);
-            if (PyErr_Occurred()) {
-                drop_new(t, b, rid);
-                result = -1;
-                goto out;
-            }
-        }
-        int64_t vlength;
-        int active;
-        long empty = vc_store_free(t, b, victim, &vlength, &active);
-        if (empty < -1) { /* the books refused: Python's eviction meets it and unwinds */
+        int evicted = evict_idle(q, t, b, victim, python);
+        if (evicted == 1) { /* the books refused: Python's eviction meets it and unwinds */
             *python = 1;
             result = settle_in_python(cache, q, key, rid, NULL, 0, length);
             goto out;
         }
-        count--;
-        PyObject *store = PyObject_GetAttr(q->entries, s_store);
-        PyObject *evictions = PyDict_GetItemWithError(q->counts, s_evictions);
-        PyObject *one = PyLong_FromLong(1);
-        PyObject *more = evictions && one ? PyNumber_Add(evictions, one) : NULL;
-        int bad = store == NULL || more == NULL || PyDict_SetItem(q->counts, s_evictions, more) < 0
-                  || (active && add_to(store, s_active_nbytes, -vlength) < 0);
-        Py_XDECREF(store);
-        Py_XDECREF(one);
-        Py_XDECREF(more);
-        if (!bad && empty >= 0) { /* the evicted entry's slab is empty: the backend frees it */
-            *python = 1;
-            PyObject *index = PyLong_FromLong(empty);
-            PyObject *r = index ? PyObject_CallMethodObjArgs(q->slabs, s_release_slab, index, NULL)
-                                : NULL;
-            Py_XDECREF(index);
-            bad = r == NULL;
-            Py_XDECREF(r);
-        }
-        if (bad) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_RuntimeError, "counts['evictions'] is missing");
+        if (evicted < 0) {
             drop_new(t, b, rid);
             result = -1;
             goto out;
         }
+        count--;
     }
     long long stamp = 0;
     if (q->maxsize > 0) { /* Entries.stamp(): a tick taken under the lock */
@@ -403,14 +419,14 @@ static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h
             goto out;
         }
     }
-    /* The budget hears of it every 64 stores, or at once near its limit, and
-     * the idle work runs then (VolatileCache._after_store, which counts it). */
+    /* The budget hears of it every 16 stores, or at once near its limit (and
+     * the idle work every 64): VolatileCache._after_store, which counts it. */
     long long next = hot->stores + 1, used, limit;
     if (get_ll(q->pool, s_used, &used) < 0 || get_ll(q->pool, s_limit, &limit) < 0) {
         result = -1;
         goto out;
     }
-    if (!(next & STORES_BETWEEN) || used + (q->report_step << 4) >= limit
+    if (!(next & REPORT_EVERY) || used + (q->report_step << 4) >= limit
         || b->npending >= q->mark_batch) {
         *python = 1;
         PyObject *rid_obj = PyLong_FromLong(rid);
@@ -429,6 +445,12 @@ out:
 }
 
 int vc_quick_set(PyObject *cache, PyObject *quick, PyObject *key, PyObject *value)
+{
+    return vc_quick_store(cache, quick, key, value, -1);
+}
+
+int vc_quick_store(PyObject *cache, PyObject *quick, PyObject *key, PyObject *value,
+                   long long stores)
 {
     if (PyType_GetSlot(Py_TYPE(quick), Py_tp_dealloc) != (void *)quick_dealloc)
         return SLOW; /* not a Quick (of any import of the module) */
@@ -483,7 +505,7 @@ int vc_quick_set(PyObject *cache, PyObject *quick, PyObject *key, PyObject *valu
     if (!mine)
         goto done; /* held by another thread: the Python way waits for it */
     int python = 0;
-    result = locked_set(cache, q, key, (uint32_t)hash, &put, &python);
+    result = locked_set(cache, q, key, (uint32_t)hash, &put, stores, &python);
     /* The lock's own release if Python ran (its events), else _thread.RLock's. */
     PyObject *type, *exc, *tb;
     PyErr_Fetch(&type, &exc, &tb);
@@ -584,7 +606,7 @@ static PyObject *locked_idle(PyObject *cache, QuickObject *q, PyObject *key, uin
             goto out;
         }
     }
-    *python = 1; /* the backend's reader is Python's */
+    /* The backend's reader is Python's, but notes no event: the plain release. */
     blob = PyObject_CallFunction(reader, "LI", (long long)(loc & (((int64_t)1 << VC_OFFSET_BITS) - 1)),
                                  (unsigned int)length);
     Py_DECREF(reader);
@@ -638,6 +660,7 @@ static PyObject *locked_idle(PyObject *cache, QuickObject *q, PyObject *key, uin
         bad = 1;
     }
     if (!bad && !(PyDict_Size(q->seen) & 15)) {
+        *python = 1; /* the budget may evict from another cache: its events */
         PyObject *r = PyObject_CallMethodObjArgs(cache, s_after_idle_read, NULL);
         bad = r == NULL;
         Py_XDECREF(r);
@@ -738,6 +761,118 @@ int vc_quick_count_miss(PyObject *quick)
     return r;
 }
 
+/* evict(cache, n, keep): up to n least recently used entries go (the CLOCK's
+ * choices without a maxsize), as VolatileCache._evict_one makes them go, with
+ * the lock held: (how many went, whether none can go any more: no entry, or
+ * keep is the one to go). An entry with a Python object goes through the
+ * cache's _evict_rid; with a maxsize, a hot entry that may be the oldest ends
+ * the call (the Python way goes on). */
+static PyObject *quick_evict(QuickObject *q, PyObject *args)
+{
+    PyObject *cache;
+    long long n, keep;
+    if (!PyArg_ParseTuple(args, "OLL", &cache, &n, &keep))
+        return NULL;
+    if (!vc_is_hot(cache) || ((HotObject *)cache)->quick != (PyObject *)q) {
+        PyErr_SetString(PyExc_TypeError, "evict: the cache is not this plan's");
+        return NULL;
+    }
+    struct vc_books *b = vc_books_of(q->books);
+    if (b == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "evict: the books are not ready");
+        return NULL;
+    }
+    long long done = 0, gone = 0;
+    int finished = 0, python = 0, bad = 0;
+    PyObject *handle = NULL;
+    while (done < n && !bad) {
+        Py_XDECREF(handle); /* read again: Python code below may have moved the table */
+        handle = PyObject_GetAttr(q->records, s_t);
+        struct vc_table *t = handle ? vc_table_of(handle) : NULL;
+        if (t == NULL) {
+            bad = 1;
+            break;
+        }
+        long victim;
+        if (q->maxsize > 0) {
+            Py_ssize_t nhot = PyObject_Length(q->hot);
+            if (nhot != 0) {
+                bad = nhot < 0;
+                break; /* a hot entry may be older: the Python way compares */
+            }
+            int64_t used;
+            victim = vc_rec_oldest_use(t, &used);
+        } else {
+            victim = vc_rec_victim(t);
+            if (victim < 0) {
+                Py_ssize_t nhot = PyObject_Length(q->hot);
+                bad = nhot < 0;
+                finished = nhot == 0;
+                break; /* none idle: the Python way demotes a hot one, if any */
+            }
+        }
+        if (victim < 0 || victim == keep) {
+            finished = 1;
+            break;
+        }
+        int64_t loc;
+        uint32_t length;
+        uint8_t flags;
+        if (vc_rec_get(t, victim, &loc, &length, &flags) < 0) {
+            PyErr_SetString(PyExc_RuntimeError, "evict: the victim is not a record");
+            bad = 1;
+        } else if (flags & VC_OBJECT) { /* its Python entry: the Python way */
+            python = 1;
+            PyObject *rid = PyLong_FromLong(victim);
+            PyObject *r = rid ? PyObject_CallMethodObjArgs(cache, s_evict_rid, rid, NULL) : NULL;
+            Py_XDECREF(rid);
+            bad = r == NULL;
+            Py_XDECREF(r);
+        } else {
+            int r = evict_idle(q, t, b, victim, &python);
+            if (r == 1) {
+                PyErr_NoMemory(); /* the books could not take its pages back */
+                bad = 1;
+            } else {
+                bad = r < 0;
+                gone++;
+            }
+        }
+        if (!bad)
+            done++;
+    }
+    Py_XDECREF(handle);
+    if (gone) { /* counted out of the mapping, even if something failed after */
+        PyObject *type, *exc, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        if (add_to(q->entries, s_count, -gone) < 0 || add_to(q->entries, s_currsize, -gone) < 0)
+            bad = 1;
+        PyObject *t_handle = PyObject_GetAttr(q->records, s_t);
+        struct vc_table *t = t_handle ? vc_table_of(t_handle) : NULL;
+        if (t != NULL && t->count == 0) { /* emptied: the large table goes whole */
+            PyObject *r = PyObject_CallMethodObjArgs(q->records, s_deleted, NULL);
+            bad = bad || r == NULL;
+            Py_XDECREF(r);
+        }
+        Py_XDECREF(t_handle);
+        if (type != NULL) /* the first failure is the one raised */
+            PyErr_Restore(type, exc, tb);
+    }
+    (void)python; /* the caller holds the lock and releases it: its events are delivered then */
+    if (bad) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "evict: the record table could not be read");
+        return NULL;
+    }
+    return Py_BuildValue("(LO)", done, finished ? Py_True : Py_False);
+}
+
+static PyMethodDef quick_methods[] = {
+    {"evict", (PyCFunction)quick_evict, METH_VARARGS,
+     "evict(cache, n, keep): (entries evicted, whether none can go any more)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyMemberDef quick_members[] = {
     {"lock", T_OBJECT, offsetof(QuickObject, lock), READONLY, "The cache's lock it takes."},
     {NULL, 0, 0, 0, NULL},
@@ -745,6 +880,7 @@ static PyMemberDef quick_members[] = {
 
 static PyType_Slot quick_slots[] = {
     {Py_tp_members, quick_members},
+    {Py_tp_methods, quick_methods},
     {Py_tp_doc, "The plan of a VolatileCache's store in one call (see core/quick.c)."},
     {Py_tp_new, PyType_GenericNew},
     {Py_tp_init, quick_init},
@@ -790,6 +926,7 @@ int vc_add_quick_type(PyObject *module)
     NAME(s_active_nbytes, "active_nbytes") NAME(s_store, "store") NAME(s_serve, "serve")
     NAME(s_make_room, "make_room") NAME(s_misses, "misses") NAME(s_hits, "hits")
     NAME(s_readers, "_readers") NAME(s_after_idle_read, "_after_idle_read")
+    NAME(s_evict_rid, "_evict_rid") NAME(s_deleted, "deleted")
 #undef NAME
     if (s_missing == NULL) {
         PyObject *missing = PyObject_GetAttrString(module, "MISSING");

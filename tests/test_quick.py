@@ -94,14 +94,17 @@ class QuickAsPython(RuleBasedStateMachine):
     counts, clock, records and books, whatever the keys, values, reads (hot
     entries), deletions, overwrites and evictions."""
 
-    @initialize(maxsize=st.sampled_from([1, 3, 8, math.inf]), window=st.sampled_from([1, None]))
-    def make(self, maxsize: float, window: float | None) -> None:
+    @initialize(
+        maxsize=st.sampled_from([1, 3, 8, math.inf]), window=st.sampled_from([1, None]),
+        budget=st.sampled_from([None, 3000, 20000]),
+    )  # fmt: skip
+    def make(self, maxsize: float, window: float | None, budget: int | None) -> None:
         needs_core()
         self.now = 0.0  # one clock for both: what was read "lately" is the same
         self.caches = [
             VolatileCache(
                 maxsize, backend="sim", slab_bytes=16 * 4096, mark_batch=4,
-                clock=lambda: self.now, hot_seconds=window,
+                clock=lambda: self.now, hot_seconds=window, memory_budget=budget,
             )
             for _ in range(2)
         ]  # fmt: skip

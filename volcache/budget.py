@@ -52,6 +52,11 @@ class MemoryBudget:
         return f"MemoryBudget(limit={self.limit}, used={self.used}, members={len(self._members)})"
 
     @property
+    def members(self) -> int:
+        """How many caches share it."""
+        return len(self._members)
+
+    @property
     def over(self) -> bool:
         """Whether the members hold more than the limit."""
         with self._lock:

@@ -49,7 +49,8 @@ _SWEEP_SECONDS = 1.0  # the idle work looks for purged pages at most this often
 _SWEEP_OVER_BUDGET = 0.05  # over the budget, purged records are dropped first, this often
 _POP_TRIES = 3  # rounds of regenerating a purged entry in pop() before returning the value
 _EXPIRE_STEP = 256  # expired entries the idle work removes at most, each time
-_STORES_BETWEEN = 63  # stores & this == 0: the budget hears of them, the idle work runs
+_REPORT_EVERY = 15  # stores & this == 0: the budget hears of them
+_IDLE_WORK_EVERY = 63  # stores & this == 0: the idle work runs
 
 
 # By id: a mapping is unhashable, so it cannot be in a WeakSet.
@@ -482,15 +483,16 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
         """A store was made (``rid``; ``kept``: a value kept as an object): counted;
         the budget and the idle work hear of it when due. With the lock held."""
         # What a store adds is a record's few bytes: the budget hears of it
-        # every 64 stores while far from its limit, at once near it (or for
-        # a value kept as an object, which may be large). The idle work runs
-        # every 64 stores too (a store adds nothing hot to demote), or when a
+        # every 16 stores while far from its limit (its margin covers what
+        # 16 stores of each cache sharing it add), at once near it (or for a
+        # value kept as an object, which may be large). The idle work runs
+        # every 64 stores (a store adds nothing hot to demote), or when a
         # batch of pages waits to be marked.
         stores = self._stores = self._stores + 1
         near = self._pool.used + (self._report_step << 4) >= self._pool.limit
-        if (not stores & _STORES_BETWEEN or kept or near) and self._report():
+        if (not stores & _REPORT_EVERY or kept or near) and self._report():
             self._fit_budget(rid)
-        if not stores & _STORES_BETWEEN or self._entries.store.slabs.npending >= self._mark_batch:
+        if not stores & _IDLE_WORK_EVERY or self._entries.store.slabs.npending >= self._mark_batch:
             self._maintain()
 
     def _delitem(self, key: Hashable) -> None:
@@ -1013,12 +1015,35 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
                         donor._lock.release()
                 if freed:
                     continue
-            if not self._evict_one(keep):
+            if not self._evict_some(keep):
                 return
 
-    def _evict_one(self, keep: int) -> bool:
+    def _evict_some(self, keep: int) -> bool:
+        """Evict (or demote) at once enough least recently used entries to be a
+        report step under the budget for each member and one more (by the bytes
+        an entry holds on average), reported once; False if none could go. Left
+        one at a time, a cache at its budget would evict and report on every
+        store. The slack is what members may hold unreported (less than a step
+        each: see _report), so that what they hold stays within the budget."""
+        entries = self._entries
+        pool = self._pool
+        per_entry = max(1, self._reported // max(1, entries.count))
+        over = pool.used - pool.limit + (pool.members + 1) * self._report_step
+        batch = max(1, min(entries.count, -(-over // per_entry)))
+        quick = self._quick
+        done, finished = quick.evict(self, batch, keep) if quick is not None else (0, False)
+        while not finished and done < batch:
+            if not self._evict_one(keep, report=False):
+                break
+            done += 1
+        if done:
+            self._report(force=True)
+        return done > 0
+
+    def _evict_one(self, keep: int, report: bool = True) -> bool:
         """Demote the oldest hot entry if none is idle, else evict the least recently
-        used one (not ``keep``); False if there was none."""
+        used one (not ``keep``); False if there was none. ``report``: the budget
+        hears of it at once."""
         entries = self._entries
         if entries.timed and entries.expire_all_due():
             self._report(force=True)
@@ -1026,6 +1051,18 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
         entry, rid = entries.oldest()
         if rid in (NONE, keep):
             return False
+        self._evict_chosen(entry, rid)
+        if report:
+            self._report(force=True)
+        return True
+
+    def _evict_rid(self, rid: int) -> None:
+        """The C core's eviction chose this record, which has a Python entry."""
+        self._evict_chosen(self._entries.by_rid.get(rid), rid)
+
+    def _evict_chosen(self, entry: Entry | None, rid: int) -> None:
+        """The entry chosen to go: demoted if hot, else evicted."""
+        entries = self._entries
         if entry is not None and entry.value is not COLD:
             entries.demote(entry)  # the hot set is younger than every idle entry
         else:
@@ -1038,8 +1075,6 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
                 entries.note_eviction(entry, rid)
                 entries.remove(entry, rid)
             self._counts["evictions"] += 1
-        self._report(force=True)
-        return True
 
     def _report(self, force: bool = False) -> bool:
         """Tell the budget what this cache holds now; whether its members are over it.
