@@ -233,6 +233,38 @@ static PyObject *books_error(long code, const char *what)
     return PyErr_Format(PyExc_RuntimeError, "the store's %s failed (errno %ld)", what, -code);
 }
 
+/* The cache's lock, taken without waiting: 1 taken, 0 held by another thread,
+ * -1 an exception is set. */
+static int take_lock(QuickObject *q)
+{
+    PyObject *got = PyObject_Call(q->acquire, q->acquire_args, NULL);
+    if (got == NULL)
+        return -1;
+    int mine = got == Py_True;
+    Py_DECREF(got);
+    return mine;
+}
+
+/* Let the lock go: its own release if cache methods ran (it delivers the
+ * events they noted), else _thread.RLock's. An exception set before stays
+ * the one raised; -1 if the release itself failed (its exception set). */
+static int give_lock(QuickObject *q, int python)
+{
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyObject *r = python ? PyObject_CallNoArgs(q->release)
+                         : PyObject_Call(q->release_base, q->lock_args, NULL);
+    if (r == NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(exc);
+        Py_XDECREF(tb);
+        return -1;
+    }
+    Py_DECREF(r);
+    PyErr_Restore(type, exc, tb);
+    return 0;
+}
+
 /* Evict an idle record (no Python entry) as Entries.remove does: forgotten as
  * read lately, freed, counted; its slab given back if that emptied it. The
  * caller counts it out of entries.count and currsize. 0: done; 1: the books
@@ -495,31 +527,15 @@ int vc_quick_store(PyObject *cache, PyObject *quick, PyObject *key, PyObject *va
         result = -1;
         goto done;
     }
-    PyObject *got = PyObject_Call(q->acquire, q->acquire_args, NULL);
-    if (got == NULL) {
-        result = -1;
+    int mine = take_lock(q);
+    if (mine <= 0) { /* held by another thread: the Python way waits for it */
+        result = mine < 0 ? -1 : SLOW;
         goto done;
     }
-    int mine = got == Py_True;
-    Py_DECREF(got);
-    if (!mine)
-        goto done; /* held by another thread: the Python way waits for it */
     int python = 0;
     result = locked_set(cache, q, key, (uint32_t)hash, &put, stores, &python);
-    /* The lock's own release if Python ran (its events), else _thread.RLock's. */
-    PyObject *type, *exc, *tb;
-    PyErr_Fetch(&type, &exc, &tb);
-    PyObject *r = python ? PyObject_CallNoArgs(q->release)
-                         : PyObject_Call(q->release_base, q->lock_args, NULL);
-    if (r == NULL) {
-        Py_XDECREF(type);
-        Py_XDECREF(exc);
-        Py_XDECREF(tb);
+    if (give_lock(q, python) < 0)
         result = -1;
-    } else {
-        Py_DECREF(r);
-        PyErr_Restore(type, exc, tb);
-    }
 done:
     Py_XDECREF(encoded);
     return result;
@@ -695,28 +711,15 @@ PyObject *vc_quick_idle(PyObject *cache, PyObject *quick, PyObject *key)
     Py_hash_t hash = PyObject_Hash(key);
     if (hash == -1 && PyErr_Occurred())
         return NULL;
-    PyObject *got = PyObject_Call(q->acquire, q->acquire_args, NULL);
-    if (got == NULL)
-        return NULL;
-    int mine = got == Py_True;
-    Py_DECREF(got);
-    if (!mine)
-        return Py_NewRef(s_missing);
+    int mine = take_lock(q);
+    if (mine <= 0)
+        return mine < 0 ? NULL : Py_NewRef(s_missing);
     int python = 0;
     PyObject *value = locked_idle(cache, q, key, (uint32_t)hash, kbuf, nkey, &python);
-    PyObject *type, *exc, *tb;
-    PyErr_Fetch(&type, &exc, &tb);
-    PyObject *r = python ? PyObject_CallNoArgs(q->release)
-                         : PyObject_Call(q->release_base, q->lock_args, NULL);
-    if (r == NULL) {
-        Py_XDECREF(type);
-        Py_XDECREF(exc);
-        Py_XDECREF(tb);
+    if (give_lock(q, python) < 0) {
         Py_XDECREF(value);
         return NULL;
     }
-    Py_DECREF(r);
-    PyErr_Restore(type, exc, tb);
     return value;
 }
 
