@@ -497,15 +497,6 @@ static PyObject *memo_call(MemoObject *self, PyObject *args)
     return PyObject_CallFunctionObjArgs(self->fallback, args, NULL);
 }
 
-int vc_is_hot(PyObject *obj)
-{
-    return HotType != NULL && PyObject_TypeCheck(obj, HotType);
-}
-
-PyObject *vc_missing(void)
-{
-    return MISSING;
-}
 
 static PyObject *memo_hit_method(MemoObject *self, PyObject *args)
 {

@@ -41,10 +41,6 @@ typedef struct {
 
 /* hot.c: HotBase, EntryBase, Clock, MemoHit, the sentinels COLD, MISSING, GETITEM, Expired. */
 int vc_add_hot_types(PyObject *module);
-/* Whether obj is a HotBase (a VolatileCache). */
-int vc_is_hot(PyObject *obj);
-/* The MISSING sentinel (borrowed: it lives as long as the process). */
-PyObject *vc_missing(void);
 /* memo.c: Flight, and a memoized function's miss: its value (stored), NULL
  * with an exception set, or MISSING (a new reference): the Python way's. */
 int vc_add_memo_types(PyObject *module);
@@ -80,6 +76,8 @@ int vc_quick_absent(PyObject *cache, PyObject *quick, PyObject *key);
  * _hit reads it (counted, touched); MISSING (a new reference) for the Python
  * way; NULL with an exception set. */
 PyObject *vc_quick_idle(PyObject *cache, PyObject *quick, PyObject *key);
+/* The MISSING sentinel (borrowed: the module holds it for good). */
+PyObject *vc_missing(void);
 /* The cache's counts["misses"] += 1; -1 with an exception set. */
 int vc_quick_count_miss(PyObject *quick);
 

@@ -66,7 +66,7 @@ typedef struct {
 static PyObject *s_count, *s_currsize, *s_used, *s_limit, *s_t,
     *s_settle_put, *s_after_store, *s_release_slab, *s_evictions, *s_active_nbytes, *s_store,
     *s_missing, *s_serve, *s_make_room, *s_misses, *s_hits, *s_readers, *s_after_idle_read,
-    *s_evict_rid, *s_deleted;
+    *s_evict_rid, *s_deleted, *s_quick;
 
 static int quick_traverse(QuickObject *self, visitproc visit, void *arg)
 {
@@ -750,6 +750,11 @@ int vc_quick_absent(PyObject *cache, PyObject *quick, PyObject *key)
     return absent;
 }
 
+PyObject *vc_missing(void)
+{
+    return s_missing;
+}
+
 int vc_quick_count_miss(PyObject *quick)
 {
     QuickObject *q = (QuickObject *)quick;
@@ -776,7 +781,9 @@ static PyObject *quick_evict(QuickObject *q, PyObject *args)
     long long n, keep;
     if (!PyArg_ParseTuple(args, "OLL", &cache, &n, &keep))
         return NULL;
-    if (!vc_is_hot(cache) || ((HotObject *)cache)->quick != (PyObject *)q) {
+    PyObject *plan = PyObject_GetAttr(cache, s_quick); /* a HotBase's member: this plan */
+    Py_XDECREF(plan);
+    if (plan != (PyObject *)q) {
         PyErr_SetString(PyExc_TypeError, "evict: the cache is not this plan's");
         return NULL;
     }
@@ -929,7 +936,7 @@ int vc_add_quick_type(PyObject *module)
     NAME(s_active_nbytes, "active_nbytes") NAME(s_store, "store") NAME(s_serve, "serve")
     NAME(s_make_room, "make_room") NAME(s_misses, "misses") NAME(s_hits, "hits")
     NAME(s_readers, "_readers") NAME(s_after_idle_read, "_after_idle_read")
-    NAME(s_evict_rid, "_evict_rid") NAME(s_deleted, "deleted")
+    NAME(s_evict_rid, "_evict_rid") NAME(s_deleted, "deleted") NAME(s_quick, "_quick")
 #undef NAME
     if (s_missing == NULL) {
         PyObject *missing = PyObject_GetAttrString(module, "MISSING");

@@ -28,7 +28,6 @@ import heapq
 import itertools
 from array import array
 from collections.abc import Callable, Iterator
-from typing import Any
 
 NONE = -1  # no record: an empty bucket, the end of a chain or list
 FREED_LOC = -(1 << 63)  # the loc of a free id (the C table refuses calls on one)
@@ -329,23 +328,3 @@ class RecordTable:
         """The memory the live records and the index take."""
         per_record = EXACT_RECORD_BYTES if self.exact else RECORD_BYTES
         return self.count * per_record + len(self._heads) * 4
-
-
-def new_table(exact: bool = False, stamp: Callable[[], int] | None = None) -> Any:
-    """A new record table: the C one where volcache._core is in use (see
-    :mod:`volcache.coremodule`), else this module's (the same interface and behaviour).
-
-    Through cffi, whose calls release the GIL and take it again, the C table
-    made the uffd purger under a real cgroup limit give memory back 80-420 ms
-    late and the group was OOM-killed in 5 of 12 runs of
-    benchmarks/test_uffd_limit.py; through the C API, holding the GIL, in 0 of 12.
-    """
-    # Imported here, not with this module: it imports this one.
-    from . import native_records
-
-    if native_records.unavailable() is None:
-        try:
-            return native_records.NativeRecordTable(exact, stamp)
-        except OSError:  # no address space for a mapping (RLIMIT_AS): the reference then
-            pass
-    return RecordTable(exact, stamp)

@@ -24,10 +24,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from . import native_records
 from .backends import Backend
 from .codecs import Decoder, decoder_from_spec, decoder_spec
 from .keys import key_from_bytes, marshals_exactly
-from .records import ACTIVE, KEPT, RecordTable, new_table
+from .records import ACTIVE, KEPT, RecordTable
 from .slab import OFFSET_MASK, SlabAllocator
 from .slabbooks import NEED_ROOM
 
@@ -99,6 +100,24 @@ class Decoders:
         if flags & _PARTIAL:
             return partial(decode, *marshal.loads(spec))
         return decode
+
+
+def new_table(exact: bool = False, stamp: Callable[[], int] | None = None) -> Any:
+    """A new record table: the C one where volcache._core is in use (see
+    :mod:`volcache.coremodule`), else :class:`~volcache.records.RecordTable` (the
+    same interface and behaviour).
+
+    Through cffi, whose calls release the GIL and take it again, the C table
+    made the uffd purger under a real cgroup limit give memory back 80-420 ms
+    late and the group was OOM-killed in 5 of 12 runs of
+    benchmarks/test_uffd_limit.py; through the C API, holding the GIL, in 0 of 12.
+    """
+    if native_records.unavailable() is None:
+        try:
+            return native_records.NativeRecordTable(exact, stamp)
+        except OSError:  # no address space for a mapping (RLIMIT_AS): the reference then
+            pass
+    return RecordTable(exact, stamp)
 
 
 class Store:
