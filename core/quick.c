@@ -268,7 +268,8 @@ static int give_lock(QuickObject *q, int python)
 /* Evict an idle record (no Python entry) as Entries.remove does: forgotten as
  * read lately, freed, counted; its slab given back if that emptied it. The
  * caller counts it out of entries.count and currsize. 0: done; 1: the books
- * refused (nothing changed); -1: an exception is set (the record is gone). */
+ * refused (nothing changed); -1: an exception is set, nothing changed; -2: an
+ * exception is set after the record went (count it out all the same). */
 static int evict_idle(QuickObject *q, struct vc_table *t, struct vc_books *b, long victim,
                       int *python)
 {
@@ -280,7 +281,8 @@ static int evict_idle(QuickObject *q, struct vc_table *t, struct vc_books *b, lo
         Py_DECREF(id);
         if (bad && !PyErr_ExceptionMatches(PyExc_KeyError))
             return -1;
-        PyErr_Clear();
+        if (bad)
+            PyErr_Clear();
     }
     int64_t vlength;
     int active;
@@ -307,6 +309,18 @@ static int evict_idle(QuickObject *q, struct vc_table *t, struct vc_books *b, lo
     }
     if (bad && !PyErr_Occurred())
         PyErr_SetString(PyExc_RuntimeError, "counts['evictions'] is missing");
+    return bad ? -2 : 0;
+}
+
+/* n entries left the mapping: out of entries.count and currsize (an exception
+ * set before stays the one raised; -1 if these failed). */
+static int count_out(QuickObject *q, long long n)
+{
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    int bad = add_to(q->entries, s_count, -n) < 0 || add_to(q->entries, s_currsize, -n) < 0;
+    if (type != NULL)
+        PyErr_Restore(type, exc, tb);
     return bad ? -1 : 0;
 }
 
@@ -420,6 +434,8 @@ static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h
             goto out;
         }
         if (evicted < 0) {
+            if (evicted == -2) /* it went, as Python's remove counts it before the free */
+                count_out(q, 1);
             drop_new(t, b, rid);
             result = -1;
             goto out;
@@ -438,6 +454,8 @@ static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h
     if (settled < 0) {
         drop_new(t, b, rid);
         books_error(settled, "settle");
+        if (victim >= 0)
+            count_out(q, 1);
         result = -1;
         goto out;
     }
@@ -840,13 +858,10 @@ static PyObject *quick_evict(QuickObject *q, PyObject *args)
             Py_XDECREF(r);
         } else {
             int r = evict_idle(q, t, b, victim, &python);
-            if (r == 1) {
+            if (r == 1)
                 PyErr_NoMemory(); /* the books could not take its pages back */
-                bad = 1;
-            } else {
-                bad = r < 0;
-                gone++;
-            }
+            bad = r != 0;
+            gone += r == 0 || r == -2;
         }
         if (!bad)
             done++;
@@ -855,7 +870,7 @@ static PyObject *quick_evict(QuickObject *q, PyObject *args)
     if (gone) { /* counted out of the mapping, even if something failed after */
         PyObject *type, *exc, *tb;
         PyErr_Fetch(&type, &exc, &tb);
-        if (add_to(q->entries, s_count, -gone) < 0 || add_to(q->entries, s_currsize, -gone) < 0)
+        if (count_out(q, gone) < 0)
             bad = 1;
         PyObject *t_handle = PyObject_GetAttr(q->records, s_t);
         struct vc_table *t = t_handle ? vc_table_of(t_handle) : NULL;

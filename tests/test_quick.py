@@ -265,3 +265,27 @@ def test_a_forked_child_stores_under_its_own_lock():
         answer = os.read(read, 100)
         os.waitpid(pid, 0)
         assert pickle.loads(answer) is True
+
+
+@pytest.mark.parametrize("way", ["c", "python"])
+def test_an_eviction_whose_slab_cannot_be_given_back_counts_the_entry_out(way):
+    """The backend refuses to take an emptied slab back: the store fails, the
+    evicted entry is gone all the same, and the counts say so (as the Python way's)."""
+    needs_core()
+    with VolatileCache(1, backend="sim", slab_bytes=4096) as cache:
+        if way == "python":
+            cache._quick = None
+        cache["a"] = b"x" * 5000  # a slab of its own
+        slabs = cache._entries.store.slabs
+        release = slabs.release_slab
+
+        def refuse(index):
+            slabs.release_slab = release
+            raise OSError(5, "refused")
+
+        slabs.release_slab = refuse
+        with pytest.raises(OSError, match="refused"):
+            cache["b"] = b"y" * 5000
+        assert len(cache) == len(list(cache)) == cache.currsize == 0
+        cache["c"] = b"z"
+        assert list(cache) == ["c"] and cache["c"] == b"z" and len(cache) == 1
