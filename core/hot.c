@@ -437,16 +437,14 @@ static PyObject *memo_hit(MemoObject *self, PyObject *args)
     return value;
 }
 
-#define MEMO_OBJECTS(X) X(cache) X(func) X(lock) X(flights) X(memoized) X(name) X(label) \
-    X(fallback) X(cache_id)
+#define MEMO_OBJECTS(X) X(cache) X(func) X(memoized) X(name) X(label) X(fallback) X(cache_id)
 
 static int memo_init(MemoObject *self, PyObject *args, PyObject *kwargs)
 {
-    PyObject *o[8] = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
-    static char *names[] = {"cache", "func", "lock", "flights", "memoized", "name", "label",
-                            "fallback", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$OOOOOOO", names, &o[0], &o[1], &o[2],
-                                     &o[3], &o[4], &o[5], &o[6], &o[7]))
+    PyObject *o[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
+    static char *names[] = {"cache", "func", "memoized", "name", "label", "fallback", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$OOOOO", names, &o[0], &o[1], &o[2],
+                                     &o[3], &o[4], &o[5]))
         return -1;
     if (!PyObject_TypeCheck(o[0], HotType)) {
         PyErr_SetString(PyExc_TypeError, "MemoHit: the cache must be a VolatileCache");
@@ -454,18 +452,16 @@ static int memo_init(MemoObject *self, PyObject *args, PyObject *kwargs)
     }
     if (o[1] == Py_None)
         o[1] = NULL;
-    if (o[1] != NULL && (o[2] == NULL || o[3] == NULL || !PyDict_CheckExact(o[3]) || o[4] == NULL
-                         || o[5] == NULL || o[6] == NULL)) {
-        PyErr_SetString(PyExc_TypeError, "MemoHit: a func needs its lock, flights (a dict), "
-                                         "memoized, name and label");
+    if (o[1] != NULL && (o[2] == NULL || o[3] == NULL || o[4] == NULL)) {
+        PyErr_SetString(PyExc_TypeError, "MemoHit: a func needs its memoized, name and label");
         return -1;
     }
     PyObject *cache_id = PyLong_FromVoidPtr(o[0]); /* id(cache): the flights' keys hold it */
     if (cache_id == NULL)
         return -1;
-    PyObject **fields[] = {&self->cache, &self->func, &self->lock, &self->flights,
-                           &self->memoized, &self->name, &self->label, &self->fallback};
-    for (int i = 0; i < 8; i++)
+    PyObject **fields[] = {&self->cache, &self->func, &self->memoized, &self->name,
+                           &self->label, &self->fallback};
+    for (int i = 0; i < 6; i++)
         VC_SETREF(*fields[i], o[i] == NULL || (i > 0 && o[i] == Py_None) ? NULL : Py_NewRef(o[i]));
     VC_SETREF(self->cache_id, cache_id);
     return 0;

@@ -14,11 +14,11 @@
  * SingleFlight reads and writes; a flight made here gets its label (the
  * call as an error names it) when one is asked for.
  *
- * Invariants of a MemoHit with a miss (func not NULL): flights and lock are
- * the decorator's SingleFlight's _flights and _lock (a flight is added and
- * removed with lock held), memoized its Memoized (whose _stores counts the
- * results stored), label the class of an error's label, made as
- * label(name, key).
+ * Invariants of a MemoHit with a miss (func not NULL): memoized is its
+ * Memoized, whose _flight (read at each miss: a fork replaces it) holds the
+ * flights (_flights, added to and removed from with its _lock held) and whose
+ * _stores counts the results stored; label is the class of an error's label,
+ * made as label(name, key).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -37,7 +37,8 @@ typedef struct {
 
 #define FLIGHT_OBJECTS(X) X(done) X(error) X(value) X(key) X(label) X(name) X(raw)
 
-static PyObject *s_stores, *s_misses, *s_setitem, *s_set, *s_acquire, *s_release;
+static PyObject *s_stores, *s_misses, *s_setitem, *s_set, *s_acquire, *s_release, *s_flight,
+    *s_lock, *s_flights;
 
 static int flight_traverse(FlightObject *self, visitproc visit, void *arg)
 {
@@ -149,16 +150,16 @@ static PyType_Spec flight_spec = {
 static PyTypeObject *FlightType;
 
 /* The flight leaves the decorator's flights; a waiter's Event is set. */
-static int end_flight(MemoObject *m, PyObject *fkey, FlightObject *flight)
+static int end_flight(PyObject *lock, PyObject *flights, PyObject *fkey, FlightObject *flight)
 {
     flight->finished = 1; /* before anyone wakes: no longer a link in a cycle */
-    PyObject *r = PyObject_CallMethodObjArgs(m->lock, s_acquire, NULL);
+    PyObject *r = PyObject_CallMethodObjArgs(lock, s_acquire, NULL);
     if (r == NULL)
         return -1;
     Py_DECREF(r);
-    int bad = PyDict_DelItem(m->flights, fkey);
+    int bad = PyDict_DelItem(flights, fkey);
     PyObject *done = Py_NewRef(flight->done);
-    r = PyObject_CallMethodObjArgs(m->lock, s_release, NULL);
+    r = PyObject_CallMethodObjArgs(lock, s_release, NULL);
     bad = bad < 0 || r == NULL;
     Py_XDECREF(r);
     if (!bad && done != Py_None) {
@@ -213,7 +214,7 @@ PyObject *vc_memo_miss(MemoObject *m, PyObject *args)
     if (m->func == NULL || cache->quick == NULL || cache->quick == Py_None || FlightType == NULL)
         return Py_NewRef(vc_missing());
     PyObject *quick = Py_NewRef(cache->quick);
-    PyObject *result = NULL, *fkey = NULL;
+    PyObject *result = NULL, *fkey = NULL, *single = NULL, *lock = NULL, *flights = NULL;
     FlightObject *flight = NULL;
     long long before;
     long long stores_seen = cache->stores; /* read before the look: see vc_quick_store */
@@ -235,7 +236,17 @@ PyObject *vc_memo_miss(MemoObject *m, PyObject *args)
         goto out;
     if ((fkey = PyTuple_Pack(2, m->cache_id, args)) == NULL)
         goto out;
-    PyObject *got = PyObject_CallMethodObjArgs(m->lock, s_acquire, Py_False, NULL);
+    /* The decorator's SingleFlight as it is now: a fork gives the child a new one. */
+    single = PyObject_GetAttr(m->memoized, s_flight);
+    lock = single ? PyObject_GetAttr(single, s_lock) : NULL;
+    flights = lock ? PyObject_GetAttr(single, s_flights) : NULL;
+    if (flights == NULL)
+        goto out;
+    if (!PyDict_CheckExact(flights)) {
+        PyErr_SetString(PyExc_TypeError, "a SingleFlight's _flights must be a dict");
+        goto out;
+    }
+    PyObject *got = PyObject_CallMethodObjArgs(lock, s_acquire, Py_False, NULL);
     if (got == NULL)
         goto out;
     int mine = got == Py_True;
@@ -244,10 +255,10 @@ PyObject *vc_memo_miss(MemoObject *m, PyObject *args)
         result = Py_NewRef(vc_missing()); /* another thread is at the flights: Python waits */
         goto out;
     }
-    int running = PyDict_Contains(m->flights, fkey);
+    int running = PyDict_Contains(flights, fkey);
     if (running == 0) {
         flight = (FlightObject *)flight_new(FlightType, NULL, NULL);
-        if (flight == NULL || PyDict_SetItem(m->flights, fkey, (PyObject *)flight) < 0)
+        if (flight == NULL || PyDict_SetItem(flights, fkey, (PyObject *)flight) < 0)
             running = -1;
         else {
             flight->label = Py_NewRef(m->label);
@@ -255,7 +266,7 @@ PyObject *vc_memo_miss(MemoObject *m, PyObject *args)
             flight->raw = Py_NewRef(args);
         }
     }
-    PyObject *r = PyObject_CallMethodObjArgs(m->lock, s_release, NULL);
+    PyObject *r = PyObject_CallMethodObjArgs(lock, s_release, NULL);
     if (r == NULL) /* never: the lock is this thread's; a flight made stays (Python's run() too) */
         goto out;
     Py_DECREF(r);
@@ -272,7 +283,7 @@ PyObject *vc_memo_miss(MemoObject *m, PyObject *args)
     if (PyErr_Occurred() || (now != before && (absent = vc_quick_absent(m->cache, quick, args)) <= 0)) {
         PyObject *type, *exc, *tb;
         PyErr_Fetch(&type, &exc, &tb);
-        int ended = end_flight(m, fkey, flight);
+        int ended = end_flight(lock, flights, fkey, flight);
         if (type != NULL || ended < 0) {
             if (type != NULL)
                 PyErr_Restore(type, exc, tb);
@@ -283,7 +294,7 @@ PyObject *vc_memo_miss(MemoObject *m, PyObject *args)
     }
     m->misses++;
     if (vc_quick_count_miss(quick) < 0) {
-        end_flight(m, fkey, flight);
+        end_flight(lock, flights, fkey, flight);
         goto out;
     }
     PyObject *value = PyObject_Call(m->func, args, NULL);
@@ -297,12 +308,12 @@ PyObject *vc_memo_miss(MemoObject *m, PyObject *args)
             VC_SETREF(flight->error, Py_NewRef(exc));
         }
         Py_XDECREF(value);
-        end_flight(m, fkey, flight); /* the function's exception wins over one of these */
+        end_flight(lock, flights, fkey, flight); /* the function's exception wins over one of these */
         PyErr_Restore(type, exc, tb);
         goto out;
     }
     VC_SETREF(flight->value, Py_NewRef(value));
-    if (end_flight(m, fkey, flight) < 0) {
+    if (end_flight(lock, flights, fkey, flight) < 0) {
         Py_DECREF(value);
         goto out;
     }
@@ -310,6 +321,9 @@ PyObject *vc_memo_miss(MemoObject *m, PyObject *args)
 out:
     Py_XDECREF((PyObject *)flight);
     Py_XDECREF(fkey);
+    Py_XDECREF(single);
+    Py_XDECREF(lock);
+    Py_XDECREF(flights);
     Py_DECREF(quick);
     return result;
 }
@@ -320,6 +334,7 @@ int vc_add_memo_types(PyObject *module)
     if (var == NULL && (var = PyUnicode_InternFromString(text)) == NULL) return -1;
     NAME(s_stores, "_stores") NAME(s_misses, "misses") NAME(s_setitem, "_setitem")
     NAME(s_set, "set") NAME(s_acquire, "acquire") NAME(s_release, "release")
+    NAME(s_flight, "_flight") NAME(s_lock, "_lock") NAME(s_flights, "_flights")
 #undef NAME
     if (FlightType == NULL) { /* made once, as hot.c's types: flights outlive an import */
         FlightType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &flight_spec, NULL);

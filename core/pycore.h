@@ -29,7 +29,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *cache; /* a HotBase */
     long long hits, misses;
-    PyObject *func, *lock, *flights, *memoized, *name, *label, *fallback, *cache_id;
+    PyObject *func, *memoized, *name, *label, *fallback, *cache_id;
 } MemoObject;
 
 #define VC_SETREF(dst, src)              \
@@ -62,8 +62,9 @@ struct vc_table *vc_table_of(PyObject *table);
 long vc_key_bytes(PyObject *key, unsigned char *out, long cap);
 /* quick.c: Quick, and the store of a new key in one call (HotBase's __setitem__). */
 int vc_add_quick_type(PyObject *module);
-/* 0: stored; 1: not a store this path makes (nothing changed: the Python
- * way's); -1: an exception is set. */
+/* 0: stored (a value it pickled and then handed on, by the cache's
+ * _set_pickled); 1: not a store this path makes (nothing changed: the
+ * Python way's); -1: an exception is set. */
 int vc_quick_set(PyObject *cache, PyObject *quick, PyObject *key, PyObject *value);
 /* vc_quick_set of a key vc_quick_absent found absent when the cache's stores
  * count was stores: no look for it again if no store was made since. */

@@ -66,7 +66,7 @@ typedef struct {
 static PyObject *s_count, *s_currsize, *s_used, *s_limit, *s_t,
     *s_settle_put, *s_after_store, *s_release_slab, *s_evictions, *s_active_nbytes, *s_store,
     *s_missing, *s_serve, *s_make_room, *s_misses, *s_hits, *s_readers, *s_after_idle_read,
-    *s_evict_rid, *s_deleted, *s_quick;
+    *s_evict_rid, *s_deleted, *s_quick, *s_set_pickled;
 
 static int quick_traverse(QuickObject *self, visitproc visit, void *arg)
 {
@@ -152,6 +152,13 @@ static int quick_init(QuickObject *self, PyObject *args, PyObject *kwargs)
     self->pickle_tag = tags[2];
     self->pickle_flags = tags[3];
     return 0;
+}
+
+/* Whether obj is a Quick whose __init__ ran (Quick.__new__ alone makes an empty one). */
+static int is_plan(PyObject *obj)
+{
+    return PyType_GetSlot(Py_TYPE(obj), Py_tp_dealloc) == (void *)quick_dealloc
+           && ((QuickObject *)obj)->lock != NULL;
 }
 
 /* An int attribute as a long long; -1 with an exception set if it is not one. */
@@ -362,11 +369,13 @@ static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h
     int64_t need[3], nlost;
     int32_t lost[MAX_LOST];
     long rid = -1;
+    int ran = 0; /* Python code ran since the look (it may have stored the key: see below) */
     for (int tries = 0; tries < MAX_TRIES; tries++) {
         rid = vc_store_put(t, b, h, put, need, lost, MAX_LOST, &nlost);
         if (rid >= 0 || (rid != VC_NEED_SLAB && rid != VC_NEED_REPIN && rid != VC_NEED_ROOM))
             break;
         /* Backend calls (Python's): they note no event, the plain release will do. */
+        ran = 1;
         PyObject *r;
         if (rid == VC_NEED_ROOM) {
             r = PyObject_CallMethodObjArgs(q->records, s_make_room, NULL);
@@ -401,7 +410,10 @@ static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h
      * to go: else (a hot entry may be older, or more must go) Python's way. */
     long long count;
     long victim = -1;
-    int python_way = nlost > 0;
+    /* Python code run since the look (a backend call, a __del__ it set off, a
+     * signal handler) may have stored this very key in this thread (the lock
+     * is reentrant): the Python way looks for it again and replaces it. */
+    int python_way = nlost > 0 || ran;
     if (!python_way && get_ll(q->entries, s_count, &count) < 0) {
         drop_new(t, b, rid);
         result = -1;
@@ -427,7 +439,17 @@ static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h
         goto out;
     }
     if (victim >= 0) {
-        int evicted = evict_idle(q, t, b, victim, python);
+        int evicted = evict_idle(q, t, b, victim, &ran);
+        *python |= ran;
+        if (evicted == 0 && ran) { /* the slab given back ran Python: as above */
+            if (count_out(q, 1) < 0) {
+                drop_new(t, b, rid);
+                result = -1;
+            } else {
+                result = settle_in_python(cache, q, key, rid, NULL, 0, length);
+            }
+            goto out;
+        }
         if (evicted == 1) { /* the books refused: Python's eviction meets it and unwinds */
             *python = 1;
             result = settle_in_python(cache, q, key, rid, NULL, 0, length);
@@ -502,8 +524,8 @@ int vc_quick_set(PyObject *cache, PyObject *quick, PyObject *key, PyObject *valu
 int vc_quick_store(PyObject *cache, PyObject *quick, PyObject *key, PyObject *value,
                    long long stores)
 {
-    if (PyType_GetSlot(Py_TYPE(quick), Py_tp_dealloc) != (void *)quick_dealloc)
-        return SLOW; /* not a Quick (of any import of the module) */
+    if (!is_plan(quick))
+        return SLOW; /* not a Quick (of any import of the module), or not made ready */
     QuickObject *q = (QuickObject *)quick;
     PyObject *encoded = NULL;
     struct vc_put put = {NULL, NULL, "", 0, 0, 0, 0, 0};
@@ -517,8 +539,11 @@ int vc_quick_store(PyObject *cache, PyObject *quick, PyObject *key, PyObject *va
         if (encoded == NULL) {
             if (!PyErr_ExceptionMatches(PyExc_Exception))
                 return -1; /* an interrupt, not a refusal */
-            PyErr_Clear(); /* the Python way keeps such a value as an object */
-            return SLOW;
+            PyErr_Clear(); /* the Python way keeps such a value as an object: told so */
+            PyObject *r = PyObject_CallMethodObjArgs(cache, s_set_pickled, key, value, Py_None,
+                                                     NULL);
+            Py_XDECREF(r);
+            return r == NULL ? -1 : 0;
         }
         if (!PyBytes_CheckExact(encoded)) {
             Py_DECREF(encoded);
@@ -555,6 +580,11 @@ int vc_quick_store(PyObject *cache, PyObject *quick, PyObject *key, PyObject *va
     if (give_lock(q, python) < 0)
         result = -1;
 done:
+    if (result == SLOW && encoded != NULL) { /* the Python way, without pickling it again */
+        PyObject *r = PyObject_CallMethodObjArgs(cache, s_set_pickled, key, value, encoded, NULL);
+        result = r == NULL ? -1 : 0;
+        Py_XDECREF(r);
+    }
     Py_XDECREF(encoded);
     return result;
 }
@@ -719,7 +749,7 @@ out:
 
 PyObject *vc_quick_idle(PyObject *cache, PyObject *quick, PyObject *key)
 {
-    if (PyType_GetSlot(Py_TYPE(quick), Py_tp_dealloc) != (void *)quick_dealloc)
+    if (!is_plan(quick))
         return Py_NewRef(s_missing);
     QuickObject *q = (QuickObject *)quick;
     unsigned char kbuf[KEY_CAP];
@@ -743,7 +773,7 @@ PyObject *vc_quick_idle(PyObject *cache, PyObject *quick, PyObject *key)
 
 int vc_quick_absent(PyObject *cache, PyObject *quick, PyObject *key)
 {
-    if (PyType_GetSlot(Py_TYPE(quick), Py_tp_dealloc) != (void *)quick_dealloc)
+    if (!is_plan(quick))
         return 0;
     QuickObject *q = (QuickObject *)quick;
     HotObject *hot = (HotObject *)cache;
@@ -805,9 +835,9 @@ static PyObject *quick_evict(QuickObject *q, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "evict: the cache is not this plan's");
         return NULL;
     }
-    struct vc_books *b = vc_books_of(q->books);
+    struct vc_books *b = q->lock == NULL ? NULL : vc_books_of(q->books);
     if (b == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "evict: the books are not ready");
+        PyErr_SetString(PyExc_RuntimeError, "evict: the plan or its books are not ready");
         return NULL;
     }
     long long done = 0, gone = 0;
@@ -952,6 +982,7 @@ int vc_add_quick_type(PyObject *module)
     NAME(s_make_room, "make_room") NAME(s_misses, "misses") NAME(s_hits, "hits")
     NAME(s_readers, "_readers") NAME(s_after_idle_read, "_after_idle_read")
     NAME(s_evict_rid, "_evict_rid") NAME(s_deleted, "deleted") NAME(s_quick, "_quick")
+    NAME(s_set_pickled, "_set_pickled")
 #undef NAME
     if (s_missing == NULL) {
         PyObject *missing = PyObject_GetAttrString(module, "MISSING");

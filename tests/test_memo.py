@@ -5,6 +5,7 @@ its errors raised and not cached."""
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 
@@ -144,3 +145,54 @@ def test_a_callable_without_a_qualname_is_memoized(function):
     assert f(5) == function(5) and f(5) == function(5)
     assert f.cache_info().hits == 1 and f.cache_info().misses == 1
     f.cache.close()
+
+
+def test_a_cache_with_its_own_setitem_gets_every_result():
+    needs_core()
+    from volcache import VolatileCache
+
+    seen = []
+
+    class Logged(VolatileCache):
+        def __setitem__(self, key, value):
+            seen.append(key)
+            super().__setitem__(key, value)
+
+    f = cached(cache=Logged(backend="sim"))(square)
+    assert f(1) == 1 and f(2) == 4 and f(1) == 1
+    assert seen == [(1,), (2,)]
+    f.cache.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork()")
+def test_a_forked_childs_misses_share_its_own_flights():
+    """After fork the decorator's flights are new: a miss made in C registers there,
+    where a caller that takes the Python way looks (one computation)."""
+    needs_core()
+    entered, release = threading.Event(), threading.Event()
+
+    @cached(backend="sim")
+    def slow(x):
+        entered.set()
+        release.wait(10)
+        return x
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            worker = threading.Thread(target=slow, args=(7,))
+            worker.start()
+            entered.wait(10)
+            ok = len(flights_of(slow)) == 1  # the child's SingleFlight holds it
+            release.set()
+            worker.join(10)
+        finally:
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.waitpid(pid, 0)
+    assert answer == b"1"
+    slow.cache.close()

@@ -8,6 +8,8 @@ import marshal
 import math
 import os
 import pickle
+import subprocess
+import sys
 
 import hypothesis.strategies as st
 import pytest
@@ -289,3 +291,65 @@ def test_an_eviction_whose_slab_cannot_be_given_back_counts_the_entry_out(way):
         assert len(cache) == len(list(cache)) == cache.currsize == 0
         cache["c"] = b"z"
         assert list(cache) == ["c"] and cache["c"] == b"z" and len(cache) == 1
+
+
+def test_a_store_of_the_same_key_made_while_the_put_calls_python_is_replaced():
+    """The put's backend call runs Python (here: it stores the key itself, as a
+    __del__ or a signal handler could): the key stays one entry, the outer value."""
+    needs_core()
+    with VolatileCache(10, backend="sim") as cache:
+        slabs = cache._entries.store.slabs
+        serve = slabs.serve
+
+        def serve_and_store(need, more):
+            slabs.serve = serve
+            cache["k"] = b"inner"  # the same thread: the lock is reentrant
+            return serve(need, more)
+
+        slabs.serve = serve_and_store  # the empty cache's first put needs a slab
+        cache["k"] = b"outer"
+        assert list(cache) == ["k"] and len(cache) == 1 and cache["k"] == b"outer"
+        del cache["k"]
+        assert list(cache) == [] and len(cache) == 0
+
+
+class Reducing:
+    """Counts its pickling."""
+
+    reduced = 0
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.refuse = refuse
+
+    def __reduce__(self):
+        Reducing.reduced += 1
+        if self.refuse:
+            raise TypeError("not picklable")
+        return (Reducing, ())
+
+
+@pytest.mark.parametrize("case", ["overwrite", "long key", "refused"])
+def test_a_value_handed_to_the_python_way_is_pickled_once(case):
+    needs_core()
+    with VolatileCache(10, backend="sim") as cache:
+        key = "k" * 300 if case == "long key" else "k"
+        if case == "overwrite":
+            cache[key] = b"before"
+        Reducing.reduced = 0
+        cache[key] = [Reducing(refuse=case == "refused")]
+        assert Reducing.reduced == 1 and len(cache) == 1
+
+
+def test_an_empty_plan_is_no_plan():
+    """A Quick made without its __init__ (Quick.__new__) sends stores the Python way."""
+    needs_core()
+    code = (
+        "from volcache import VolatileCache, coremodule\n"
+        "c = VolatileCache(10, backend='sim')\n"
+        "c._quick = coremodule.core.Quick.__new__(coremodule.core.Quick)\n"
+        "c['k'] = b'v'\n"
+        "assert c['k'] == b'v' and len(c) == 1\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

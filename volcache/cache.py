@@ -389,9 +389,16 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
         if encoded is not None:  # not a value kept as an object: it can travel
             tier.store(named, encoded)  # after the lock: the server's time is not the cache's
 
+    def _set_pickled(self, key: Hashable, value: Any, pickled: bytes | None) -> None:
+        """``self[key] = value`` the Python way, for the C store that pickled ``value``
+        as the default codec does (None: pickle refused it) and then handed the
+        store on: its ``__reduce__`` runs once."""
+        self._set(key, value, pickled=pickled)
+
     def _set(
-        self, key: Hashable, value: Any, lifetime: float | None = None, clears: int | None = None
-    ) -> tuple[memoryview, Decoder] | None:
+        self, key: Hashable, value: Any, lifetime: float | None = None,
+        clears: int | None = None, pickled: Any = MISSING,
+    ) -> tuple[memoryview, Decoder] | None:  # fmt: skip
         """Store locally only (a value that came from the tier is not written back);
         the codec's (bytes, decoder) for it, None for a value kept as an object.
 
@@ -405,10 +412,15 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
             raise ValueError("value too large")
         if size < 0:
             raise ValueError("value size must be non-negative")
-        try:
-            data, decode, raw = self._codec.encode_with_decoder(value)
-        except TypeError:  # the codec refuses it: kept as it is, an object no purge takes
+        if pickled is None:  # see _set_pickled: kept as it is, an object no purge takes
             data, decode, raw = None, None, False
+        elif pickled is not MISSING:
+            data, decode, raw = memoryview(pickled), self._codec._pickle.decode, False  # type: ignore[attr-defined]
+        else:
+            try:
+                data, decode, raw = self._codec.encode_with_decoder(value)
+            except TypeError:  # the codec refuses it: kept as it is, an object no purge takes
+                data, decode, raw = None, None, False
         serialized, special = key_bytes(key)
         expires = None
         if self._ttl is not None:  # the user's callable, before anything changes

@@ -641,11 +641,12 @@ def _function_of(memoized: Memoized) -> Callable[..., Any]:
     # tuple is its own key, and that key hot; where the cache stores in C, a
     # miss of a key it does not hold is computed and stored in that call too
     # (its flight in the decorator's). It counts its hits and misses.
-    flight = memoized._flight
-    func = memoized._func if memoized._cache_if is None else None
+    # Not where the cache has a __setitem__ of its own, which a result must go through.
+    plain_store = getattr(type(cache), "__setitem__", None) is VolatileCache.__setitem__
+    func = memoized._func if memoized._cache_if is None and plain_store else None
     memo = MemoHit(
-        cache, func=func, lock=flight._lock, flights=flight._flights, memoized=memoized,
-        name=memoized.__qualname__, label=_Call, fallback=rest,
+        cache, func=func, memoized=memoized, name=memoized.__qualname__, label=_Call,
+        fallback=rest,
     )  # fmt: skip
     memoized._memo_hits = lambda: memo.hits
     memoized._memo_misses = lambda: memo.misses

@@ -145,9 +145,8 @@ class PyMemoHit:
     misses = 0  # misses made here (the C version's)
 
     def __init__(
-        self, cache: Any, *, func: Any = None, lock: Any = None, flights: Any = None,
-        memoized: Any = None, name: Any = None, label: Any = None,
-        fallback: Callable[[tuple], Any] | None = None,
+        self, cache: Any, *, func: Any = None, memoized: Any = None, name: Any = None,
+        label: Any = None, fallback: Callable[[tuple], Any] | None = None,
     ) -> None:  # fmt: skip
         self._hot_value = cache._hot_value
         self._count = PyClock()
