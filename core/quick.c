@@ -412,8 +412,18 @@ static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h
     long victim = -1;
     /* Python code run since the look (a backend call, a __del__ it set off, a
      * signal handler) may have stored this very key in this thread (the lock
-     * is reentrant): the Python way looks for it again and replaces it. */
-    int python_way = nlost > 0 || ran;
+     * is reentrant): looked for again, and if it is there the Python way
+     * replaces it. */
+    int python_way = nlost > 0;
+    if (ran && !python_way) {
+        int has = PyDict_Contains(hot->objects, key);
+        if (has < 0) {
+            drop_new(t, b, rid);
+            result = -1;
+            goto out;
+        }
+        python_way = has || vc_rec_first_of(t, h, VC_INDEXED | VC_OBJECT, VC_INDEXED) >= 0;
+    }
     if (!python_way && get_ll(q->entries, s_count, &count) < 0) {
         drop_new(t, b, rid);
         result = -1;
@@ -439,9 +449,10 @@ static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h
         goto out;
     }
     if (victim >= 0) {
-        int evicted = evict_idle(q, t, b, victim, &ran);
-        *python |= ran;
-        if (evicted == 0 && ran) { /* the slab given back ran Python: as above */
+        int released = 0; /* its slab given back: Python ran (the backend's release) */
+        int evicted = evict_idle(q, t, b, victim, &released);
+        *python |= released;
+        if (evicted == 0 && released) { /* as above: the Python way finishes */
             if (count_out(q, 1) < 0) {
                 drop_new(t, b, rid);
                 result = -1;
