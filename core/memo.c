@@ -171,23 +171,6 @@ static int end_flight(PyObject *lock, PyObject *flights, PyObject *fkey, FlightO
     return bad ? -1 : 0;
 }
 
-/* obj.name += 1 */
-static int add_one(PyObject *obj, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL)
-        return -1;
-    PyObject *one = PyLong_FromLong(1);
-    PyObject *sum = one ? PyNumber_Add(v, one) : NULL;
-    Py_DECREF(v);
-    Py_XDECREF(one);
-    if (sum == NULL)
-        return -1;
-    int r = PyObject_SetAttr(obj, name, sum);
-    Py_DECREF(sum);
-    return r;
-}
-
 /* The result stored as the decorator's _store stores it: 1 stored, 0 not
  * (too large for maxsize: returned, not cached), -1 an exception set. */
 static int store_result(MemoObject *m, PyObject *quick, PyObject *args, PyObject *value,
@@ -205,7 +188,7 @@ static int store_result(MemoObject *m, PyObject *quick, PyObject *args, PyObject
         PyErr_Clear();
         return 0;
     }
-    return add_one(m->memoized, s_stores) < 0 ? -1 : 1;
+    return vc_add_to(m->memoized, s_stores, 1) < 0 ? -1 : 1;
 }
 
 PyObject *vc_memo_miss(MemoObject *m, PyObject *args)

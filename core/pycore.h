@@ -77,6 +77,8 @@ int vc_quick_absent(PyObject *cache, PyObject *quick, PyObject *key);
  * _hit reads it (counted, touched); MISSING (a new reference) for the Python
  * way; NULL with an exception set. */
 PyObject *vc_quick_idle(PyObject *cache, PyObject *quick, PyObject *key);
+/* obj.name += delta (any number: the Python way's arithmetic); -1 with an exception set. */
+int vc_add_to(PyObject *obj, PyObject *name, long long delta);
 /* The MISSING sentinel (borrowed: the module holds it for good). */
 PyObject *vc_missing(void);
 /* The cache's counts["misses"] += 1; -1 with an exception set. */

@@ -172,8 +172,25 @@ static int get_ll(PyObject *obj, PyObject *name, long long *out)
     return *out == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
-/* obj.name += delta (any number: the Python way's arithmetic). */
-static int add_to(PyObject *obj, PyObject *name, long long delta)
+/* counts[name] += 1 (the cache's hits, misses or evictions); -1 with an
+ * exception set, a RuntimeError if the count is missing. */
+static int count_one(QuickObject *q, PyObject *name)
+{
+    PyObject *now = PyDict_GetItemWithError(q->counts, name);
+    if (now == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_RuntimeError, "the cache's counts have no %R", name);
+        return -1;
+    }
+    PyObject *one = PyLong_FromLong(1);
+    PyObject *more = one ? PyNumber_Add(now, one) : NULL;
+    Py_XDECREF(one);
+    int r = more == NULL ? -1 : PyDict_SetItem(q->counts, name, more);
+    Py_XDECREF(more);
+    return r;
+}
+
+int vc_add_to(PyObject *obj, PyObject *name, long long delta)
 {
     PyObject *v = PyObject_GetAttr(obj, name);
     if (v == NULL)
@@ -203,7 +220,7 @@ static int settle_in_python(PyObject *cache, QuickObject *q, PyObject *key, long
                             const int32_t *lost, int64_t nlost, int64_t length)
 {
     PyObject *store = PyObject_GetAttr(q->entries, s_store);
-    int r = store ? add_to(store, s_active_nbytes, length) : -1;
+    int r = store ? vc_add_to(store, s_active_nbytes, length) : -1;
     Py_XDECREF(store);
     PyObject *ids = r < 0 ? NULL : PyList_New(nlost);
     for (int64_t i = 0; ids != NULL && i < nlost; i++) {
@@ -297,14 +314,9 @@ static int evict_idle(QuickObject *q, struct vc_table *t, struct vc_books *b, lo
     if (empty < -1)
         return 1;
     PyObject *store = PyObject_GetAttr(q->entries, s_store);
-    PyObject *evictions = PyDict_GetItemWithError(q->counts, s_evictions);
-    PyObject *one = PyLong_FromLong(1);
-    PyObject *more = evictions && one ? PyNumber_Add(evictions, one) : NULL;
-    int bad = store == NULL || more == NULL || PyDict_SetItem(q->counts, s_evictions, more) < 0
-              || (active && add_to(store, s_active_nbytes, -vlength) < 0);
+    int bad = store == NULL || count_one(q, s_evictions) < 0
+              || (active && vc_add_to(store, s_active_nbytes, -vlength) < 0);
     Py_XDECREF(store);
-    Py_XDECREF(one);
-    Py_XDECREF(more);
     if (!bad && empty >= 0) { /* its slab is empty: the backend frees it */
         *python = 1;
         PyObject *index = PyLong_FromLong(empty);
@@ -314,8 +326,6 @@ static int evict_idle(QuickObject *q, struct vc_table *t, struct vc_books *b, lo
         bad = r == NULL;
         Py_XDECREF(r);
     }
-    if (bad && !PyErr_Occurred())
-        PyErr_SetString(PyExc_RuntimeError, "counts['evictions'] is missing");
     return bad ? -2 : 0;
 }
 
@@ -325,7 +335,7 @@ static int count_out(QuickObject *q, long long n)
 {
     PyObject *type, *exc, *tb;
     PyErr_Fetch(&type, &exc, &tb);
-    int bad = add_to(q->entries, s_count, -n) < 0 || add_to(q->entries, s_currsize, -n) < 0;
+    int bad = vc_add_to(q->entries, s_count, -n) < 0 || vc_add_to(q->entries, s_currsize, -n) < 0;
     if (type != NULL)
         PyErr_Restore(type, exc, tb);
     return bad ? -1 : 0;
@@ -495,7 +505,7 @@ static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h
     if (victim < 0) {
         PyObject *n = PyLong_FromLongLong(count + 1);
         int bad = n == NULL || PyObject_SetAttr(q->entries, s_count, n) < 0
-                  || add_to(q->entries, s_currsize, 1) < 0;
+                  || vc_add_to(q->entries, s_currsize, 1) < 0;
         Py_XDECREF(n);
         if (bad) {
             result = -1;
@@ -711,12 +721,7 @@ static PyObject *locked_idle(PyObject *cache, QuickObject *q, PyObject *key, uin
         goto fail;
     /* What _hit does for an idle record read intact: counted, remembered as
      * read now, touched in the order; the budget hears of every 16th. */
-    PyObject *hits = PyDict_GetItemWithError(q->counts, s_hits);
-    PyObject *one = PyLong_FromLong(1);
-    PyObject *more = hits && one ? PyNumber_Add(hits, one) : NULL;
-    Py_XDECREF(one);
-    int bad = more == NULL || PyDict_SetItem(q->counts, s_hits, more) < 0;
-    Py_XDECREF(more);
+    int bad = count_one(q, s_hits) < 0;
     if (!bad && last != NULL)
         bad = PyDict_DelItem(q->seen, rid_obj) < 0;
     if (!bad && PyDict_Size(q->seen) >= q->seen_limit)
@@ -816,16 +821,7 @@ PyObject *vc_missing(void)
 
 int vc_quick_count_miss(PyObject *quick)
 {
-    QuickObject *q = (QuickObject *)quick;
-    PyObject *misses = PyDict_GetItemWithError(q->counts, s_misses);
-    if (misses == NULL)
-        return PyErr_Occurred() ? -1 : 0;
-    PyObject *one = PyLong_FromLong(1);
-    PyObject *more = one ? PyNumber_Add(misses, one) : NULL;
-    Py_XDECREF(one);
-    int r = more == NULL ? -1 : PyDict_SetItem(q->counts, s_misses, more);
-    Py_XDECREF(more);
-    return r;
+    return count_one((QuickObject *)quick, s_misses);
 }
 
 /* evict(cache, n, keep): up to n least recently used entries go (the CLOCK's
