@@ -423,6 +423,12 @@ class Backend(abc.ABC):
             self._check_region(region)
         return functools.partial(_bytes_unless_purged, self.read_bytes, region)
 
+    def page_set(self, region: Region) -> object | None:
+        """The region's pages for the cache's C core (a ``volcache._core.PageSet``),
+        which then re-pins and reads them without a Python call; None where the
+        backend's own Python calls must be made (the default)."""
+        return None
+
     def _check_read(self, region: Region, start: int, length: int) -> tuple[int, int]:
         start = operator.index(start)
         length = operator.index(length)

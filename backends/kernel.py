@@ -18,9 +18,11 @@ import math
 import mmap
 import sys
 import time
+from array import array
 from collections.abc import Callable
 from typing import Any
 
+from ..coremodule import core
 from . import clib
 from .contract import Backend, Capabilities, Region
 from .pages import PURGED, VOL
@@ -129,8 +131,12 @@ class KernelBackend(Backend):
         self._huge_pages = bool(huge_pages)
         self._native = clib.Counters()
         self._tagged: dict[int, clib.TaggedPages] = {}
+        self._page_sets: dict[int, Any] = {}  # region ident -> volcache._core.PageSet
+        self._core_calls = array("q", [0, 0])  # vrange calls, purged bytes: the PageSets'
         self._use_dontneed = not _probe()[1]
-        self._drained_at = -math.inf
+        # When every CPU was last drained (time.monotonic()), in an array the
+        # C core's marks read (core/pageset.c): they leave a drain to this class.
+        self._drained = array("d", [-math.inf])
         self._undrained: list[tuple[int, int, int]] = []  # (region, first page, pages) marked since
 
     @classmethod
@@ -164,13 +170,13 @@ class KernelBackend(Backend):
         # ordinary memory, never purged. Hence the drain before the marking;
         # between drains, markings are remembered and redone after the next.
         now = time.monotonic()
-        drain = now - self._drained_at >= _DRAIN_EVERY or len(self._undrained) >= _UNDRAINED_MAX
+        drain = now - self._drained[0] >= _DRAIN_EVERY or len(self._undrained) >= _UNDRAINED_MAX
         try:
             done, err = self._pages_of(region).mark(first, npages, TAG, drain, self._native)
         except OSError as exc:
             return 0, exc.errno or errno.EIO
         if drain:
-            self._drained_at = now
+            self._drained[0] = now
             self._free_again()
         elif done:
             self._undrained.append((region.ident, first, done))
@@ -179,19 +185,29 @@ class KernelBackend(Backend):
     def _free_again(self) -> None:
         """Lazily free once more what was marked without a drain since the last one
         (a page skipped then is on the LRU now); pages re-pinned since are left alone."""
-        undrained, self._undrained = self._undrained, []
+        undrained = sorted(self._undrained)  # emptied in place: the PageSets append to it
+        self._undrained.clear()
+        # Markings of neighbouring pages (a cache filling a slab in order) are
+        # merged first: one madvise a span still volatile, not one a marking.
+        merged: list[list[int]] = []
         for ident, first, npages in undrained:
+            last = merged[-1] if merged else None
+            if last is not None and last[0] == ident and first <= last[2]:
+                last[2] = max(last[2], first + npages)
+            else:
+                merged.append([ident, first, first + npages])
+        for ident, first, stop in merged:
             tagged = self._tagged.get(ident)
             if tagged is None:  # released since
                 continue
-            for span, count in self._book.spans(ident, first, first + npages, bytes([VOL])):
+            for span, count in self._book.spans(ident, first, stop, bytes([VOL])):
                 with contextlib.suppress(OSError):  # as they were: marked, not lazily freed yet
                     tagged.free_again(span, count, self._native)
 
     def _settle(self) -> None:
         if self._undrained:
             clib.drain(self._native)
-            self._drained_at = time.monotonic()
+            self._drained[0] = time.monotonic()
             self._free_again()
 
     def _unmark(self, region: Region, first: int, npages: int) -> tuple[int, list[int], int]:
@@ -276,12 +292,47 @@ class KernelBackend(Backend):
             found.extend(tagged.gone(first, count, self._native))
         return sorted(found)
 
+    def page_set(self, region: Region) -> object | None:
+        """A ``volcache._core.PageSet`` of the region where the C core was built
+        (and this class's re-pin is the one in use), else None."""
+        if core is None or type(self)._unmark is not KernelBackend._unmark:
+            return None
+        if type(self)._limit is not Backend._limit:  # fault injection: the Python calls
+            return None
+        with self._lock:
+            self._check_open()
+            self._check_region(region)
+            pages = self._page_sets.get(region.ident)
+            if pages is None:
+                tagged = self._pages_of(region)
+                book = self._book
+                ffi = clib.ffi
+                pages = core.PageSet(
+                    region.address, region.pages, self.page_size, TAG,
+                    ffi.buffer(tagged._saved), book.states(region.ident),
+                    book.stamps(region.ident), book.counts, self._core_calls,
+                    ffi.buffer(self._native._mismatched), self._lock,
+                    ident=region.ident, runs=book.runs, sweep=book.sweep,
+                    undrained=self._undrained, drained=self._drained,
+                    drain_every=_DRAIN_EVERY, undrained_max=_UNDRAINED_MAX,
+                    mark=int(ffi.cast("uintptr_t", ffi.addressof(clib.lib, "vc_mark"))),
+                    syscalls=ffi.buffer(self._native._syscalls),
+                )  # fmt: skip
+                self._page_sets[region.ident] = pages
+            return pages
+
     def _unmap(self, region: Region) -> None:
+        pages = self._page_sets.pop(region.ident, None)
+        if pages is not None:
+            pages.released = True
         self._tagged.pop(region.ident, None)
         self._native.count_syscalls()  # munmap, when the last view of the map is gone
 
     def _stats(self) -> dict[str, Any]:
+        calls, purged = self._core_calls
         return {
+            "vrange_calls": self._counters["vrange_calls"] + calls,
+            "purged_bytes": self._counters["purged_bytes"] + purged,
             "syscalls": self._native.syscalls,
             "tag_mismatches": self._native.mismatched,
             "reclaim_advice": "MADV_DONTNEED" if self._use_dontneed else "MADV_PAGEOUT",

@@ -46,11 +46,37 @@ class PageBook:
         self._states: dict[int, bytearray] = {}
         self._stamps: dict[int, array] = {}
         self._runs: OrderedDict[int, tuple[int, int, int]] = OrderedDict()  # id -> ident, first, n
-        self._next_run = 1
-        self._sweep_at = 1024
-        self.pages = 0
-        self.volatile = 0  # VOL or PURGED
-        self.purged = 0  # PURGED
+        # pages, volatile (VOL or PURGED), purged (PURGED), the next run's id,
+        # the runs past which dead ones are swept: in an array, which the C
+        # core's re-pins and marks (core/pages.h) update in place too.
+        self.counts = array("q", [0, 0, 0, 1, 1024])
+
+    @property
+    def pages(self) -> int:
+        """Pages of every region tracked."""
+        return self.counts[0]
+
+    @pages.setter
+    def pages(self, value: int) -> None:
+        self.counts[0] = value
+
+    @property
+    def volatile(self) -> int:
+        """Pages volatile or purged."""
+        return self.counts[1]
+
+    @volatile.setter
+    def volatile(self, value: int) -> None:
+        self.counts[1] = value
+
+    @property
+    def purged(self) -> int:
+        """Pages known purged."""
+        return self.counts[2]
+
+    @purged.setter
+    def purged(self, value: int) -> None:
+        self.counts[2] = value
 
     def add(self, ident: int, npages: int) -> None:
         """Track a new region of ``npages`` non-volatile pages."""
@@ -65,6 +91,10 @@ class PageBook:
         self.pages -= len(states)
         self.volatile -= len(states) - states.count(NONVOL)
         self.purged -= states.count(PURGED)
+
+    def stamps(self, ident: int) -> array:
+        """The stamp of each page of a region (read them, do not write them)."""
+        return self._stamps[ident]
 
     def states(self, ident: int) -> bytearray:
         """The state bytes of a region (read them, do not write them)."""
@@ -82,13 +112,14 @@ class PageBook:
     def set_volatile(self, ident: int, first: int, npages: int) -> None:
         """Mark non-volatile pages volatile, as one run younger than all others."""
         states = self._states[ident]
-        run = self._next_run
-        self._next_run += 1
+        counts = self.counts
+        run = counts[3]
+        counts[3] = run + 1
         self._runs[run] = (ident, first, npages)
         states[first : first + npages] = bytes([VOL]) * npages
         self._stamps[ident][first : first + npages] = array("Q", [run]) * npages
-        self.volatile += npages
-        if len(self._runs) >= self._sweep_at:
+        counts[1] += npages
+        if len(self._runs) >= counts[4]:
             self._sweep()
 
     def renew(self, ident: int, first: int, npages: int) -> None:
@@ -98,11 +129,12 @@ class PageBook:
         of trying the same pages again (pages the kernel will not page out,
         pages whose purge failed).
         """
-        run = self._next_run
-        self._next_run += 1
+        counts = self.counts
+        run = counts[3]
+        counts[3] = run + 1
         self._runs[run] = (ident, first, npages)
         self._stamps[ident][first : first + npages] = array("Q", [run]) * npages
-        if len(self._runs) >= self._sweep_at:
+        if len(self._runs) >= counts[4]:
             self._sweep()
 
     def set_nonvolatile(self, ident: int, first: int, npages: int) -> None:
@@ -175,10 +207,19 @@ class PageBook:
             spans.append((first + start, page - start))
         return spans
 
+    @property
+    def runs(self) -> OrderedDict[int, tuple[int, int, int]]:
+        """The live and dead runs, oldest first (the C core's marks add to it)."""
+        return self._runs
+
+    def sweep(self) -> None:
+        """Drop the runs that have no live page left (see :meth:`_sweep`)."""
+        self._sweep()
+
     def _sweep(self) -> None:
         """Drop runs with no live page; next sweep when the runs have doubled."""
         for run, (ident, first, npages) in list(self._runs.items()):
             stamps = self._stamps.get(ident)
             if stamps is None or run not in stamps[first : first + npages]:
                 del self._runs[run]
-        self._sweep_at = max(1024, 2 * len(self._runs))
+        self.counts[4] = max(1024, 2 * len(self._runs))

@@ -436,6 +436,55 @@ static PyObject *m_marked(BooksObject *self, PyObject *const *args, Py_ssize_t n
     Py_RETURN_NONE;
 }
 
+int vc_mark_pending(struct vc_books *b, PyObject *page_sets, long long *marked)
+{
+    int64_t index = 0, first = 0, stop = 0;
+    *marked = 0;
+    if (!PyList_Check(page_sets))
+        return 0;
+    while (vc_books_next_pending(b, &index, &first, &stop) > 0) {
+        PyObject *set = index < PyList_Size(page_sets) ? PyList_GetItem(page_sets, index) : NULL;
+        if (set == NULL || vc_pageset_enter(set) == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        Py_INCREF(set); /* the sweep the mark may call runs Python code */
+        long done = vc_pageset_mark(set, first, stop - first);
+        long r = done > 0 ? vc_books_marked(b, index, first, done) : 0;
+        vc_pageset_leave(set);
+        Py_DECREF(set);
+        if (done == -ECANCELED)
+            return -1;
+        if (r < 0) {
+            fail(r, "marked");
+            return -1;
+        }
+        if (done > 0)
+            *marked += done;
+        if (done < stop - first)
+            return 0;
+        first = stop;
+    }
+    return 1;
+}
+
+/* Each pending run marked through its slab's PageSet, as SlabAllocator.flush
+ * marks it through the backend: (pages marked, whether every run was). */
+static PyObject *m_mark_pending(BooksObject *self, PyObject *page_sets)
+{
+    if (check_ready(self) < 0)
+        return NULL;
+    if (!PyList_Check(page_sets)) {
+        PyErr_SetString(PyExc_TypeError, "mark_pending() takes a list of PageSets");
+        return NULL;
+    }
+    long long marked;
+    int finished = vc_mark_pending(&self->books, page_sets, &marked);
+    if (finished < 0)
+        return NULL;
+    return Py_BuildValue("(LO)", marked, finished ? Py_True : Py_False);
+}
+
 static PyObject *m_volatile_slabs(BooksObject *self, PyObject *unused)
 {
     (void)unused;
@@ -582,6 +631,9 @@ static PyMethodDef books_methods[] = {
     FAST(restore_pending, "A re-pin failed: the pages not volatile are pending again."),
     NOARGS(pending_runs, "(index, first, stop) of each run of pending pages."),
     FAST(marked, "count pending pages from first were marked volatile."),
+    {"mark_pending", (PyCFunction)m_mark_pending, METH_O,
+     "mark_pending(page_sets): the pending runs marked through each slab's PageSet: "
+     "(pages marked, whether every run was); the rest is the caller's."},
     NOARGS(volatile_slabs, "Indexes of the slabs with a volatile page."),
     FAST(ids_on, "The ids of the idle entries on these (sorted) pages."),
     NOARGS(nbytes, "The memory the books take."),

@@ -9,7 +9,7 @@
  */
 #include "pycore.h"
 
-#define CORE_VERSION 3 /* volcache.coremodule.VERSION: the interface it was built for */
+#define CORE_VERSION 4 /* volcache.coremodule.VERSION: the interface it was built for */
 /* The module's name: _core in the package; CI builds it under another name
  * with the sanitizers (.ci/sanitized.py). */
 #ifndef VC_CORE_NAME
@@ -35,7 +35,7 @@ static int module_exec(PyObject *module)
     }
     if (vc_add_hot_types(module) < 0 || vc_add_books_type(module) < 0
         || vc_add_table_type(module) < 0 || vc_add_quick_type(module) < 0
-        || vc_add_memo_types(module) < 0)
+        || vc_add_memo_types(module) < 0 || vc_add_pageset_type(module) < 0)
         return -1;
     if (PyModule_AddIntConstant(module, "VERSION", CORE_VERSION) < 0
         || PyModule_AddStringConstant(module, "SOURCE_HASH", VC_CORE_HASH) < 0)

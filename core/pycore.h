@@ -50,12 +50,36 @@ int vc_add_books_type(PyObject *module);
 struct vc_books;
 /* The books of a SlabBooks object made by this module, or NULL (no exception set). */
 struct vc_books *vc_books_of(PyObject *books);
+/* Each pending run of the books marked through its slab's PageSet (a list by
+ * slab index), as SlabAllocator.flush marks it through the backend, until a
+ * slab without one, a lock held elsewhere, a drain due or a mark stopped
+ * short: 1 if every run was, 0 if the rest is the Python way's, -1 with an
+ * exception set; the pages marked in *marked. */
+int vc_mark_pending(struct vc_books *b, PyObject *page_sets, long long *marked);
 /* table_type.c: Table, table_bytes(). */
 int vc_add_table_type(PyObject *module);
 struct vc_table;
 /* The table of a Table object, or NULL with an exception set. */
 struct vc_table *vc_table_of(PyObject *table);
 
+/* pageset.c: PageSet, a kernel-backend region's pages (pages.h) for the C store. */
+int vc_add_pageset_type(PyObject *module);
+struct vc_pages;
+/* A PageSet's pages with the backend's lock taken (never waiting); NULL (no
+ * exception set) when it is not a usable PageSet or the lock is held
+ * elsewhere: the Python way's. vc_pageset_leave gives the lock back. */
+struct vc_pages *vc_pageset_enter(PyObject *pageset);
+void vc_pageset_leave(PyObject *pageset);
+/* A PageSet's pages to read (no lock: the caller keeps their states still),
+ * or NULL (no exception set). */
+const struct vc_pages *vc_pageset_pages(PyObject *pageset);
+/* With the lock taken (vc_pageset_enter): mark pages [first, first + npages)
+ * volatile as the kernel backend's vrange(VOLATILE) does, its pinned spans
+ * each a new run (pages already volatile keep their age): the pages
+ * processed from first (fewer: the rest is the Python way's), -EAGAIN when
+ * a drain is due (the Python way's, nothing changed), -ECANCELED with an
+ * exception set. */
+long vc_pageset_mark(PyObject *pageset, int64_t first, int64_t npages);
 /* keybytes.c: a key's bytes as volcache.keys.key_bytes writes them (marshal format 2),
  * for None, bools, ints of 64 bits, floats but NaN, str, bytes and tuples of them:
  * their count, -ENOTSUP for another key, -ENOBUFS past cap (no exception set). */

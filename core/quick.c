@@ -31,6 +31,7 @@
 #include <limits.h>
 #include <string.h>
 
+#include "pages.h"
 #include "pycore.h"
 #include "slabbooks.h"
 #include "store.h"
@@ -39,6 +40,7 @@
 #define SLOW 1
 #define KEY_CAP 256 /* longer keys go the Python way */
 #define MAX_LOST 64
+#define MAX_REPIN 512 /* pages a re-pin in C takes at most; more go the Python way */
 #define READ_WHOLE 16384 /* volcache.store._READ_WHOLE: longer entries are read in parts */
 #define SPECIAL 4 /* volcache.store.SPECIAL_KEY */
 #define REPORT_EVERY 15 /* volcache.cache._REPORT_EVERY: stores & it == 0, Python's turn */
@@ -66,7 +68,7 @@ typedef struct {
 static PyObject *s_count, *s_currsize, *s_used, *s_limit, *s_t,
     *s_settle_put, *s_after_store, *s_release_slab, *s_evictions, *s_active_nbytes, *s_store,
     *s_missing, *s_serve, *s_make_room, *s_misses, *s_hits, *s_readers, *s_after_idle_read,
-    *s_evict_rid, *s_deleted, *s_quick, *s_set_pickled;
+    *s_evict_rid, *s_deleted, *s_quick, *s_set_pickled, *s_page_sets;
 
 static int quick_traverse(QuickObject *self, visitproc visit, void *arg)
 {
@@ -341,6 +343,45 @@ static int count_out(QuickObject *q, long long n)
     return bad ? -1 : 0;
 }
 
+/* The slab's PageSet (borrowed from the allocator's list, which holds it
+ * while the slab lives), or NULL: the backend's Python calls. */
+static PyObject *page_set_of(QuickObject *q, int64_t index)
+{
+    PyObject *sets = PyObject_GetAttr(q->slabs, s_page_sets);
+    PyObject *set = NULL;
+    if (sets != NULL && PyList_Check(sets) && index >= 0 && index < PyList_Size(sets))
+        set = PyList_GetItem(sets, (Py_ssize_t)index);
+    Py_XDECREF(sets); /* the allocator still holds the list */
+    PyErr_Clear();
+    return set == Py_None ? NULL : set;
+}
+
+/* The re-pin the books asked for (need: slab, first page, pages), made in C
+ * where the slab's backend lends its pages (the kernel's PageSet), as
+ * SlabAllocator._repin makes it through the backend: 1 if made, 0 for the
+ * Python way (nothing changed), -errno if the books refused. */
+static long repin_in_c(QuickObject *q, struct vc_books *b, const int64_t *need)
+{
+    if (need[2] <= 0 || need[2] > MAX_REPIN)
+        return 0;
+    PyObject *set = page_set_of(q, need[0]);
+    struct vc_pages *pages = set == NULL ? NULL : vc_pageset_enter(set);
+    if (pages == NULL)
+        return 0;
+    int64_t low, high, purged[MAX_REPIN];
+    long r = vc_books_take_pending(b, need[0], need[1], need[2], &low, &high);
+    long n = 0;
+    if (r >= 0 && low < high) {
+        n = vc_pages_repin(pages, low, high - low, purged, MAX_REPIN);
+        r = n < 0 ? vc_books_restore_pending(b, need[0], need[1], need[2])
+                  : vc_books_repinned(b, need[0], low, high - low, purged, n);
+        if (n < 0 && r >= 0)
+            r = n;
+    }
+    vc_pageset_leave(set);
+    return r < 0 ? r : 1;
+}
+
 /* The store with the lock held; *python set when Python code was called
  * (the lock's own release then delivers what it noted). */
 static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h,
@@ -384,6 +425,17 @@ static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h
         rid = vc_store_put(t, b, h, put, need, lost, MAX_LOST, &nlost);
         if (rid >= 0 || (rid != VC_NEED_SLAB && rid != VC_NEED_REPIN && rid != VC_NEED_ROOM))
             break;
+        if (rid == VC_NEED_REPIN) {
+            long made = repin_in_c(q, b, need);
+            if (made < 0) {
+                PyErr_Format(PyExc_RuntimeError, "the slab books refused a re-pin (errno %ld)",
+                             -made);
+                result = -1;
+                goto out;
+            }
+            if (made)
+                continue; /* no Python code ran */
+        }
         /* Backend calls (Python's): they note no event, the plain release will do. */
         ran = 1;
         PyObject *r;
@@ -519,8 +571,22 @@ static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h
         result = -1;
         goto out;
     }
-    if (!(next & REPORT_EVERY) || used + (q->report_step << 4) >= limit
-        || b->npending >= q->mark_batch) {
+    int due = !(next & REPORT_EVERY) || used + (q->report_step << 4) >= limit;
+    if (!due && b->npending >= q->mark_batch) {
+        /* Only a batch of pages to mark (the idle work runs at a report): in
+         * C where the backend lent its pages; the budget hears of the pages
+         * no longer pinned at the next report. */
+        PyObject *sets = PyObject_GetAttr(q->slabs, s_page_sets);
+        long long marked;
+        int finished = sets == NULL ? -1 : vc_mark_pending(b, sets, &marked);
+        Py_XDECREF(sets);
+        if (finished < 0) {
+            result = -1;
+            goto out;
+        }
+        due = !finished;
+    }
+    if (due) {
         *python = 1;
         PyObject *rid_obj = PyLong_FromLong(rid);
         PyObject *r = rid_obj ? PyObject_CallMethodObjArgs(cache, s_after_store, rid_obj, NULL)
@@ -617,6 +683,82 @@ static uint32_t get_u32(const unsigned char *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+/* An entry's value from its bytes' parts: the trailer (VC_TRAILER bytes)
+ * and the key before it (their tail), and the value's bytes, which
+ * read_value copies into out (0: all there; else a purge took some). The
+ * value, or MISSING (a new reference) for the Python way: another key, one
+ * that Python compares with == (1 == 1.0), another decoder, a purge. */
+typedef long (*value_reader)(const void *from, int64_t start, int64_t length, uint8_t *out);
+
+static PyObject *decode(QuickObject *q, const unsigned char *tail, int64_t ntail, int64_t length,
+                        const unsigned char *kbytes, long nkey, value_reader read_value,
+                        const void *from, int64_t offset)
+{
+    const unsigned char *trailer = tail + ntail - VC_TRAILER;
+    uint32_t skey = get_u32(trailer), nspec = get_u32(trailer + 4);
+    uint32_t tag = (uint32_t)trailer[8] | (uint32_t)trailer[9] << 8, sflags = trailer[10];
+    if ((int64_t)skey + nspec + VC_TRAILER > length || skey != (uint32_t)nkey || (sflags & SPECIAL)
+        || nspec != 0 || (int64_t)skey + VC_TRAILER > ntail
+        || memcmp(trailer - skey, kbytes, (size_t)nkey) != 0)
+        return Py_NewRef(s_missing);
+    int pickled = tag == (uint32_t)q->pickle_tag && q->loads != Py_None;
+    if (tag != (uint32_t)q->bytes_tag && !pickled)
+        return Py_NewRef(s_missing); /* another decoder: Python's */
+    Py_ssize_t nvalue = (Py_ssize_t)(length - VC_TRAILER - skey);
+    /* bytes(n) is new and nobody else's: filled in place, one copy. */
+    PyObject *raw = PyBytes_FromStringAndSize(NULL, nvalue);
+    if (raw == NULL)
+        return NULL;
+    if (read_value(from, offset, nvalue, (uint8_t *)PyBytes_AsString(raw)) != 0) {
+        Py_DECREF(raw);
+        return Py_NewRef(s_missing); /* a purge took some of it */
+    }
+    if (!pickled)
+        return raw;
+    PyObject *value = PyObject_CallFunctionObjArgs(q->loads, raw, NULL);
+    Py_DECREF(raw);
+    return value;
+}
+
+static long read_from_pages(const void *from, int64_t start, int64_t length, uint8_t *out)
+{
+    return vc_pages_read((const struct vc_pages *)from, start, length, out);
+}
+
+static long copy_from_blob(const void *from, int64_t start, int64_t length, uint8_t *out)
+{
+    memcpy(out, (const unsigned char *)from + start, (size_t)length);
+    return 0;
+}
+
+/* The entry read in C from the kernel backend's pages: its tail, then its value. */
+static PyObject *read_pages(QuickObject *q, const struct vc_pages *pages, int64_t offset,
+                            int64_t length, const unsigned char *kbytes, long nkey)
+{
+    unsigned char tail[KEY_CAP + VC_TRAILER];
+    int64_t ntail = length < (int64_t)sizeof tail ? length : (int64_t)sizeof tail;
+    if (vc_pages_read(pages, offset + length - ntail, ntail, tail) != 0)
+        return Py_NewRef(s_missing); /* purged, or outside the region: the careful way */
+    return decode(q, tail, ntail, length, kbytes, nkey, read_from_pages, pages, offset);
+}
+
+/* The entry read whole through the backend's reader (Python's, noting no event). */
+static PyObject *read_whole(QuickObject *q, PyObject *reader, int64_t offset, int64_t length,
+                            const unsigned char *kbytes, long nkey)
+{
+    PyObject *blob = PyObject_CallFunction(reader, "LI", (long long)offset, (unsigned int)length);
+    if (blob == NULL)
+        return NULL;
+    PyObject *value;
+    if (!PyBytes_CheckExact(blob) || PyBytes_Size(blob) != (Py_ssize_t)length)
+        value = Py_NewRef(s_missing); /* None: a purge took some of it */
+    else
+        value = decode(q, (const unsigned char *)PyBytes_AsString(blob), length, length, kbytes,
+                       nkey, copy_from_blob, PyBytes_AsString(blob), 0);
+    Py_DECREF(blob);
+    return value;
+}
+
 /* The idle record of key read without re-pinning, with the lock held, as
  * VolatileCache._hit reads one the first time in a while: its value, or
  * MISSING for the Python way (no such record, or another of its hash first,
@@ -644,7 +786,7 @@ static PyObject *locked_idle(PyObject *cache, QuickObject *q, PyObject *key, uin
         Py_DECREF(missing);
         return NULL;
     }
-    PyObject *result = missing, *rid_obj = NULL, *blob = NULL, *now = NULL;
+    PyObject *result = missing, *rid_obj = NULL, *now = NULL;
     struct vc_table *t = vc_table_of(handle);
     if (t == NULL || b == NULL) {
         PyErr_Clear();
@@ -654,20 +796,28 @@ static PyObject *locked_idle(PyObject *cache, QuickObject *q, PyObject *key, uin
     int64_t loc;
     uint32_t length;
     uint8_t rflags;
-    if (rid < 0 || vc_rec_get(t, rid, &loc, &length, &rflags) < 0 || length > READ_WHOLE
-        || length < VC_TRAILER)
+    if (rid < 0 || vc_rec_get(t, rid, &loc, &length, &rflags) < 0 || length < VC_TRAILER)
         goto out;
     int64_t index = loc >> VC_OFFSET_BITS;
     if (index >= b->nslabs || b->slabs[index].nlost)
         goto out; /* a purge the books must hear of first: the careful way */
-    PyObject *readers = PyObject_GetAttr(q->slabs, s_readers);
-    PyObject *reader = readers && PyList_Check(readers) ? PyList_GetItem(readers, index) : NULL;
-    Py_XINCREF(reader);
-    Py_XDECREF(readers);
-    if (reader == NULL || reader == Py_None) {
-        Py_XDECREF(reader);
-        PyErr_Clear();
-        goto out;
+    /* Read in C where the backend lent its pages (the kernel's), else
+     * through the backend's reader, whole (longer entries: Python's, in parts). */
+    PyObject *set = page_set_of(q, index);
+    const struct vc_pages *pages = set == NULL ? NULL : vc_pageset_pages(set);
+    PyObject *reader = NULL;
+    if (pages == NULL) {
+        if (length > READ_WHOLE)
+            goto out;
+        PyObject *readers = PyObject_GetAttr(q->slabs, s_readers);
+        reader = readers && PyList_Check(readers) ? PyList_GetItem(readers, index) : NULL;
+        Py_XINCREF(reader);
+        Py_XDECREF(readers);
+        if (reader == NULL || reader == Py_None) {
+            Py_XDECREF(reader);
+            PyErr_Clear();
+            goto out;
+        }
     }
     /* Read twice lately: Python promotes it (re-pinned, hot). */
     rid_obj = PyLong_FromLong(rid);
@@ -685,40 +835,22 @@ static PyObject *locked_idle(PyObject *cache, QuickObject *q, PyObject *key, uin
             Py_XDECREF(age);
         }
         if (lately != 0) {
-            Py_DECREF(reader);
+            Py_XDECREF(reader);
             if (lately < 0)
                 goto fail;
             goto out;
         }
     }
-    /* The backend's reader is Python's, but notes no event: the plain release. */
-    blob = PyObject_CallFunction(reader, "LI", (long long)(loc & (((int64_t)1 << VC_OFFSET_BITS) - 1)),
-                                 (unsigned int)length);
-    Py_DECREF(reader);
-    if (blob == NULL)
-        goto fail;
-    if (!PyBytes_CheckExact(blob) || PyBytes_Size(blob) != (Py_ssize_t)length)
-        goto out; /* None: a purge took some of it */
-    const unsigned char *at = (const unsigned char *)PyBytes_AsString(blob);
-    const unsigned char *trailer = at + length - VC_TRAILER;
-    uint32_t skey = get_u32(trailer), nspec = get_u32(trailer + 4);
-    uint32_t tag = (uint32_t)trailer[8] | (uint32_t)trailer[9] << 8, sflags = trailer[10];
-    if ((int64_t)skey + nspec + VC_TRAILER > length || skey != (uint32_t)nkey || (sflags & SPECIAL)
-        || memcmp(at + length - VC_TRAILER - nspec - skey, kbytes, (size_t)nkey) != 0)
-        goto out; /* another key, or one Python compares with == (1 == 1.0) */
-    Py_ssize_t nvalue = (Py_ssize_t)(length - VC_TRAILER - nspec - skey);
-    PyObject *value;
-    if (tag == (uint32_t)q->bytes_tag && nspec == 0) {
-        value = PyBytes_FromStringAndSize((const char *)at, nvalue);
-    } else if (tag == (uint32_t)q->pickle_tag && nspec == 0 && q->loads != Py_None) {
-        PyObject *view = PyMemoryView_FromMemory((char *)at, nvalue, PyBUF_READ);
-        value = view ? PyObject_CallFunctionObjArgs(q->loads, view, NULL) : NULL;
-        Py_XDECREF(view);
-    } else {
-        goto out; /* another decoder: Python's */
-    }
+    int64_t offset = loc & (((int64_t)1 << VC_OFFSET_BITS) - 1);
+    PyObject *value = pages != NULL ? read_pages(q, pages, offset, length, kbytes, nkey)
+                                    : read_whole(q, reader, offset, length, kbytes, nkey);
+    Py_XDECREF(reader);
     if (value == NULL)
         goto fail;
+    if (value == s_missing) {
+        Py_DECREF(value);
+        goto out;
+    }
     /* What _hit does for an idle record read intact: counted, remembered as
      * read now, touched in the order; the budget hears of every 16th. */
     int bad = count_one(q, s_hits) < 0;
@@ -756,7 +888,6 @@ fail:
     Py_DECREF(missing);
     result = NULL;
 out:
-    Py_XDECREF(blob);
     Py_XDECREF(now);
     Py_XDECREF(rid_obj);
     Py_DECREF(handle);
@@ -985,7 +1116,7 @@ int vc_add_quick_type(PyObject *module)
     NAME(s_used, "used") NAME(s_limit, "limit") NAME(s_t, "_t")
     NAME(s_settle_put, "_settle_put") NAME(s_after_store, "_after_store")
     NAME(s_release_slab, "release_slab") NAME(s_evictions, "evictions")
-    NAME(s_active_nbytes, "active_nbytes") NAME(s_store, "store") NAME(s_serve, "serve")
+    NAME(s_active_nbytes, "active_nbytes") NAME(s_store, "store") NAME(s_serve, "serve") NAME(s_page_sets, "_page_sets")
     NAME(s_make_room, "make_room") NAME(s_misses, "misses") NAME(s_hits, "hits")
     NAME(s_readers, "_readers") NAME(s_after_idle_read, "_after_idle_read")
     NAME(s_evict_rid, "_evict_rid") NAME(s_deleted, "deleted") NAME(s_quick, "_quick")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import marshal
 import math
+import mmap
 import os
 import pickle
 import subprocess
@@ -17,8 +18,13 @@ from hypothesis import given, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from volcache import VolatileCache, coremodule
+from volcache.backends import clib
+from volcache.backends.kernel import KernelBackend
+from volcache.backends.pages import VOL
 
-from .conftest import held_by_another_thread, require
+from .conftest import held_by_another_thread, need_backend, require
+
+PS = os.sysconf("SC_PAGE_SIZE")
 
 core = coremodule.core
 
@@ -177,6 +183,77 @@ class QuickAsPython(RuleBasedStateMachine):
 
 QuickAsPython.TestCase.settings = settings(max_examples=80, stateful_step_count=40, deadline=None)
 TestQuickAsPython = QuickAsPython.TestCase
+
+
+class PythonPages(KernelBackend):
+    """The kernel backend without PageSets: every re-pin, mark and read through Python."""
+
+    def page_set(self, region):
+        return None
+
+
+class QuickAsPythonOnPageSets(QuickAsPython):
+    """As QuickAsPython on the kernel backend: the C store re-pins, marks and reads
+    through the region's PageSet (core/pages.c), the reference through the
+    backend's Python calls; the pages' states must agree too, whatever the
+    kernel drops behind the books' back."""
+
+    @initialize(
+        maxsize=st.sampled_from([1, 3, 8, math.inf]), window=st.sampled_from([1, None]),
+        budget=st.sampled_from([None, 3000, 20000]),
+    )  # fmt: skip
+    def make(self, maxsize: float, window: float | None, budget: int | None) -> None:
+        needs_core()
+        need_backend("kernel")
+        self.now = 0.0
+        self.backends = [KernelBackend(), PythonPages()]
+        self.caches = [
+            VolatileCache(
+                maxsize, backend=backend, slab_bytes=16 * PS, mark_batch=4,
+                clock=lambda: self.now, hot_seconds=window, memory_budget=budget,
+            )
+            for backend in self.backends
+        ]  # fmt: skip
+        self.caches[1]._quick = None
+
+    def states(self):
+        return [
+            [bytes(b._book.states(r.ident)) for r in c._entries.store.slabs.regions()]
+            for b, c in zip(self.backends, self.caches, strict=True)
+        ]
+
+    @rule(nth=st.integers(0, 40))
+    def kernel_drops_a_page(self, nth):
+        """The kernel drops a lazily freed page (the same one of both caches)."""
+        states = self.states()
+        volatile = [
+            (slab, page)
+            for slab, pages in enumerate(states[0])
+            for page, state in enumerate(pages)
+            if state == VOL
+        ]  # fmt: skip
+        if not volatile or states[0] != states[1]:
+            return
+        slab, page = volatile[nth % len(volatile)]
+        for cache in self.caches:
+            region = cache._entries.store.slabs.regions()[slab]
+            clib.madvise(region.address + page * PS, PS, mmap.MADV_DONTNEED)
+
+    @invariant()
+    def same_pages(self):
+        if hasattr(self, "backends"):
+            assert self.states()[0] == self.states()[1]
+
+    def teardown(self) -> None:
+        super().teardown()
+        for backend in getattr(self, "backends", []):
+            backend.close()
+
+
+QuickAsPythonOnPageSets.TestCase.settings = settings(
+    max_examples=50, stateful_step_count=40, deadline=None
+)
+TestQuickAsPythonOnPageSets = QuickAsPythonOnPageSets.TestCase
 
 
 # -- what goes the Python way ---------------------------------------------------------------

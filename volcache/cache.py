@@ -498,14 +498,19 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
         # every 16 stores while far from its limit (its margin covers what
         # 16 stores of each cache sharing it add), at once near it (or for a
         # value kept as an object, which may be large). The idle work runs
-        # every 64 stores (a store adds nothing hot to demote), or when a
-        # batch of pages waits to be marked.
+        # every 64 stores (a store adds nothing hot to demote); a batch of
+        # pages waiting to be marked in between is marked alone (as the C
+        # store marks it), the budget hearing of it at the next report.
         stores = self._stores = self._stores + 1
         near = self._pool.used + (self._report_step << 4) >= self._pool.limit
         if (not stores & _REPORT_EVERY or kept or near) and self._report():
             self._fit_budget(rid)
-        if not stores & _IDLE_WORK_EVERY or self._entries.store.slabs.npending >= self._mark_batch:
+        if not stores & _IDLE_WORK_EVERY:
             self._maintain()
+        else:
+            slabs = self._entries.store.slabs
+            if slabs.npending >= self._mark_batch:
+                slabs.flush()
 
     def _delitem(self, key: Hashable) -> None:
         """``del self[key]``."""

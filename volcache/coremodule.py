@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 
 #: The interface this package was written for (the module's VERSION).
-VERSION = 3
+VERSION = 4
 #: The C sources, where a source checkout has them (a folder with module.c and
 #: pycore.h, not any package named core): a build whose hash differs is stale.
 SOURCES = Path(__file__).resolve().parent.parent / "core"

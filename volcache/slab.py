@@ -85,6 +85,10 @@ class SlabAllocator:
         self.classes = self.books.classes
         self._regions: list[Region | None] = []  # by slab index
         self._readers: list[Callable[[int, int], bytes | None] | None] = []
+        # The backend's PageSet of each slab (None: its Python calls), through
+        # which the C store re-pins and reads (core/pages.h).
+        self._page_sets: list[object | None] = []
+        self._native_marks = hasattr(self.books, "mark_pending")  # the C books
 
     @property
     def npending(self) -> int:
@@ -141,6 +145,7 @@ class SlabAllocator:
         self.books.drop_slab(index)
         self._regions[index] = None
         self._readers[index] = None
+        self._page_sets[index] = None
 
     def view(self, loc: int, nbytes: int) -> memoryview:
         """A writable view of an entry's bytes (a new view: release it when done)."""
@@ -206,6 +211,12 @@ class SlabAllocator:
         ps = self.page_size
         books = self.books
         marked = 0
+        if self._native_marks and any(self._page_sets):
+            # Marked in C where the backend lent its pages (the kernel's);
+            # what is left (another backend's slab, a drain due) goes on here.
+            marked, finished = books.mark_pending(self._page_sets)  # type: ignore[attr-defined]
+            if finished:
+                return marked
         for index, first, stop in books.pending_runs():
             region = self._regions[index]
             assert region is not None
@@ -265,8 +276,10 @@ class SlabAllocator:
         while len(self._regions) <= index:
             self._regions.append(None)
             self._readers.append(None)
+            self._page_sets.append(None)
         self._regions[index] = region
         self._readers[index] = self.backend.reader(region)  # dropped with the slab
+        self._page_sets[index] = self.backend.page_set(region)
 
     # -- accounting -----------------------------------------------------------------
 
@@ -297,4 +310,5 @@ class SlabAllocator:
                 self.backend.release(region)
         self._regions = []
         self._readers = []
+        self._page_sets = []
         self.books.reset()
