@@ -44,6 +44,7 @@
 #define READ_WHOLE 16384 /* volcache.store._READ_WHOLE: longer entries are read in parts */
 #define SPECIAL 4 /* volcache.store.SPECIAL_KEY */
 #define REPORT_EVERY 15 /* volcache.cache._REPORT_EVERY: stores & it == 0, Python's turn */
+#define IDLE_WORK_EVERY 63 /* volcache.cache._IDLE_WORK_EVERY: stores & it == 0, the idle work's */
 #define MAX_TRIES 8 /* backend calls for one put, at most (a slab, a re-pin, a larger table) */
 #define NEED_SLAB (-1) /* volcache.slabbooks.NEED_SLAB, as SlabAllocator.serve takes it */
 #define NEED_REPIN (-2)
@@ -572,10 +573,10 @@ static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h
         goto out;
     }
     int due = !(next & REPORT_EVERY) || used + (q->report_step << 4) >= limit;
-    if (!due && b->npending >= q->mark_batch) {
-        /* Only a batch of pages to mark (the idle work runs at a report): in
-         * C where the backend lent its pages; the budget hears of the pages
-         * no longer pinned at the next report. */
+    if ((!due || (next & IDLE_WORK_EVERY)) && b->npending >= q->mark_batch) {
+        /* A batch of pages to mark, and not the idle work's turn (which
+         * marks them itself): in C where the backend lent its pages, before
+         * any report (which then counts them unpinned). */
         PyObject *sets = PyObject_GetAttr(q->slabs, s_page_sets);
         long long marked;
         int finished = sets == NULL ? -1 : vc_mark_pending(b, sets, &marked);
@@ -584,7 +585,7 @@ static int locked_set(PyObject *cache, QuickObject *q, PyObject *key, uint32_t h
             result = -1;
             goto out;
         }
-        due = !finished;
+        due = due || !finished;
     }
     if (due) {
         *python = 1;

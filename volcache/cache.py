@@ -499,18 +499,19 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
         # 16 stores of each cache sharing it add), at once near it (or for a
         # value kept as an object, which may be large). The idle work runs
         # every 64 stores (a store adds nothing hot to demote); a batch of
-        # pages waiting to be marked in between is marked alone (as the C
-        # store marks it), the budget hearing of it at the next report.
+        # pages waiting to be marked in between is marked alone, first (as
+        # the C store marks it).
         stores = self._stores = self._stores + 1
-        near = self._pool.used + (self._report_step << 4) >= self._pool.limit
-        if (not stores & _REPORT_EVERY or kept or near) and self._report():
-            self._fit_budget(rid)
-        if not stores & _IDLE_WORK_EVERY:
-            self._maintain()
-        else:
+        idle_work = not stores & _IDLE_WORK_EVERY
+        if not idle_work:
             slabs = self._entries.store.slabs
             if slabs.npending >= self._mark_batch:
                 slabs.flush()
+        near = self._pool.used + (self._report_step << 4) >= self._pool.limit
+        if (not stores & _REPORT_EVERY or kept or near) and self._report():
+            self._fit_budget(rid)
+        if idle_work:
+            self._maintain()
 
     def _delitem(self, key: Hashable) -> None:
         """``del self[key]``."""
