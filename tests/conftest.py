@@ -19,7 +19,7 @@ from volcache.backends import available_backends, backend_class, get_backend
 
 BACKENDS = list(available_backends())
 #: The tier's servers, which VOLCACHE_REQUIRE may also name (then a missing one fails).
-SERVERS = ["redis", "memcached"]
+SERVERS = ["redis", "memcached", "redis-cluster"]
 WITH_FAULT_INJECTION = [n for n in BACKENDS if backend_class(n).capabilities.fault_injection]
 
 

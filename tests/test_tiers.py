@@ -1,4 +1,5 @@
-"""The shared tier against real servers: Redis and memcached, started here on loopback."""
+"""The shared tier against real servers: Redis, memcached and a Redis Cluster of six
+nodes, started here on loopback."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from volcache import PickleCodec, VolatileCache, cached
-from volcache.bench import servers
+from volcache.bench import cluster, servers
 from volcache.tiers import MemcachedTier, RedisTier, Tier, Unavailable, envelope
 from volcache.tiers.keys import stable_key_bytes
 
@@ -24,10 +25,13 @@ from .conftest import require
 
 CHILD = Path(__file__).with_name("tier_child.py")
 SECRET = b"0123456789abcdef-test-secret"
-KINDS = ["redis", "memcached"]
+KINDS = ["redis", "memcached", "redis-cluster"]
 
 
 def _server(kind: str):
+    if kind == "redis-cluster":
+        require(kind, cluster.missing_cluster())
+        return cluster.running_cluster()
     require(kind, servers.missing(kind))
     return servers.running(kind)
 
@@ -44,6 +48,8 @@ def make_tier(server, **options) -> Tier:
     options.setdefault("timeout", 1.0)
     if server.kind == "redis":
         return RedisTier(server.url, **options)
+    if server.kind == "redis-cluster":
+        return RedisTier(server.url, cluster=True, **options)
     return MemcachedTier(server.url, **options)
 
 
@@ -57,10 +63,17 @@ def raw_set(tier: Tier, name: str, blob: bytes) -> None:
     tier.set(name, blob, None)
 
 
-def generation_of(cache) -> int:
-    """The generation under which values of the cache's namespace are current now."""
+def generation_of(cache, key="any key") -> int:
+    """The generation under which a value of ``key`` is current now (on a cluster,
+    each group of keys has its own)."""
     bound = cache._tier
-    return bound.lookup(bound.key_of("any key"))[1]
+    return bound.lookup(bound.key_of(key))[1]
+
+
+def gen_key_of(cache, key) -> str:
+    """The tier key of the generation token that ``key``'s value is read with."""
+    bound = cache._tier
+    return bound._gen_keys[bound._group_of(bound.key_of(key)[0])]
 
 
 def unsigned_envelope(kind: int, meta: bytes, payload: bytes, generation: int) -> bytes:
@@ -279,18 +292,20 @@ def test_cleared_values_stay_absent_when_the_generation_key_is_lost(server):
         return VolatileCache(backend="sim", tier=make_tier(server, namespace=tier.namespace))
 
     with VolatileCache(backend="sim", tier=tier) as writer, process() as reader:
-        gen_key = writer._tier._gen_key
+        gen_keys = {gen_key_of(writer, "first"), gen_key_of(writer, "second")}
         writer["first"] = b"before the first clear"
         writer.clear()
         writer["second"] = b"before the second clear"
         assert reader.get("first") is None and reader.get("second") == b"before the second clear"
         writer.clear()
         reader.clear()  # its own copies: what it finds from now on comes from the tier
-        tier.delete(gen_key)  # evicted under memory pressure
+        for gen_key in gen_keys:  # evicted under memory pressure
+            tier.delete(gen_key)
         assert reader.get("first") is None and reader.get("second") is None
         with process() as new:
             assert new.get("first") is None and new.get("second") is None
-        tier.delete(gen_key)
+        for gen_key in gen_keys:
+            tier.delete(gen_key)
         writer.clear()  # a clear after the loss starts nothing over
         with process() as new:
             assert new.get("first") is None and new.get("second") is None
@@ -306,7 +321,7 @@ def test_a_server_gone_back_to_a_cleared_generation_is_cleared_again(server):
     tier = make_tier(server)
     with VolatileCache(backend="sim", tier=tier) as writer:
         writer["k"] = b"cleared"
-        gen_key = writer._tier._gen_key
+        gen_key = gen_key_of(writer, "k")
         old = tier.get_many([gen_key])[0]
         writer.clear()
         assert writer.get("k") is None
@@ -344,7 +359,7 @@ def test_tampered_or_foreign_values_are_rejected_never_unpickled(server, tmp_pat
         return VolatileCache(backend="sim", tier=tier, codec=PickleCodec(), regenerate=regenerate)
 
     with cache() as c:
-        bound, generation = c._tier, generation_of(c)
+        bound, generation = c._tier, generation_of(c, "k")
     name, data = bound.key_of("k")
     where = bound._where(data)
     good = sealed({"v": 1}, bound.codec, generation, SECRET, where)
@@ -373,7 +388,7 @@ def test_without_a_secret_a_pickle_from_the_server_is_refused(server, tmp_path, 
     tier = make_tier(server)
     with VolatileCache(backend="sim", tier=tier) as cache:
         name, data = cache._tier.key_of("k")
-        where, generation = cache._tier._where(data), generation_of(cache)
+        where, generation = cache._tier._where(data), generation_of(cache, "k")
         blob = sealed(Boom(), PickleCodec(), generation, SECRET, where)
         raw_set(tier, name, blob[: -envelope.MAC_BYTES].replace(b"\x01\x00", b"\x00\x00", 1))
         raw_set(tier, name, blob)
@@ -477,7 +492,7 @@ def test_a_numpy_value_numpy_cannot_make_is_absent_not_an_error(server):
     tier = make_tier(server)
     with VolatileCache(backend="sim", tier=tier, regenerate=lambda k: b"made here") as cache:
         name, _ = cache._tier.key_of("k")
-        generation = generation_of(cache)
+        generation = generation_of(cache, "k")
         for n, (descr, shape, size) in enumerate(hostile):
             meta = json.dumps({"descr": descr, "shape": shape}).encode()
             raw_set(tier, name, unsigned_envelope(envelope.NUMPY, meta, b"\0" * size, generation))
@@ -607,11 +622,11 @@ def test_calls_failing_together_open_the_breaker_for_the_first_pause_only():
     for worker in workers:
         worker.join(10)
     assert len(failed) == threads
-    assert tier._open_until - tier.now == 1.0 and tier.skipping
+    assert tier._breakers[None].open_until - tier.now == 1.0 and tier.skipping
     tier.now += 1.0  # the pause is over: one trial, which fails
     with pytest.raises(Unavailable):
         tier.call(tier.set, "k", b"v", None)
-    assert tier._open_until - tier.now == 2.0
+    assert tier._breakers[None].open_until - tier.now == 2.0
 
 
 # -- the cross-process lock ------------------------------------------------------------------------
@@ -787,7 +802,7 @@ def test_a_value_too_large_for_the_server_stays_local_without_tripping_the_break
         one["small"] = b"s"
         with VolatileCache(backend="sim", tier=tier) as two:
             assert two["small"] == b"s"
-            assert (two.get(0) == big) == (server.kind == "redis")
+            assert (two.get(0) == big) == (server.kind != "memcached")
 
 
 def test_memcached_keys_spread_over_several_servers():

@@ -21,8 +21,11 @@ def main() -> None:
     kind, url, namespace, log, keys = sys.argv[1:6]
     lock = "--lock" in sys.argv
     pause = float(sys.argv[sys.argv.index("--sleep") + 1]) if "--sleep" in sys.argv else 0.0
-    make = RedisTier if kind == "redis" else MemcachedTier
-    tier = make(url, namespace=namespace, lock=lock, timeout=1.0, lock_timeout=10.0)
+    options = {"namespace": namespace, "lock": lock, "timeout": 1.0, "lock_timeout": 10.0}
+    if kind == "memcached":
+        tier = MemcachedTier(url, **options)
+    else:
+        tier = RedisTier(url, cluster=kind == "redis-cluster", **options)
 
     @cached(tier=tier, backend="sim")
     def f(k: int) -> bytes:

@@ -49,6 +49,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.cluster and args.scenario != "tier":
+        raise UsageError("--cluster goes with --scenario tier")
     if args.scenario == "many-small":
         return _many_small(args)
     if args.scenario == "tier":
@@ -149,10 +151,10 @@ def _many_small(args: argparse.Namespace) -> int:
 
 
 def _tier(args: argparse.Namespace) -> int:
-    from .bench import servers, tiered
+    from .bench import cluster, servers, tiered
     from .bench.scenario import machine_line
 
-    reason = servers.missing("redis")
+    reason = cluster.missing_cluster() if args.cluster else servers.missing("redis")
     if reason is not None:
         raise UsageError(f"--scenario tier runs a Redis server: {reason}")
     try:
@@ -167,10 +169,11 @@ def _tier(args: argparse.Namespace) -> int:
     backend = args.backend or ("kernel" if reasons.get("kernel") is None else "sim")
     if reasons.get(backend, "unknown") is not None:
         raise UsageError(f"--backend: {backend} is unavailable here")
+    shared = "a Redis Cluster (3 masters, 3 replicas)" if args.cluster else "one Redis"
     print(f"volcache bench, shared tier: {tiered.WORKERS} workers, each with a {limit >> 20} MiB "
-          f"memory limit, {duration:g} s, volcache on {backend}; without a tier, then with one "
-          f"Redis; {machine_line()}", flush=True)  # fmt: skip
-    outcome = tiered.compete(limit, duration, backend, args.seed)
+          f"memory limit, {duration:g} s, volcache on {backend}; without a tier, then with "
+          f"{shared}; {machine_line()}", flush=True)  # fmt: skip
+    outcome = tiered.compete(limit, duration, backend, args.seed, cluster=args.cluster)
     if outcome["cgroups"] is not None:
         print(f"(no memory cgroup here: {outcome['cgroups']}; the workers ran unlimited)")
     print()
@@ -251,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
         "(default 1: every cache starts as full as it can be)",
     )
     bench.add_argument("--seed", type=int, default=0, help="the workload's seed")
+    bench.add_argument(
+        "--cluster",
+        action="store_true",
+        help="--scenario tier: share a Redis Cluster of six nodes (started here) instead of "
+        "one Redis",
+    )
     args = parser.parse_args(argv)
     try:
         return {"info": _info, "bench": _bench}[args.command](args)

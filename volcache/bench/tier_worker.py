@@ -23,7 +23,10 @@ def main() -> None:
     if config.get("redis"):
         from ..tiers import RedisTier
 
-        tier = RedisTier(config["redis"], namespace=config["namespace"], timeout=0.5)
+        tier = RedisTier(
+            config["redis"], cluster=config.get("cluster", False),
+            namespace=config["namespace"], timeout=0.5,
+        )  # fmt: skip
     cache = VolatileCache(
         backend=config["backend"], regenerate=lambda key: make_value(workload, key), tier=tier
     )

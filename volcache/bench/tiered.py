@@ -1,4 +1,5 @@
-"""The tier scenario: two processes under memory pressure, alone and sharing one Redis.
+"""The tier scenario: two processes under memory pressure, alone and sharing one Redis
+(or, with ``cluster``, a Redis Cluster of three masters and three replicas).
 
 Each worker runs the pressure workload (Zipf keys over a working set twice
 the limit, values that cost CPU) with its own key stream, in a memory cgroup
@@ -19,6 +20,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .. import cgroups
+from . import cluster as redis_cluster
 from . import servers
 from .workload import Workload
 
@@ -26,19 +28,26 @@ WORKERS = 2
 _GRACE = 60.0
 
 
-def compete(limit: int, duration: float, backend: str, seed: int = 0) -> dict[str, Any]:
+def compete(
+    limit: int, duration: float, backend: str, seed: int = 0, cluster: bool = False
+) -> dict[str, Any]:
     """Run both rounds; the results of each worker of each, and whether under cgroups."""
     workload = Workload.for_memory(2 * limit, seed=seed)
     no_cgroups = cgroups.unavailable_reason()
     rounds: dict[str, list[dict[str, Any]]] = {}
-    with servers.running("redis", memory=4 * limit) as redis:
-        for mode, url in (("no tier", None), ("shared Redis", redis.url)):
+    server: Any = (
+        redis_cluster.running_cluster() if cluster else servers.running("redis", memory=4 * limit)
+    )
+    shared = "shared Redis Cluster" if cluster else "shared Redis"
+    with server as redis:
+        for mode, url in (("no tier", None), (shared, redis.url)):
             config = {
                 "workload": asdict(workload), "duration": duration, "backend": backend,
-                "redis": url, "namespace": f"bench-{uuid.uuid4().hex[:8]}",
+                "redis": url, "cluster": cluster, "namespace": f"bench-{uuid.uuid4().hex[:8]}",
             }  # fmt: skip
             rounds[mode] = _round(config, limit, no_cgroups is None)
-    return {"rounds": rounds, "cgroups": no_cgroups, "workload": asdict(workload)}
+    return {"rounds": rounds, "cgroups": no_cgroups, "workload": asdict(workload),
+            "cluster": cluster}  # fmt: skip
 
 
 def _round(config: dict[str, Any], limit: int, limited: bool) -> list[dict[str, Any]]:
@@ -73,17 +82,17 @@ def _round(config: dict[str, Any], limit: int, limited: bool) -> list[dict[str, 
 def table(outcome: dict[str, Any]) -> str:
     """The rounds side by side, a line per worker."""
     lines = [
-        f"{'':14} {'worker':>6} {'lookups/s':>10} {'regenerated':>12} {'tier hits':>10} "
+        f"{'':20} {'worker':>6} {'lookups/s':>10} {'regenerated':>12} {'tier hits':>10} "
         f"{'purged':>8} {'wrong':>6}"
     ]
     for mode, workers in outcome["rounds"].items():
         for n, result in enumerate(workers, 1):
             if "failed" in result:
-                lines.append(f"{mode:14} {n:>6} failed: {result['failed']}")
+                lines.append(f"{mode:20} {n:>6} failed: {result['failed']}")
                 continue
             rate = result["lookups"] / result["seconds"] if result["seconds"] else 0.0
             lines.append(
-                f"{mode:14} {n:>6} {rate:>10,.0f} {result['regenerated']:>12,} "
+                f"{mode:20} {n:>6} {rate:>10,.0f} {result['regenerated']:>12,} "
                 f"{result['tier_hits']:>10,} {result['purged']:>8,} {result['wrong']:>6}"
             )
     return "\n".join(lines)

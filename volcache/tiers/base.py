@@ -1,13 +1,18 @@
 """The tier contract: a shared store behind the caches of many processes.
 
-A :class:`Tier` talks to one server (or pool); subclass it for another store
-by implementing its five storage methods. Every call to the server goes
-through :meth:`Tier.call`, which turns any failure into "not available" and
-keeps the circuit breaker: after ``failures`` errors in a row the tier is
-skipped for ``backoff`` seconds, doubling with each failed trial up to
-``max_backoff``; the first call after the pause is a trial, and a success
-closes the breaker. Calls in flight together when the server goes away are
-not trials: however many fail, the first pause is ``backoff``.
+A :class:`Tier` talks to one server (or pool, or cluster); subclass it for
+another store by implementing its five storage methods. Every call to the
+server goes through :meth:`Tier.call`, which turns any failure into "not
+available" and keeps a circuit breaker: after ``failures`` errors in a row
+the tier is skipped for ``backoff`` seconds, doubling with each failed trial
+up to ``max_backoff``; the first call after the pause is a trial, and a
+success closes the breaker. Calls in flight together when the server goes
+away are not trials: however many fail, the first pause is ``backoff``.
+
+A tier of several servers keeps a breaker per server (:meth:`Tier.where`
+names the one a key lives on), so one dead server switches off only the keys
+that live on it, and spreads a namespace over :attr:`Tier.groups` groups of
+keys, each read with its own generation in one round trip to its server.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import abc
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -32,6 +37,18 @@ class Unavailable(Exception):
 
 class Skipped(Unavailable):
     """Not even tried: the tier failed lately (the circuit breaker is open)."""
+
+
+class _Breaker:
+    """One server's breaker (the tier's lock guards it)."""
+
+    __slots__ = ("backoff", "failures", "open_until", "trial")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.backoff = BACKOFF
+        self.open_until = 0.0
+        self.trial = False
 
 
 class Tier(abc.ABC):
@@ -56,6 +73,10 @@ class Tier(abc.ABC):
 
     #: What to ``pip install`` for this tier (for the error when it is missing).
     requirement = ""
+    #: Groups a namespace's keys are spread over, each with a generation of its
+    #: own on the server that holds the group (a cluster); 0: one generation
+    #: for the namespace (one server, or servers that do not need it).
+    groups = 0
 
     def __init__(
         self,
@@ -90,10 +111,7 @@ class Tier(abc.ABC):
         self.lock = bool(lock)
         self.lock_timeout = lock_timeout
         self._breaker = threading.Lock()
-        self._failures = 0
-        self._backoff = BACKOFF
-        self._open_until = 0.0
-        self._trial = False
+        self._breakers: dict[Hashable, _Breaker] = {None: _Breaker()}
         self.clock: Callable[[], float] = time.monotonic
 
     # -- the storage, for a subclass --------------------------------------------------
@@ -109,6 +127,12 @@ class Tier(abc.ABC):
     @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key`` if present."""
+
+    def set_many(self, items: list[tuple[str, bytes]]) -> None:
+        """Store each ``(key, value)`` (for good); this default sets them one by one.
+        A failure part way may leave some set."""
+        for key, value in items:
+            self.set(key, value, None)
 
     @abc.abstractmethod
     def incr(self, key: str) -> int:
@@ -137,45 +161,68 @@ class Tier(abc.ABC):
 
     # -- calls, through the breaker -----------------------------------------------------
 
-    def call(self, operation: Callable[..., T], *args: Any) -> T:
-        """``operation(*args)``; ``Unavailable`` if it fails or the breaker is open."""
+    def where(self, key: str) -> Hashable:
+        """The breaker the calls for ``key`` go through: the server that holds it now
+        (None: the tier's one breaker, the default)."""
+        return None
+
+    def call(self, operation: Callable[..., T], *args: Any, where: Hashable = None) -> T:
+        """``operation(*args)``; ``Unavailable`` if it fails or the breaker of ``where``
+        (see :meth:`where`) is open."""
         trial = False
         with self._breaker:
-            if self._failures >= FAILURES:
-                if self.clock() < self._open_until or self._trial:
+            breaker = self._breakers.get(where)
+            if breaker is None:
+                breaker = self._breakers[where] = _Breaker()
+            if breaker.failures >= FAILURES:
+                if self.clock() < breaker.open_until or breaker.trial:
                     raise Skipped("skipped: the tier failed lately")
-                trial = self._trial = True  # one call tries; the others keep skipping meanwhile
+                trial = breaker.trial = True  # one call tries; the others keep skipping meanwhile
         try:
             result = operation(*args)
         except BaseException as exc:
             if not isinstance(exc, Exception):  # an interrupt: no verdict on the server
                 if trial:
                     with self._breaker:
-                        self._trial = False
+                        breaker.trial = False
                 raise
             with self._breaker:
-                self._failures += 1
+                breaker.failures += 1
                 if trial:
-                    self._trial = False
-                    self._backoff = min(self._backoff * 2, MAX_BACKOFF)
-                    self._open_until = self.clock() + self._backoff
-                elif self._failures == FAILURES:
+                    breaker.trial = False
+                    breaker.backoff = min(breaker.backoff * 2, MAX_BACKOFF)
+                    breaker.open_until = self.clock() + breaker.backoff
+                elif breaker.failures == FAILURES:
                     # Opens now. Calls that were in flight with this one and fail
                     # after it are no trials: they neither double nor extend the pause.
-                    self._open_until = self.clock() + self._backoff
+                    breaker.open_until = self.clock() + breaker.backoff
             raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
         with self._breaker:
             if trial:
-                self._trial = False
-            self._failures = 0
-            self._backoff = BACKOFF
+                breaker.trial = False
+            breaker.failures = 0
+            breaker.backoff = BACKOFF
         return result
+
+    def skipping_at(self, where: Hashable = None) -> bool:
+        """Whether calls through the breaker of ``where`` are being skipped now."""
+        with self._breaker:
+            breaker = self._breakers.get(where)
+            return (
+                breaker is not None
+                and breaker.failures >= FAILURES
+                and self.clock() < breaker.open_until
+            )
 
     @property
     def skipping(self) -> bool:
-        """Whether calls are being skipped now (the breaker is open)."""
+        """Whether calls are being skipped now (the tier's one breaker is open; a
+        tier of several servers: any of them)."""
         with self._breaker:
-            return self._failures >= FAILURES and self.clock() < self._open_until
+            now = self.clock()
+            return any(
+                b.failures >= FAILURES and now < b.open_until for b in self._breakers.values()
+            )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(namespace={self.namespace!r}, version={self.version})"

@@ -14,6 +14,14 @@ computed after a lookup that missed is written under the generation of that
 miss (:meth:`BoundTier.computing`), so a clear elsewhere during the
 computation makes it absent, never current; other writes use the latest
 generation this process saw.
+
+On a tier of several servers that each hold a part of the keys (a Redis
+Cluster: ``tier.groups`` > 0), a namespace's keys fall into that many groups
+by their hash, each group's keys and its own generation token sharing a
+hash tag: they live on one server, where one ``MGET`` reads both, and the
+groups spread over every server. ``clear`` gives every group a new token and
+returns once all of them are written: a value from before it is absent in
+every process from then on.
 """
 
 from __future__ import annotations
@@ -63,8 +71,16 @@ class BoundTier:
         self.codec = codec
         self.parse = parse
         self._prefix = f"volcache:{namespace_part(namespace)}:{tier.version}:"
-        self._gen_key = self._prefix + "gen"
-        self._generations = Generations()
+        self._groups = tier.groups
+        if self._groups:
+            # A hash tag per group: the group's keys and its token on one server.
+            # The namespace's hash in it: other namespaces' groups fall elsewhere.
+            base = hashlib.sha256(self._prefix.encode()).hexdigest()[:8]
+            self._tags = [f"{self._prefix}{{{base}.{g:x}}}:" for g in range(self._groups)]
+        else:
+            self._tags = [self._prefix]
+        self._gen_keys = [tag + "gen" for tag in self._tags]
+        self._generations = [Generations() for _ in self._tags]
         # A clear() the server did not take: until it does, this process reads
         # nothing from the tier and writes nothing to it (a value from before
         # the clear would be current again).
@@ -78,10 +94,12 @@ class BoundTier:
         with self._lock:
             self.counts[name] += 1
 
-    def _call(self, operation: Any, *args: Any) -> Any:
-        """The tier's call; counts a failure or a skip and re-raises ``Unavailable``."""
+    def _call(self, operation: Any, *args: Any, key: str | None = None) -> Any:
+        """The tier's call (through the breaker of the server that holds ``key``);
+        counts a failure or a skip and re-raises ``Unavailable``."""
+        where = None if key is None else self.tier.where(key)
         try:
-            return self.tier.call(operation, *args)
+            return self.tier.call(operation, *args, where=where)
         except Skipped:
             self._count("tier_skipped")
             raise
@@ -92,7 +110,12 @@ class BoundTier:
     def key_of(self, key: Any) -> tuple[str, bytes]:
         """(the tier key, the key's stable bytes); ``TypeError`` if it has none."""
         data = stable_key_bytes(key)
-        return self._prefix + hashlib.sha256(data).hexdigest(), data
+        digest = hashlib.sha256(data).hexdigest()
+        return self._tags[self._group_of(digest)] + digest, data
+
+    def _group_of(self, name: str) -> int:
+        """The group of a tier key (or of its digest, which ends it)."""
+        return int(name[-64:-56], 16) % self._groups if self._groups else 0
 
     def _where(self, data: bytes) -> bytes:
         return envelope.context(self.namespace, self.tier.version, data)
@@ -111,12 +134,13 @@ class BoundTier:
         name, data = named
         if self._clear_pending and not self._finish_clear():
             return MISSING, None
-        ticket = self._generations.ticket()
+        group = self._group_of(name)
+        ticket = self._generations[group].ticket()
         try:
-            raw, blob = self._call(self.tier.get_many, [self._gen_key, name])
+            raw, blob = self._call(self.tier.get_many, [self._gen_keys[group], name], key=name)
         except Unavailable:
             return MISSING, None
-        generation = self._settle(ticket, parse_token(raw))
+        generation = self._settle(group, ticket, parse_token(raw))
         if generation is None or blob is None:
             if count:
                 self._count("tier_misses")
@@ -154,91 +178,110 @@ class BoundTier:
         name, data = named
         if self._clear_pending and not self._finish_clear():
             return
-        carried = self._generations.carried(name)
+        group = self._group_of(name)
+        carried = self._generations[group].carried(name)
         if carried is not None:
             generation = carried[0]
         else:
-            generation = self._generations.known
+            generation = self._generations[group].known
             if generation is None:
-                generation = self._read_generation()
+                generation = self._read_generation(group)
         if generation is None:
             return  # unknown: a write could outlive a clear
         blob = envelope.encode(encoded, self.codec, generation, self.tier.secret, self._where(data))
         if blob is None:
             return
         with contextlib.suppress(Unavailable):
-            self._call(self.tier.set, name, blob, self.tier.ttl)
+            self._call(self.tier.set, name, blob, self.tier.ttl, key=name)
 
     def remove(self, named: tuple[str, bytes]) -> None:
         """Delete a key's value in the tier."""
         name, _ = named
         with contextlib.suppress(Unavailable):
-            self._call(self.tier.delete, name)
+            self._call(self.tier.delete, name, key=name)
 
     def clear(self) -> None:
         """Every value of the namespace becomes absent, in every process. If the
-        server cannot be told now, this process neither reads nor writes the
-        tier until it can (other processes see the old values until then)."""
-        self._clear_pending = self._renew() is None
+        server (every server holding a group) cannot be told now, this process
+        neither reads nor writes the tier until it can (other processes see the
+        old values of the groups not told until then)."""
+        self._clear_pending = not self._renew_all()
 
     def _finish_clear(self) -> bool:
         """A clear that did not reach the server, tried again; whether it has now."""
-        if self._renew() is None:
+        if not self._renew_all():
             return False
         self._clear_pending = False
         return True
 
     # -- the generation -----------------------------------------------------------------
 
-    def _read_generation(self) -> int | None:
+    def _read_generation(self, group: int) -> int | None:
         if self._clear_pending and not self._finish_clear():
             return None
-        ticket = self._generations.ticket()
+        gen_key = self._gen_keys[group]
+        ticket = self._generations[group].ticket()
         try:
-            raw = self._call(self.tier.get_many, [self._gen_key])[0]
+            raw = self._call(self.tier.get_many, [gen_key], key=gen_key)[0]
         except Unavailable:
             return None
-        return self._settle(ticket, parse_token(raw))
+        return self._settle(group, ticket, parse_token(raw))
 
-    def _settle(self, ticket: int, token: int | None) -> int | None:
+    def _settle(self, group: int, ticket: int, token: int | None) -> int | None:
         """The generation after a reading (with ``ticket``) found ``token``: that
         token; a new one if it was lost; or a new one if the server went back
         to a token this process saw replaced (what was cleared stays absent)."""
         if token is None:
-            return self._establish()
-        if self._generations.learn(ticket, token):
+            return self._establish(group)
+        if self._generations[group].learn(ticket, token):
             return token
-        return self._renew()
+        return self._renew(group)
 
-    def _establish(self) -> int | None:
-        """A namespace without a token (new, or its token lost) gets one, unless
+    def _establish(self, group: int) -> int | None:
+        """A group without a token (new, or its token lost) gets one, unless
         another process gave it one first."""
         token = new_token()
+        gen_key, generations = self._gen_keys[group], self._generations[group]
         try:
-            if self._call(self.tier.add, self._gen_key, b"%d" % token, None):
+            if self._call(self.tier.add, gen_key, b"%d" % token, None, key=gen_key):
                 # Its own write is what it knows from now on: a reading answered
                 # before the write landed must not replace it (a ticket taken after).
-                self._generations.learn(self._generations.ticket(), token)
+                generations.learn(generations.ticket(), token)
                 return token
-            ticket = self._generations.ticket()
-            found = parse_token(self._call(self.tier.get_many, [self._gen_key])[0])
+            ticket = generations.ticket()
+            found = parse_token(self._call(self.tier.get_many, [gen_key], key=gen_key)[0])
         except Unavailable:
             return None
         if found is None:  # lost again at once, or not a token: replaced
-            return self._renew()
-        return found if self._generations.learn(ticket, found) else self._renew()
+            return self._renew(group)
+        return found if generations.learn(ticket, found) else self._renew(group)
 
-    def _renew(self) -> int | None:
-        """A new token: every value of the namespace becomes absent."""
+    def _renew(self, group: int) -> int | None:
+        """A new token: every value of the group becomes absent."""
         token = new_token()
+        gen_key, generations = self._gen_keys[group], self._generations[group]
         try:
-            self._call(self.tier.set, self._gen_key, b"%d" % token, None)
+            self._call(self.tier.set, gen_key, b"%d" % token, None, key=gen_key)
         except Unavailable:
             return None
         # A ticket taken after the write: a reading answered before it landed
         # (the old token) began earlier, and does not replace this one.
-        self._generations.learn(self._generations.ticket(), token)
+        generations.learn(generations.ticket(), token)
         return token
+
+    def _renew_all(self) -> bool:
+        """A new token for every group, written together; whether all were."""
+        if not self._groups:
+            return self._renew(0) is not None
+        tokens = [new_token() for _ in self._gen_keys]
+        items = [(key, b"%d" % token) for key, token in zip(self._gen_keys, tokens, strict=True)]
+        try:
+            self._call(self.tier.set_many, items)
+        except Unavailable:
+            return False
+        for generations, token in zip(self._generations, tokens, strict=True):
+            generations.learn(generations.ticket(), token)
+        return True
 
     # -- single flight across processes ---------------------------------------------------
 
@@ -260,7 +303,7 @@ class BoundTier:
         then compute themselves.
         """
         name, _ = named
-        with self._generations.carrying(name, generation) as carried:
+        with self._generations[self._group_of(name)].carrying(name, generation) as carried:
             if not (lock and self.tier.lock):
                 yield MISSING
                 return
@@ -279,7 +322,7 @@ class BoundTier:
                         break
                     if seen is not None:
                         carried[0] = seen  # the computation begins after this miss
-                    if self.tier.skipping:
+                    if self.tier.skipping_at(self.tier.where(name)):
                         break
                     # The holder gave up (an error) or its lock expired: take it.
                     held = self._acquire(lock_key, token)
@@ -298,10 +341,12 @@ class BoundTier:
             finally:
                 if held:
                     with contextlib.suppress(Unavailable):
-                        self._call(self.tier.release, lock_key, token)
+                        self._call(self.tier.release, lock_key, token, key=lock_key)
 
     def _acquire(self, lock_key: str, token: bytes) -> bool:
         try:
-            return bool(self._call(self.tier.add, lock_key, token, self.tier.lock_timeout))
+            return bool(
+                self._call(self.tier.add, lock_key, token, self.tier.lock_timeout, key=lock_key)
+            )
         except Unavailable:
             return False

@@ -1,10 +1,15 @@
-"""The tier on Redis, through redis-py (``pip install 'volcache[redis]'``)."""
+"""The tier on Redis or Redis Cluster, through redis-py (``pip install 'volcache[redis]'``)."""
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 from .base import Tier
+
+#: Groups a namespace's keys are spread over on a cluster: each a hash tag,
+#: on one master; enough that every master holds a fair share of them.
+CLUSTER_GROUPS = 256
 
 # Deletes a lock only if it still holds this holder's token: atomic on the server.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
@@ -21,29 +26,42 @@ def _redis() -> Any:
 
 
 class RedisTier(Tier):
-    """A tier on a Redis server.
+    """A tier on a Redis server, or on a Redis Cluster.
 
     Args:
         url_or_client: a ``redis://`` URL (a client is made with ``timeout``
             for connecting and for every call, and no retries: the breaker
-            decides), or a ``redis.Redis`` client of yours, used as it is.
+            decides), or a client of yours, used as it is: a ``redis.Redis``,
+            or a ``redis.cluster.RedisCluster``.
+        cluster: the URL is one node of a Redis Cluster (any node: the client
+            learns the others from it).
         options: :class:`~volcache.tiers.Tier`'s.
 
     ``lock=True`` takes ``SET key token NX PX`` and releases with a
     compare-and-delete script, so an expired lock taken by another is never
     deleted by its late first holder.
+
+    On a cluster, a namespace's keys are spread over 256 hash-tagged groups,
+    each with its own generation token beside its keys, so that the masters
+    share the keys and a lookup is one ``MGET`` on one master; the breaker is
+    kept per master, so a dead master switches off only the keys it holds.
+    :meth:`~volcache.VolatileCache.clear` writes a new token for every group
+    and counts only once all are written.
     """
 
     requirement = "redis"
 
-    def __init__(self, url_or_client: Any, **options: Any) -> None:
+    def __init__(self, url_or_client: Any, *, cluster: bool = False, **options: Any) -> None:
         super().__init__(**options)
         redis = _redis()
+        from redis.cluster import RedisCluster
+
         if isinstance(url_or_client, str):
             from redis.backoff import NoBackoff
             from redis.retry import Retry
 
-            self.client = redis.Redis.from_url(
+            make = RedisCluster.from_url if cluster else redis.Redis.from_url
+            self.client = make(
                 url_or_client,
                 socket_timeout=self.timeout,
                 socket_connect_timeout=self.timeout,
@@ -55,13 +73,36 @@ class RedisTier(Tier):
             self._owns_client = False
         else:
             raise TypeError(
-                f"RedisTier needs a redis:// URL or a redis.Redis, got {url_or_client!r}"
+                "RedisTier needs a redis:// URL, a redis.Redis or a redis.cluster.RedisCluster, "
+                f"got {url_or_client!r}"
             )
+        self.cluster = isinstance(self.client, RedisCluster)
+        if cluster and not self.cluster:
+            raise TypeError(f"cluster=True needs a URL or a RedisCluster, got {url_or_client!r}")
+        if self.cluster:
+            self.groups = CLUSTER_GROUPS
         self._release = self.client.register_script(_RELEASE)
 
+    def where(self, key: str) -> Hashable:
+        """On a cluster, the master that holds ``key`` as the client knows it (a
+        replica that took over is a new one, its breaker closed)."""
+        if not self.cluster:
+            return None
+        try:
+            return self.client.get_node_from_key(key).name  # type: ignore[no-any-return]
+        except Exception:  # no node known for its slot: the cluster's one breaker
+            return None
+
     def get_many(self, keys: list[str]) -> list[bytes | None]:
-        """``MGET``: one round trip."""
+        """``MGET``: one round trip (on a cluster, keys of one hash tag)."""
         return list(self.client.mget(keys))
+
+    def set_many(self, items: list[tuple[str, bytes]]) -> None:
+        """One pipeline (on a cluster, a batch to each master)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key, value in items:
+            pipe.set(key, value)
+        pipe.execute()
 
     def set(self, key: str, value: bytes, ttl: float | None) -> None:
         """``SET``, with ``PX`` if a ``ttl`` is given."""

@@ -1,0 +1,166 @@
+"""The tier on a real Redis Cluster (three masters, three replicas, started here on
+loopback): values shared between processes and spread over every master, a
+clear that holds on every node, a master killed mid-run, one dead master that
+switches off only its own keys. The tier's other behaviour is tested on the
+cluster too, by ``tests/test_tiers.py`` (its ``redis-cluster`` kind)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from volcache import VolatileCache
+from volcache.bench import cluster
+from volcache.tiers import RedisTier
+from volcache.tiers.bound import MISSING
+
+from .conftest import require
+
+CHILD = Path(__file__).with_name("tier_child.py")
+
+
+@pytest.fixture(scope="module")
+def shared():
+    """One cluster for the tests that leave it whole (each its own namespace)."""
+    require("redis-cluster", cluster.missing_cluster())
+    with cluster.running_cluster() as running:
+        yield running
+
+
+@pytest.fixture
+def own():
+    """A cluster of the test's own, which it may break."""
+    require("redis-cluster", cluster.missing_cluster())
+    with cluster.running_cluster() as running:
+        yield running
+
+
+def child(running, namespace: str, log: Path, keys: range) -> dict:
+    run = subprocess.run(
+        [sys.executable, str(CHILD), "redis-cluster", running.url, namespace, str(log),
+         ",".join(map(str, keys))],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def keys_of(running, node, namespace: str) -> int:
+    """The keys of a namespace a node holds."""
+    found = running.cli(node.port, "--scan", "--pattern", f"volcache:{namespace}:*")
+    return len(found.split())
+
+
+def test_a_second_process_reads_what_the_first_wrote_from_every_master(shared, tmp_path):
+    namespace, log = f"spread-{uuid.uuid4().hex[:8]}", tmp_path / "computed"
+    first = child(shared, namespace, log, range(300))
+    assert first["tier_hits"] == 0 and len(log.read_text().split()) == 300
+    second = child(shared, namespace, log, range(300))
+    assert second["results"] == {str(k): f"value-{k}" for k in range(300)}
+    assert second["tier_hits"] >= 290
+    assert len(log.read_text().split()) == 300 + (300 - second["tier_hits"])
+    counts = [keys_of(shared, master, namespace) for master in shared.masters()]
+    assert len(counts) == 3
+    assert all(count >= 0.15 * sum(counts) for count in counts), counts
+
+
+def test_after_clear_no_old_value_is_served_in_any_process(shared):
+    namespace = f"clear-{uuid.uuid4().hex[:8]}"
+
+    def tier():
+        return RedisTier(shared.url, cluster=True, namespace=namespace, timeout=1.0)
+
+    with VolatileCache(backend="sim", tier=tier()) as writer:
+        with VolatileCache(backend="sim", tier=tier()) as reader:
+            for k in range(200):
+                writer[k] = b"old-%d" % k
+            assert all(reader[k] == b"old-%d" % k for k in range(200))
+            writer.clear()
+            # The reader's own copies are local; what it asks the tier for is absent.
+            bound = reader._tier
+            assert all(bound.fetch(bound.key_of(k)) is MISSING for k in range(200))
+        with VolatileCache(backend="sim", tier=tier()) as fresh:
+            assert all(fresh.get(k) is None for k in range(200))
+            writer[7] = b"new"
+            assert fresh.get(7) == b"new"
+
+
+def test_a_master_killed_during_lookups_costs_no_wrong_value_and_is_used_again(own):
+    namespace = f"failover-{uuid.uuid4().hex[:8]}"
+    timeout = 0.05
+    with VolatileCache(
+        backend="sim", tier=RedisTier(own.url, cluster=True, namespace=namespace, timeout=timeout)
+    ) as writer:
+        for k in range(400):
+            writer[k] = b"value-%d" % k
+    tier = RedisTier(own.url, cluster=True, namespace=namespace, timeout=timeout)
+    with VolatileCache(backend="sim", tier=tier) as reader:
+        bound = reader._tier
+        slowest, wrong, hits = 0.0, 0, []
+        for k in range(400):  # each a lookup in the tier (nothing local is kept)
+            if k == 100:
+                own.masters()[0].kill()
+            start = time.monotonic()
+            value = bound.fetch(bound.key_of(k))
+            slowest = max(slowest, time.monotonic() - start)
+            wrong += value is not MISSING and value != b"value-%d" % k
+            hits.append(value is not MISSING)
+            time.sleep(0.01)  # 400 lookups over about 4 s: the failover happens among them
+        assert wrong == 0
+        assert slowest < 3.0
+        assert all(hits[:100])
+        own.wait_ready()  # the replica has taken over
+        # The tier is used again: once the client has learnt who holds the dead
+        # master's slots now (the next refresh after a failed call), and the
+        # replica had every value.
+        deadline = time.monotonic() + 15
+        while True:
+            after = [bound.fetch(bound.key_of(k)) for k in range(400)]
+            if after == [b"value-%d" % k for k in range(400)] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert after == [b"value-%d" % k for k in range(400)]
+    print(f"\nslowest lookup during the failover: {slowest * 1000:.0f} ms")
+
+
+def test_one_dead_master_switches_off_only_the_keys_it_holds(own):
+    """A master and its replica gone, and the cluster told to serve what it still
+    covers: keys on the other masters are read as before; the dead master's
+    breaker opens and its keys are skipped without waiting for it."""
+    for node in own.nodes:
+        own.cli(node.port, "CONFIG", "SET", "cluster-require-full-coverage", "no")
+    namespace = f"partial-{uuid.uuid4().hex[:8]}"
+    tier = RedisTier(own.url, cluster=True, namespace=namespace, timeout=0.05)
+    with VolatileCache(backend="sim", tier=tier) as writer:
+        for k in range(300):
+            writer[k] = b"value-%d" % k
+        bound = writer._tier
+        names = {k: bound.key_of(k)[0] for k in range(300)}
+        where = {k: tier.where(name) for k, name in names.items()}
+        dead = own.masters()[0]
+        dead_name = f"127.0.0.1:{dead.port}"
+        replica = next(
+            node
+            for node in own.nodes
+            if f"master_port:{dead.port}" in own.cli(node.port, "INFO", "replication")
+        )
+        dead.kill()
+        replica.kill()
+        on_dead = [k for k in range(300) if where[k] == dead_name]
+        elsewhere = [k for k in range(300) if where[k] != dead_name]
+        assert on_dead and elsewhere
+        for _ in range(3):  # the same lookups again: the breaker has opened by then
+            start = time.monotonic()
+            found = {k: bound.fetch(bound.key_of(k)) for k in range(300)}
+            seconds = time.monotonic() - start
+        assert all(found[k] == b"value-%d" % k for k in elsewhere)
+        assert all(found[k] is MISSING for k in on_dead)
+        assert tier.skipping_at(dead_name)
+        assert not any(tier.skipping_at(where[k]) for k in elsewhere)
+        assert seconds < 1.0  # skipped, not waited for
