@@ -80,7 +80,9 @@ class BoundTier:
         else:
             self._tags = [self._prefix]
         self._gen_keys = [tag + "gen" for tag in self._tags]
-        self._generations = [Generations() for _ in self._tags]
+        # What this process knows of each group's token: made at a group's first
+        # use (a cache on a cluster may touch few of its 256 groups).
+        self._generations: list[Generations | None] = [None] * len(self._tags)
         # A clear() the server did not take: until it does, this process reads
         # nothing from the tier and writes nothing to it (a value from before
         # the clear would be current again).
@@ -113,6 +115,16 @@ class BoundTier:
         digest = hashlib.sha256(data).hexdigest()
         return self._tags[self._group_of(digest)] + digest, data
 
+    def _generations_of(self, group: int) -> Generations:
+        """What this process knows of a group's token."""
+        generations = self._generations[group]
+        if generations is None:
+            with self._lock:
+                generations = self._generations[group]
+                if generations is None:
+                    generations = self._generations[group] = Generations()
+        return generations
+
     def _group_of(self, name: str) -> int:
         """The group of a tier key (or of its digest, which ends it)."""
         return int(name[-64:-56], 16) % self._groups if self._groups else 0
@@ -135,7 +147,7 @@ class BoundTier:
         if self._clear_pending and not self._finish_clear():
             return MISSING, None
         group = self._group_of(name)
-        ticket = self._generations[group].ticket()
+        ticket = self._generations_of(group).ticket()
         try:
             raw, blob = self._call(self.tier.get_many, [self._gen_keys[group], name], key=name)
         except Unavailable:
@@ -179,11 +191,11 @@ class BoundTier:
         if self._clear_pending and not self._finish_clear():
             return
         group = self._group_of(name)
-        carried = self._generations[group].carried(name)
+        carried = self._generations_of(group).carried(name)
         if carried is not None:
             generation = carried[0]
         else:
-            generation = self._generations[group].known
+            generation = self._generations_of(group).known
             if generation is None:
                 generation = self._read_generation(group)
         if generation is None:
@@ -220,7 +232,7 @@ class BoundTier:
         if self._clear_pending and not self._finish_clear():
             return None
         gen_key = self._gen_keys[group]
-        ticket = self._generations[group].ticket()
+        ticket = self._generations_of(group).ticket()
         try:
             raw = self._call(self.tier.get_many, [gen_key], key=gen_key)[0]
         except Unavailable:
@@ -233,7 +245,7 @@ class BoundTier:
         to a token this process saw replaced (what was cleared stays absent)."""
         if token is None:
             return self._establish(group)
-        if self._generations[group].learn(ticket, token):
+        if self._generations_of(group).learn(ticket, token):
             return token
         return self._renew(group)
 
@@ -241,7 +253,7 @@ class BoundTier:
         """A group without a token (new, or its token lost) gets one, unless
         another process gave it one first."""
         token = new_token()
-        gen_key, generations = self._gen_keys[group], self._generations[group]
+        gen_key, generations = self._gen_keys[group], self._generations_of(group)
         try:
             if self._call(self.tier.add, gen_key, b"%d" % token, None, key=gen_key):
                 # Its own write is what it knows from now on: a reading answered
@@ -259,7 +271,7 @@ class BoundTier:
     def _renew(self, group: int) -> int | None:
         """A new token: every value of the group becomes absent."""
         token = new_token()
-        gen_key, generations = self._gen_keys[group], self._generations[group]
+        gen_key, generations = self._gen_keys[group], self._generations_of(group)
         try:
             self._call(self.tier.set, gen_key, b"%d" % token, None, key=gen_key)
         except Unavailable:
@@ -279,7 +291,8 @@ class BoundTier:
             self._call(self.tier.set_many, items)
         except Unavailable:
             return False
-        for generations, token in zip(self._generations, tokens, strict=True):
+        for group, token in enumerate(tokens):
+            generations = self._generations_of(group)
             generations.learn(generations.ticket(), token)
         return True
 
@@ -303,7 +316,7 @@ class BoundTier:
         then compute themselves.
         """
         name, _ = named
-        with self._generations[self._group_of(name)].carrying(name, generation) as carried:
+        with self._generations_of(self._group_of(name)).carrying(name, generation) as carried:
             if not (lock and self.tier.lock):
                 yield MISSING
                 return
