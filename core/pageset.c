@@ -367,6 +367,8 @@ long vc_pageset_mark(PyObject *obj, int64_t first, int64_t npages)
         if (note_run(self, run, page, done) < 0)
             return -ECANCELED;
         page += done;
+        if (self->released) /* the sweep ran Python code, which gave the region back */
+            return page - first;
         if (page < end)
             return page - first;
     }

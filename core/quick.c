@@ -721,9 +721,12 @@ static PyObject *decode(QuickObject *q, const unsigned char *tail, int64_t ntail
     return value;
 }
 
+/* From a PageSet, looked at again at each read: the allocation before it may
+ * have run code (a collection) that released the region. */
 static long read_from_pages(const void *from, int64_t start, int64_t length, uint8_t *out)
 {
-    return vc_pages_read((const struct vc_pages *)from, start, length, out);
+    const struct vc_pages *pages = vc_pageset_pages((PyObject *)from);
+    return pages == NULL ? 1 : vc_pages_read(pages, start, length, out);
 }
 
 static long copy_from_blob(const void *from, int64_t start, int64_t length, uint8_t *out)
@@ -733,14 +736,19 @@ static long copy_from_blob(const void *from, int64_t start, int64_t length, uint
 }
 
 /* The entry read in C from the kernel backend's pages: its tail, then its value. */
-static PyObject *read_pages(QuickObject *q, const struct vc_pages *pages, int64_t offset,
-                            int64_t length, const unsigned char *kbytes, long nkey)
+static PyObject *read_pages(QuickObject *q, PyObject *set, int64_t offset, int64_t length,
+                            const unsigned char *kbytes, long nkey)
 {
     unsigned char tail[KEY_CAP + VC_TRAILER];
     int64_t ntail = length < (int64_t)sizeof tail ? length : (int64_t)sizeof tail;
-    if (vc_pages_read(pages, offset + length - ntail, ntail, tail) != 0)
-        return Py_NewRef(s_missing); /* purged, or outside the region: the careful way */
-    return decode(q, tail, ntail, length, kbytes, nkey, read_from_pages, pages, offset);
+    Py_INCREF(set); /* its struct lives while it does */
+    PyObject *value;
+    if (read_from_pages(set, offset + length - ntail, ntail, tail) != 0)
+        value = Py_NewRef(s_missing); /* purged, or outside the region: the careful way */
+    else
+        value = decode(q, tail, ntail, length, kbytes, nkey, read_from_pages, set, offset);
+    Py_DECREF(set);
+    return value;
 }
 
 /* The entry read whole through the backend's reader (Python's, noting no event). */
@@ -843,7 +851,7 @@ static PyObject *locked_idle(PyObject *cache, QuickObject *q, PyObject *key, uin
         }
     }
     int64_t offset = loc & (((int64_t)1 << VC_OFFSET_BITS) - 1);
-    PyObject *value = pages != NULL ? read_pages(q, pages, offset, length, kbytes, nkey)
+    PyObject *value = pages != NULL ? read_pages(q, set, offset, length, kbytes, nkey)
                                     : read_whole(q, reader, offset, length, kbytes, nkey);
     Py_XDECREF(reader);
     if (value == NULL)
