@@ -164,3 +164,50 @@ def test_one_dead_master_switches_off_only_the_keys_it_holds(own):
         assert tier.skipping_at(dead_name)
         assert not any(tier.skipping_at(where[k]) for k in elsewhere)
         assert seconds < 1.0  # skipped, not waited for
+
+
+def test_a_clear_with_a_master_down_clears_the_others_at_once_and_it_later(own):
+    """The clear's tokens go to each master in a batch of its own: the healthy
+    masters' groups are cleared for every process at once; the dead master's,
+    once the clearing process uses the tier again after the failover. A tier
+    made while its node is down raises nothing: its lookups are misses."""
+    namespace = f"down-{uuid.uuid4().hex[:8]}"
+    first_url = own.url
+    writer = VolatileCache(
+        backend="sim", tier=RedisTier(first_url, cluster=True, namespace=namespace, timeout=0.05)
+    )
+    for k in range(300):
+        writer[k] = b"old-%d" % k
+    where = {k: writer._tier.tier.where(writer._tier.key_of(k)[0]) for k in range(300)}
+    dead = own.nodes[0]  # the node of the URL the writer was made with: a master
+    dead_name = f"127.0.0.1:{dead.port}"
+    assert dead_name in set(where.values())
+    dead.kill()
+    with VolatileCache(
+        backend="sim", tier=RedisTier(first_url, cluster=True, namespace=namespace, timeout=0.05)
+    ) as orphan:  # made with a dead node's URL: nothing raised
+        assert orphan.get(1) is None and orphan.info().tier_errors >= 1
+    writer.clear()
+    assert writer._tier._clear_pending
+    alive = next(node for node in own.nodes if node.process.poll() is None)
+    url = f"redis://127.0.0.1:{alive.port}/0"
+
+    def reader():
+        tier = RedisTier(url, cluster=True, namespace=namespace, timeout=1.0)
+        return VolatileCache(backend="sim", tier=tier)
+
+    with reader() as now:
+        bound = now._tier
+        for k in range(300):
+            if where[k] != dead_name:
+                assert bound.fetch(bound.key_of(k)) is MISSING, k
+    own.wait_ready()  # its replica has taken over
+    deadline = time.monotonic() + 15
+    while writer._tier._clear_pending and time.monotonic() < deadline:
+        writer.get("anything")  # its next uses of the tier finish the clear
+        time.sleep(0.1)
+    assert not writer._tier._clear_pending
+    with reader() as later:
+        bound = later._tier
+        assert all(bound.fetch(bound.key_of(k)) is MISSING for k in range(300))
+    writer.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import functools
+import threading
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from .base import Tier
@@ -56,40 +58,66 @@ class RedisTier(Tier):
         redis = _redis()
         from redis.cluster import RedisCluster
 
+        self._client: Any = None
+        self._make: Callable[[], Any] | None = None
+        self._release_script: Any = None
         if isinstance(url_or_client, str):
             from redis.backoff import NoBackoff
             from redis.retry import Retry
 
             make = RedisCluster.from_url if cluster else redis.Redis.from_url
-            self.client = make(
-                url_or_client,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-                retry=Retry(NoBackoff(), 0),
-            )
+            options = {
+                "socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
+                "retry": Retry(NoBackoff(), 0),
+            }  # fmt: skip
+            # A cluster client asks a node for the cluster's layout when it is
+            # made: made at the first call instead, whose failure the breaker
+            # counts, so that a node down when the process starts raises nothing.
+            self._make = functools.partial(make, url_or_client, **options)
             self._owns_client = True
+            self.cluster = cluster
         elif hasattr(url_or_client, "mget") and hasattr(url_or_client, "set"):
-            self.client = url_or_client
+            self._client = url_or_client
             self._owns_client = False
+            self.cluster = isinstance(url_or_client, RedisCluster)
+            if cluster and not self.cluster:
+                raise TypeError(
+                    f"cluster=True needs a URL or a RedisCluster, got {url_or_client!r}"
+                )
         else:
             raise TypeError(
                 "RedisTier needs a redis:// URL, a redis.Redis or a redis.cluster.RedisCluster, "
                 f"got {url_or_client!r}"
             )
-        self.cluster = isinstance(self.client, RedisCluster)
-        if cluster and not self.cluster:
-            raise TypeError(f"cluster=True needs a URL or a RedisCluster, got {url_or_client!r}")
         if self.cluster:
             self.groups = CLUSTER_GROUPS
-        self._release = self.client.register_script(_RELEASE)
+        self._making = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (made at the first use from a URL)."""
+        client = self._client
+        if client is None:
+            with self._making:
+                if self._client is None:
+                    assert self._make is not None
+                    self._client = self._make()
+                client = self._client
+        return client
+
+    def _release_of(self) -> Any:
+        script = self._release_script
+        if script is None:
+            script = self._release_script = self.client.register_script(_RELEASE)
+        return script
 
     def where(self, key: str) -> Hashable:
         """On a cluster, the master that holds ``key`` as the client knows it (a
         replica that took over is a new one, its breaker closed)."""
-        if not self.cluster:
+        if not self.cluster or self._client is None:  # not made yet: its first call will
             return None
         try:
-            return self.client.get_node_from_key(key).name  # type: ignore[no-any-return]
+            return self._client.get_node_from_key(key).name  # type: ignore[no-any-return]
         except Exception:  # no node known for its slot: the cluster's one breaker
             return None
 
@@ -98,11 +126,26 @@ class RedisTier(Tier):
         return list(self.client.mget(keys))
 
     def set_many(self, items: list[tuple[str, bytes]]) -> None:
-        """One pipeline (on a cluster, a batch to each master)."""
-        pipe = self.client.pipeline(transaction=False)
+        """One pipeline; on a cluster, one to each master, so that a dead master
+        fails its own writes alone. The first failure is raised after every
+        write that could land has."""
+        client = self.client  # made now: where() names the masters of a made client
+        batches: dict[Hashable, list[tuple[str, bytes]]] = {}
         for key, value in items:
-            pipe.set(key, value)
-        pipe.execute()
+            batches.setdefault(self.where(key), []).append((key, value))
+        failure: Exception | None = None
+        for batch in batches.values():
+            pipe = client.pipeline(transaction=False)
+            for key, value in batch:
+                pipe.set(key, value)
+            try:
+                results = pipe.execute(raise_on_error=False)
+            except Exception as exc:
+                failure = failure or exc
+                continue
+            failure = failure or next((r for r in results if isinstance(r, Exception)), None)
+        if failure is not None:
+            raise failure
 
     def set(self, key: str, value: bytes, ttl: float | None) -> None:
         """``SET``, with ``PX`` if a ``ttl`` is given."""
@@ -123,9 +166,9 @@ class RedisTier(Tier):
 
     def release(self, key: str, value: bytes) -> None:
         """Compare-and-delete in one script."""
-        self._release(keys=[key], args=[value])
+        self._release_of()(keys=[key], args=[value])
 
     def close(self) -> None:
         """Close the client if this tier made it."""
-        if self._owns_client:
-            self.client.close()
+        if self._owns_client and self._client is not None:
+            self._client.close()
