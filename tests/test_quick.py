@@ -111,13 +111,17 @@ class QuickAsPython(RuleBasedStateMachine):
         self.now = 0.0  # one clock for both: what was read "lately" is the same
         self.caches = [
             VolatileCache(
-                maxsize, backend="sim", slab_bytes=16 * 4096, mark_batch=4,
+                maxsize, backend=backend, slab_bytes=16 * 4096, mark_batch=4,
                 clock=lambda: self.now, hot_seconds=window, memory_budget=budget,
             )
-            for _ in range(2)
+            for backend in self.new_backends()
         ]  # fmt: skip
         assert self.caches[0]._quick is not None
         self.caches[1]._quick = None
+
+    def new_backends(self) -> list:
+        """The backends of the C cache and of the reference."""
+        return ["sim", "sim"]
 
     def both(self, call, *args):
         answers = []
@@ -198,23 +202,10 @@ class QuickAsPythonOnPageSets(QuickAsPython):
     backend's Python calls; the pages' states must agree too, whatever the
     kernel drops behind the books' back."""
 
-    @initialize(
-        maxsize=st.sampled_from([1, 3, 8, math.inf]), window=st.sampled_from([1, None]),
-        budget=st.sampled_from([None, 3000, 20000]),
-    )  # fmt: skip
-    def make(self, maxsize: float, window: float | None, budget: int | None) -> None:
-        needs_core()
+    def new_backends(self) -> list:
         need_backend("kernel")
-        self.now = 0.0
         self.backends = [KernelBackend(), PythonPages()]
-        self.caches = [
-            VolatileCache(
-                maxsize, backend=backend, slab_bytes=16 * PS, mark_batch=4,
-                clock=lambda: self.now, hot_seconds=window, memory_budget=budget,
-            )
-            for backend in self.backends
-        ]  # fmt: skip
-        self.caches[1]._quick = None
+        return self.backends
 
     def states(self):
         return [
