@@ -74,6 +74,8 @@ class RedisTier(Tier):
             # made: made at the first call instead, whose failure the breaker
             # counts, so that a node down when the process starts raises nothing.
             self._make = functools.partial(make, url_or_client, **options)
+            if not cluster:  # one server's client connects at its first call: made now,
+                self._client = self._make()  # so that a bad URL raises here, as before
             self._owns_client = True
             self.cluster = cluster
         elif hasattr(url_or_client, "mget") and hasattr(url_or_client, "set"):
