@@ -66,14 +66,14 @@ class RedisTier(Tier):
             from redis.retry import Retry
 
             make = RedisCluster.from_url if cluster else redis.Redis.from_url
-            options = {
+            settings = {  # not the tier's **options, which the base class took
                 "socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
                 "retry": Retry(NoBackoff(), 0),
             }  # fmt: skip
             # A cluster client asks a node for the cluster's layout when it is
             # made: made at the first call instead, whose failure the breaker
             # counts, so that a node down when the process starts raises nothing.
-            self._make = functools.partial(make, url_or_client, **options)
+            self._make = functools.partial(make, url_or_client, **settings)
             if not cluster:  # one server's client connects at its first call: made now,
                 self._client = self._make()  # so that a bad URL raises here, as before
             self._owns_client = True
