@@ -7,8 +7,11 @@ cluster too, by ``tests/test_tiers.py`` (its ``redis-cluster`` kind)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +23,7 @@ from volcache.bench import cluster
 from volcache.tiers import RedisTier
 from volcache.tiers.bound import MISSING
 
-from .conftest import require
+from .conftest import require, wait_child
 
 CHILD = Path(__file__).with_name("tier_child.py")
 
@@ -169,8 +172,10 @@ def test_one_dead_master_switches_off_only_the_keys_it_holds(own):
 def test_a_clear_with_a_master_down_clears_the_others_at_once_and_it_later(own):
     """The clear's tokens go to each master in a batch of its own: the healthy
     masters' groups are cleared for every process at once; the dead master's,
-    once the clearing process uses the tier again after the failover. A tier
-    made while its node is down raises nothing: its lookups are misses."""
+    once the clearing process uses the tier again after the failover, and only
+    theirs are written again (a value stored in a healthy group after the clear
+    stays). A tier made while its node is down raises nothing: its lookups are
+    misses; made with another node beside it, it uses the cluster."""
     namespace = f"down-{uuid.uuid4().hex[:8]}"
     first_url = own.url
     writer = VolatileCache(
@@ -187,10 +192,23 @@ def test_a_clear_with_a_master_down_clears_the_others_at_once_and_it_later(own):
         backend="sim", tier=RedisTier(first_url, cluster=True, namespace=namespace, timeout=0.05)
     ) as orphan:  # made with a dead node's URL: nothing raised
         assert orphan.get(1) is None and orphan.info().tier_errors >= 1
-    writer.clear()
-    assert writer._tier._clear_pending
     alive = next(node for node in own.nodes if node.process.poll() is None)
     url = f"redis://127.0.0.1:{alive.port}/0"
+    healthy = next(k for k in range(300) if where[k] != dead_name)
+    with VolatileCache(
+        backend="sim",
+        tier=RedisTier([first_url, url], cluster=True, namespace=namespace, timeout=1.0),
+    ) as started_late:  # the dead node first among its startup nodes: the next one answers
+        assert started_late.get(healthy) == b"old-%d" % healthy
+    writer.clear()
+    bound = writer._tier
+    on_dead_groups = {
+        g for g, key in enumerate(bound._gen_keys) if bound.tier.where(key) == dead_name
+    }
+    assert 0 < len(on_dead_groups) < 256
+    assert bound._pending == on_dead_groups
+    assert writer.info().tier_clear_pending == len(on_dead_groups)
+    writer[healthy] = b"new"  # its group was cleared: written under the new token
 
     def reader():
         tier = RedisTier(url, cluster=True, namespace=namespace, timeout=1.0)
@@ -199,15 +217,136 @@ def test_a_clear_with_a_master_down_clears_the_others_at_once_and_it_later(own):
     with reader() as now:
         bound = now._tier
         for k in range(300):
-            if where[k] != dead_name:
+            if where[k] != dead_name and k != healthy:
                 assert bound.fetch(bound.key_of(k)) is MISSING, k
+        assert bound.fetch(bound.key_of(healthy)) == b"new"
     own.wait_ready()  # its replica has taken over
     deadline = time.monotonic() + 15
-    while writer._tier._clear_pending and time.monotonic() < deadline:
-        writer.get("anything")  # its next uses of the tier finish the clear
+    on_dead = next(k for k in range(300) if where[k] == dead_name)
+    while writer.info().tier_clear_pending and time.monotonic() < deadline:
+        writer.get(("absent", on_dead))  # a lookup in a pending group finishes the clear
+        writer._tier.fetch(writer._tier.key_of(on_dead))
         time.sleep(0.1)
-    assert not writer._tier._clear_pending
+    assert writer.info().tier_clear_pending == 0
     with reader() as later:
         bound = later._tier
-        assert all(bound.fetch(bound.key_of(k)) is MISSING for k in range(300))
+        assert all(bound.fetch(bound.key_of(k)) is MISSING for k in range(300) if k != healthy)
+        assert bound.fetch(bound.key_of(healthy)) == b"new"
     writer.close()
+
+
+def replica_of(running, master):
+    return next(
+        node
+        for node in running.nodes
+        if f"master_port:{master.port}" in running.cli(node.port, "INFO", "replication")
+    )
+
+
+def test_a_clear_counts_a_master_done_only_once_its_replica_has_the_tokens(own):
+    """A replica that has not confirmed the new tokens (stopped here) could take
+    over without them and serve what was cleared: its master's groups stay
+    pending until it confirms."""
+    namespace = f"wait-{uuid.uuid4().hex[:8]}"
+    tier = RedisTier(own.url, cluster=True, namespace=namespace, timeout=0.2)
+    with VolatileCache(backend="sim", tier=tier) as writer:
+        writer[1] = b"old"
+        master = own.masters()[0]
+        behind = replica_of(own, master)
+        bound = writer._tier
+        on_master = {
+            g
+            for g, key in enumerate(bound._gen_keys)
+            if tier.where(key).endswith(f":{master.port}")
+        }
+        behind.process.send_signal(signal.SIGSTOP)
+        try:
+            writer.clear()
+            assert bound._pending == on_master
+        finally:
+            behind.process.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        group = next(iter(on_master))
+        while bound._pending and time.monotonic() < deadline:
+            bound._finish_clear(group)
+            time.sleep(0.1)
+        assert writer.info().tier_clear_pending == 0
+
+
+def test_a_clear_survives_a_failover_right_after_it(own):
+    """A master killed as soon as clear() returned: its replica, taking over,
+    serves no value from before."""
+    namespace = f"failover-clear-{uuid.uuid4().hex[:8]}"
+
+    def tier():
+        return RedisTier(own.url, cluster=True, namespace=namespace, timeout=1.0)
+
+    with VolatileCache(backend="sim", tier=tier()) as writer:
+        for k in range(300):
+            writer[k] = b"old-%d" % k
+        writer.clear()
+        assert writer.info().tier_clear_pending == 0
+        own.masters()[0].kill()
+    own.wait_ready()
+    deadline = time.monotonic() + 15
+    while True:  # until the layout after the failover is learnt and every group answers
+        with VolatileCache(backend="sim", tier=tier()) as reader:
+            bound = reader._tier
+            found = [bound.fetch(bound.key_of(k)) for k in range(300)]
+            errors = reader.info().tier_errors + reader.info().tier_skipped
+        assert all(value is MISSING for value in found)
+        if errors == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert errors == 0
+
+
+def test_a_cluster_url_is_checked_when_the_tier_is_made(shared):
+    with pytest.raises(ValueError, match="scheme"):
+        RedisTier("http://127.0.0.1:1", cluster=True)
+    with pytest.raises(ValueError, match="database 0"):
+        RedisTier(shared.url.rsplit("/", 1)[0] + "/3", cluster=True)
+    with pytest.raises(TypeError, match="cluster=True"):
+        RedisTier([shared.url, shared.url])
+
+
+def test_cluster_true_for_a_plain_server_is_refused(tmp_path):
+    from volcache.bench import servers
+
+    require("redis", servers.missing("redis"))
+    with servers.running("redis") as plain, pytest.raises(ValueError, match="not in cluster mode"):
+        RedisTier(plain.url, cluster=True)
+
+
+class _Made:
+    """A client as the tier makes one, for the fork test (it is never called)."""
+
+    def set_retry(self, retry) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_fork_while_another_thread_makes_the_client_leaves_the_child_working():
+    pytest.importorskip("redis")
+    tier = RedisTier("redis://127.0.0.1:1/0", cluster=True, timeout=0.05)
+    assert tier._client is None  # nothing answered: made at its first use
+    entered, release = threading.Event(), threading.Event()
+
+    def slow() -> _Made:  # another thread inside the network call to make it
+        entered.set()
+        release.wait(10)
+        return _Made()
+
+    tier._make = slow
+    maker = threading.Thread(target=lambda: tier.client)
+    maker.start()
+    assert entered.wait(5)
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the maker thread never finishes
+        tier._make = _Made
+        os._exit(0 if isinstance(tier.client, _Made) else 1)
+    release.set()
+    maker.join()
+    assert wait_child(pid, 10) == 0

@@ -768,7 +768,7 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
                 idle_entries=entries.count - len(entries.objects),
                 index_bytes=store.nbytes(),
                 kept_entries=entries.kept,
-                **(self._tier.counts if self._tier is not None else {}),
+                **(self._tier.stats() if self._tier is not None else {}),
             )
 
     def close(self) -> None:

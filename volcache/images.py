@@ -163,7 +163,7 @@ class ThumbnailCache:
         info = self.cache.info()
         if self._tier is None:
             return info
-        return CacheInfo(**{**info.as_dict(), **self._tier.counts})
+        return CacheInfo(**{**info.as_dict(), **self._tier.stats()})
 
     def close(self) -> None:
         """Release all memory."""

@@ -50,6 +50,11 @@ class CacheInfo:
             secret. They were never decoded.
         tier_skipped: calls not made because the tier failed lately (the
             circuit breaker was open).
+        tier_clear_pending: groups of the tier's keys (one on a single server,
+            256 on a cluster) that the last ``clear()`` has not reached yet, as
+            their server could not be told: this process neither reads nor
+            writes them, and tries again at each use; other processes may be
+            served their old values until then. 0: the clear holds everywhere.
     """
 
     hits: int
@@ -82,6 +87,7 @@ class CacheInfo:
     tier_errors: int = 0
     tier_rejected: int = 0
     tier_skipped: int = 0
+    tier_clear_pending: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict (for JSON)."""

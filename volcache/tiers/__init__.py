@@ -6,8 +6,8 @@ its own when made, and says what to install if it is missing.
 
 from __future__ import annotations
 
-from .base import Tier, Unavailable
+from .base import PartialWrite, Tier, Unavailable
 from .memcached_tier import MemcachedTier
 from .redis_tier import RedisTier
 
-__all__ = ["MemcachedTier", "RedisTier", "Tier", "Unavailable"]
+__all__ = ["MemcachedTier", "PartialWrite", "RedisTier", "Tier", "Unavailable"]

@@ -39,6 +39,17 @@ class Skipped(Unavailable):
     """Not even tried: the tier failed lately (the circuit breaker is open)."""
 
 
+class PartialWrite(Exception):
+    """:meth:`Tier.set_many` wrote some of its items, not all.
+
+    ``failed``: the keys that may not have been written (each was either
+    not written, or written without the confirmation the tier asks for)."""
+
+    def __init__(self, failed: list[str], message: str) -> None:
+        super().__init__(message)
+        self.failed = failed
+
+
 class _Breaker:
     """One server's breaker (the tier's lock guards it)."""
 
@@ -130,9 +141,21 @@ class Tier(abc.ABC):
 
     def set_many(self, items: list[tuple[str, bytes]]) -> None:
         """Store each ``(key, value)`` (for good); this default sets them one by one.
-        A failure part way may leave some set."""
+
+        Raises :class:`PartialWrite` naming the keys not written if some were
+        (any other exception: none may have been)."""
+        failed: list[str] = []
+        first: Exception | None = None
         for key, value in items:
-            self.set(key, value, None)
+            try:
+                self.set(key, value, None)
+            except Exception as exc:
+                failed.append(key)
+                first = first or exc
+        if first is not None:
+            if len(failed) == len(items):
+                raise first
+            raise PartialWrite(failed, f"{len(failed)} of {len(items)} not written: {first}")
 
     @abc.abstractmethod
     def incr(self, key: str) -> int:

@@ -19,9 +19,13 @@ On a tier of several servers that each hold a part of the keys (a Redis
 Cluster: ``tier.groups`` > 0), a namespace's keys fall into that many groups
 by their hash, each group's keys and its own generation token sharing a
 hash tag: they live on one server, where one ``MGET`` reads both, and the
-groups spread over every server. ``clear`` gives every group a new token and
-returns once all of them are written: a value from before it is absent in
-every process from then on.
+groups spread over every server. ``clear`` gives every group a new token,
+each confirmed by the replicas of its server (it survives a failover).
+Once all are written, a value from before it is absent in every process.
+Groups whose server could not be told stay *pending*
+(``info().tier_clear_pending``): this process neither reads nor writes
+their keys and writes their tokens again at each later use of them, while
+other processes may still be served their old values until it does.
 """
 
 from __future__ import annotations
@@ -31,12 +35,12 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..codecs import Codec, Decoder, DefaultCodec
 from . import envelope
-from .base import Skipped, Tier, Unavailable
+from .base import PartialWrite, Skipped, Tier, Unavailable
 from .generation import Generations, new_token, parse_token
 from .keys import namespace_part, stable_key_bytes
 
@@ -83,14 +87,21 @@ class BoundTier:
         # What this process knows of each group's token: made at a group's first
         # use (a cache on a cluster may touch few of its 256 groups).
         self._generations: list[Generations | None] = [None] * len(self._tags)
-        # A clear() the server did not take: until it does, this process reads
-        # nothing from the tier and writes nothing to it (a value from before
-        # the clear would be current again).
-        self._clear_pending = False
+        # The groups of a clear() their server did not take: until it does, this
+        # process neither reads nor writes their keys (a value from before the
+        # clear would be current again). Replaced, never mutated, under _lock.
+        self._pending: frozenset[int] = frozenset()
+        self._clears = 0  # clear() calls begun: a retry that began before one is stale
         self._lock = threading.Lock()
         self.counts = dict.fromkeys(
             ("tier_hits", "tier_misses", "tier_errors", "tier_rejected", "tier_skipped"), 0
         )
+
+    def stats(self) -> dict[str, int]:
+        """The counters, and ``tier_clear_pending``: the groups a ``clear()`` has not
+        reached yet (0: every process is past it)."""
+        with self._lock:
+            return {**self.counts, "tier_clear_pending": len(self._pending)}
 
     def _count(self, name: str) -> None:
         with self._lock:
@@ -144,9 +155,9 @@ class BoundTier:
         """:meth:`fetch`'s value, and the generation the tier was read under (None if
         the tier is unavailable): what :meth:`computing` needs after a miss."""
         name, data = named
-        if self._clear_pending and not self._finish_clear():
-            return MISSING, None
         group = self._group_of(name)
+        if group in self._pending and not self._finish_clear(group):
+            return MISSING, None
         ticket = self._generations_of(group).ticket()
         try:
             raw, blob = self._call(self.tier.get_many, [self._gen_keys[group], name], key=name)
@@ -188,9 +199,9 @@ class BoundTier:
         key, in the same thread, under the generation its computation began
         under; otherwise under the latest one this process saw."""
         name, data = named
-        if self._clear_pending and not self._finish_clear():
-            return
         group = self._group_of(name)
+        if group in self._pending and not self._finish_clear(group):
+            return
         carried = self._generations_of(group).carried(name)
         if carried is not None:
             generation = carried[0]
@@ -212,24 +223,35 @@ class BoundTier:
         with contextlib.suppress(Unavailable):
             self._call(self.tier.delete, name, key=name)
 
-    def clear(self) -> None:
-        """Every value of the namespace becomes absent, in every process. If the
-        server (every server holding a group) cannot be told now, this process
-        neither reads nor writes the tier until it can (other processes see the
-        old values of the groups not told until then)."""
-        self._clear_pending = not self._renew_all()
+    def clear(self) -> int:
+        """Every value of the namespace becomes absent, in every process. Returns the
+        groups whose server could not be told now (0: all were): this process
+        neither reads nor writes their keys until it can, and other processes
+        may be served their old values until then."""
+        with self._lock:
+            self._clears += 1
+        groups = range(len(self._gen_keys))
+        failed = set(groups) - self._renew(groups).keys()
+        with self._lock:
+            self._pending = frozenset(failed)
+        return len(failed)
 
-    def _finish_clear(self) -> bool:
-        """A clear that did not reach the server, tried again; whether it has now."""
-        if not self._renew_all():
-            return False
-        self._clear_pending = False
-        return True
+    def _finish_clear(self, group: int) -> bool:
+        """The pending groups of a clear, written again; whether ``group`` is done."""
+        with self._lock:
+            began, pending = self._clears, self._pending
+        if not pending:
+            return True
+        failed = pending - self._renew(pending).keys()
+        with self._lock:
+            if self._clears == began:  # no clear() since: its pending groups are ours
+                self._pending = frozenset(failed)
+            return group not in self._pending
 
     # -- the generation -----------------------------------------------------------------
 
     def _read_generation(self, group: int) -> int | None:
-        if self._clear_pending and not self._finish_clear():
+        if group in self._pending and not self._finish_clear(group):
             return None
         gen_key = self._gen_keys[group]
         ticket = self._generations_of(group).ticket()
@@ -247,7 +269,7 @@ class BoundTier:
             return self._establish(group)
         if self._generations_of(group).learn(ticket, token):
             return token
-        return self._renew(group)
+        return self._renew_one(group)
 
     def _establish(self, group: int) -> int | None:
         """A group without a token (new, or its token lost) gets one, unless
@@ -265,36 +287,35 @@ class BoundTier:
         except Unavailable:
             return None
         if found is None:  # lost again at once, or not a token: replaced
-            return self._renew(group)
-        return found if generations.learn(ticket, found) else self._renew(group)
+            return self._renew_one(group)
+        return found if generations.learn(ticket, found) else self._renew_one(group)
 
-    def _renew(self, group: int) -> int | None:
-        """A new token: every value of the group becomes absent."""
-        token = new_token()
-        gen_key, generations = self._gen_keys[group], self._generations_of(group)
-        try:
-            self._call(self.tier.set, gen_key, b"%d" % token, None, key=gen_key)
-        except Unavailable:
-            return None
-        # A ticket taken after the write: a reading answered before it landed
-        # (the old token) began earlier, and does not replace this one.
-        generations.learn(generations.ticket(), token)
-        return token
+    def _renew_one(self, group: int) -> int | None:
+        """A new token for one group (every value of it becomes absent), or None."""
+        return self._renew([group]).get(group)
 
-    def _renew_all(self) -> bool:
-        """A new token for every group, written together; whether all were."""
-        if not self._groups:
-            return self._renew(0) is not None
-        tokens = [new_token() for _ in self._gen_keys]
-        items = [(key, b"%d" % token) for key, token in zip(self._gen_keys, tokens, strict=True)]
+    def _renew(self, groups: Iterable[int]) -> dict[int, int]:
+        """A new token for each of ``groups``, written together (``set_many``:
+        confirmed by the replicas on a cluster); the tokens written, by group."""
+        tokens = {group: new_token() for group in groups}
+        items = [(self._gen_keys[group], b"%d" % token) for group, token in tokens.items()]
+        failed: set[int] = set()
         try:
             self._call(self.tier.set_many, items)
-        except Unavailable:
-            return False
-        for group, token in enumerate(tokens):
-            generations = self._generations_of(group)
-            generations.learn(generations.ticket(), token)
-        return True
+        except Unavailable as exc:
+            cause = exc.__cause__
+            if isinstance(cause, PartialWrite):
+                names = set(cause.failed)
+                failed = {g for g in tokens if self._gen_keys[g] in names}
+            else:
+                failed = set(tokens)
+        for group, token in tokens.items():
+            if group not in failed:
+                # A ticket taken after the write: a reading answered before it
+                # landed (the old token) began earlier, and does not replace it.
+                generations = self._generations_of(group)
+                generations.learn(generations.ticket(), token)
+        return {group: token for group, token in tokens.items() if group not in failed}
 
     # -- single flight across processes ---------------------------------------------------
 

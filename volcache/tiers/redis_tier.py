@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import threading
+import warnings
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from .base import Tier
+from .base import PartialWrite, Tier
 
 #: Groups a namespace's keys are spread over on a cluster: each a hash tag,
 #: on one master; enough that every master holds a fair share of them.
@@ -15,6 +16,19 @@ CLUSTER_GROUPS = 256
 
 # Deletes a lock only if it still holds this holder's token: atomic on the server.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
+
+
+def _cluster_node(url: str) -> Any:
+    """The startup node a cluster URL names; ``ValueError`` for a URL that cannot be one."""
+    from redis.cluster import ClusterNode
+    from redis.connection import parse_url
+
+    parsed = parse_url(url)  # ValueError naming the problem for a bad scheme
+    if "path" in parsed:
+        raise ValueError(f"a cluster is reached over TCP, not a Unix socket: {url!r}")
+    if parsed.get("db", 0) != 0:
+        raise ValueError(f"a cluster has only database 0: {url!r}")
+    return ClusterNode(parsed.get("host", "localhost"), parsed.get("port", 6379))
 
 
 def _redis() -> Any:
@@ -33,10 +47,12 @@ class RedisTier(Tier):
     Args:
         url_or_client: a ``redis://`` URL (a client is made with ``timeout``
             for connecting and for every call, and no retries: the breaker
-            decides), or a client of yours, used as it is: a ``redis.Redis``,
-            or a ``redis.cluster.RedisCluster``.
-        cluster: the URL is one node of a Redis Cluster (any node: the client
-            learns the others from it).
+            decides); with ``cluster=True`` a list of them too (startup nodes,
+            asked in turn); or a client of yours, used as it is: a
+            ``redis.Redis``, or a ``redis.cluster.RedisCluster``.
+        cluster: the URL is a node of a Redis Cluster (any node: the client
+            learns the others from it). ``ValueError`` for a URL that cannot
+            be one, or a server that answers and is not in cluster mode.
         options: :class:`~volcache.tiers.Tier`'s.
 
     ``lock=True`` takes ``SET key token NX PX`` and releases with a
@@ -47,8 +63,9 @@ class RedisTier(Tier):
     each with its own generation token beside its keys, so that the masters
     share the keys and a lookup is one ``MGET`` on one master; the breaker is
     kept per master, so a dead master switches off only the keys it holds.
-    :meth:`~volcache.VolatileCache.clear` writes a new token for every group
-    and counts only once all are written.
+    :meth:`~volcache.VolatileCache.clear` writes a new token for every group;
+    a master's groups count as cleared once its replicas confirm (``WAIT``),
+    and ``info().tier_clear_pending`` counts those that do not yet.
     """
 
     requirement = "redis"
@@ -56,28 +73,35 @@ class RedisTier(Tier):
     def __init__(self, url_or_client: Any, *, cluster: bool = False, **options: Any) -> None:
         super().__init__(**options)
         redis = _redis()
+        from redis.backoff import NoBackoff
         from redis.cluster import RedisCluster
+        from redis.retry import Retry
 
         self._client: Any = None
         self._make: Callable[[], Any] | None = None
         self._release_script: Any = None
-        if isinstance(url_or_client, str):
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-
-            make = RedisCluster.from_url if cluster else redis.Redis.from_url
+        self._making = threading.Lock()
+        self._warned = False
+        urls = [url_or_client] if isinstance(url_or_client, str) else url_or_client
+        if isinstance(urls, (list, tuple)) and urls and all(isinstance(u, str) for u in urls):
+            if len(urls) > 1 and not cluster:
+                raise TypeError("several URLs are a cluster's startup nodes: pass cluster=True")
             settings = {  # not the tier's **options, which the base class took
                 "socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
                 "retry": Retry(NoBackoff(), 0),
             }  # fmt: skip
-            # A cluster client asks a node for the cluster's layout when it is
-            # made: made at the first call instead, whose failure the breaker
-            # counts, so that a node down when the process starts raises nothing.
-            self._make = functools.partial(make, url_or_client, **settings)
-            if not cluster:  # one server's client connects at its first call: made now,
-                self._client = self._make()  # so that a bad URL raises here, as before
             self._owns_client = True
             self.cluster = cluster
+            if cluster:
+                nodes = [_cluster_node(url) for url in urls]
+                self.urls = list(urls)
+                startup = {**settings, "retry": Retry(NoBackoff(), 2)}
+                self._make = functools.partial(
+                    RedisCluster, url=urls[0], startup_nodes=nodes[1:], **startup
+                )
+                self._make_cluster_now()
+            else:  # one server's client connects at its first call: a bad URL raises here
+                self._client = redis.Redis.from_url(urls[0], **settings)
         elif hasattr(url_or_client, "mget") and hasattr(url_or_client, "set"):
             self._client = url_or_client
             self._owns_client = False
@@ -88,23 +112,67 @@ class RedisTier(Tier):
                 )
         else:
             raise TypeError(
-                "RedisTier needs a redis:// URL, a redis.Redis or a redis.cluster.RedisCluster, "
+                "RedisTier needs a redis:// URL (a list of them: a cluster's startup "
+                "nodes), a redis.Redis or a redis.cluster.RedisCluster, "
                 f"got {url_or_client!r}"
             )
         if self.cluster:
             self.groups = CLUSTER_GROUPS
-        self._making = threading.Lock()
+
+    def _make_cluster_now(self) -> None:
+        """The cluster's client, made now if a startup node answers. A server not in
+        cluster mode raises ``ValueError``; no node answering raises nothing: the
+        client is made at a later call, whose failure the breaker counts, so that
+        a cluster down when a process starts is a tier that misses."""
+        try:
+            self._client = self._new_client()
+        except ValueError:
+            raise
+        except Exception:
+            pass
+
+    def _new_client(self) -> Any:
+        from redis.backoff import NoBackoff
+        from redis.exceptions import RedisClusterException
+        from redis.retry import Retry
+
+        assert self._make is not None
+        try:
+            # Two retries while it is made: redis-py's first question (COMMAND)
+            # goes to the first master of its layout, and only a retry asks
+            # another if that one is down.
+            client = self._make()
+        except RedisClusterException as exc:
+            if "not enabled" in str(exc):
+                raise ValueError(
+                    f"cluster=True, but the server at {self.urls[0]} is not in cluster mode "
+                    "(cluster-enabled no): pass cluster=False for one server"
+                ) from exc
+            raise
+        client.set_retry(Retry(NoBackoff(), 0))  # then none: the breaker decides
+        return client
 
     @property
     def client(self) -> Any:
-        """The redis-py client (made at the first use from a URL)."""
+        """The redis-py client (a cluster's: made at the first use the cluster answers)."""
         client = self._client
         if client is None:
+            # Made outside the lock: a fork while another thread waits for the
+            # network here leaves the child a lock that nobody holds.
+            try:
+                client = self._new_client()
+            except ValueError as exc:  # a server not in cluster mode: said once
+                if not self._warned:
+                    self._warned = True
+                    warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
+                raise
             with self._making:
                 if self._client is None:
-                    assert self._make is not None
-                    self._client = self._make()
-                client = self._client
+                    self._client = client
+                    client = None
+            if client is not None:  # another thread made one first
+                client.close()
+            client = self._client
         return client
 
     def _release_of(self) -> Any:
@@ -129,25 +197,52 @@ class RedisTier(Tier):
 
     def set_many(self, items: list[tuple[str, bytes]]) -> None:
         """One pipeline; on a cluster, one to each master, so that a dead master
-        fails its own writes alone. The first failure is raised after every
-        write that could land has."""
+        fails its own writes alone, each followed by ``WAIT`` for the master's
+        connected replicas: a write is done only once a replica that may take
+        over has it (a clear must survive a failover). Raises
+        :class:`~volcache.tiers.PartialWrite` naming the keys of the masters
+        that failed, if others did not."""
         client = self.client  # made now: where() names the masters of a made client
         batches: dict[Hashable, list[tuple[str, bytes]]] = {}
         for key, value in items:
             batches.setdefault(self.where(key), []).append((key, value))
+        failed: list[str] = []
         failure: Exception | None = None
-        for batch in batches.values():
-            pipe = client.pipeline(transaction=False)
-            for key, value in batch:
-                pipe.set(key, value)
+        for where, batch in batches.items():
             try:
-                results = pipe.execute(raise_on_error=False)
+                self._write_batch(client, where, batch)
             except Exception as exc:
                 failure = failure or exc
-                continue
-            failure = failure or next((r for r in results if isinstance(r, Exception)), None)
-        if failure is not None:
+                failed.extend(key for key, _ in batch)
+        if failure is None:
+            return
+        if len(failed) == len(items):
             raise failure
+        raise PartialWrite(failed, f"{len(failed)} of {len(items)} not written: {failure}")
+
+    def _write_batch(self, client: Any, where: Hashable, batch: list[tuple[str, bytes]]) -> None:
+        pipe = client.pipeline(transaction=False)
+        for key, value in batch:
+            pipe.set(key, value)
+        results = pipe.execute(raise_on_error=False)
+        error = next((r for r in results if isinstance(r, Exception)), None)
+        if error is not None:
+            raise error
+        if not self.cluster or where is None:
+            return
+        node = client.get_node(node_name=where)
+        if node is None:
+            raise ConnectionError(f"no node {where} in the cluster's layout")
+        server = client.get_redis_connection(node)
+        replicas = int(server.info("replication").get("connected_slaves", 0))
+        if replicas:
+            # Under the socket's timeout, so that a short count is an answer, not an error.
+            wait_ms = max(1, int(self.timeout * 500))
+            acked = int(server.execute_command("WAIT", replicas, wait_ms))
+            if acked < replicas:
+                raise ConnectionError(
+                    f"{acked} of {replicas} replicas of {where} confirmed the write"
+                )
 
     def set(self, key: str, value: bytes, ttl: float | None) -> None:
         """``SET``, with ``PX`` if a ``ttl`` is given."""
