@@ -95,7 +95,7 @@ class RedisTier(Tier):
             if cluster:
                 nodes = [_cluster_node(url) for url in urls]
                 self.urls = list(urls)
-                startup = {**settings, "retry": Retry(NoBackoff(), 2)}
+                startup: dict[str, Any] = {**settings, "retry": Retry(NoBackoff(), 2)}
                 self._make = functools.partial(
                     RedisCluster, url=urls[0], startup_nodes=nodes[1:], **startup
                 )
