@@ -15,6 +15,7 @@ from .decorator import cached, lru_cache
 from .flight import DeadlockError
 from .images import ThumbnailCache, ThumbnailError
 from .info import CacheInfo
+from .shared import SharedVolatileCache
 
 try:
     __version__ = version("volcache")
@@ -30,6 +31,7 @@ __all__ = [
     "MemoryBudget",
     "NumpyCodec",
     "PickleCodec",
+    "SharedVolatileCache",
     "ThumbnailCache",
     "ThumbnailError",
     "VolatileCache",

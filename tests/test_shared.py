@@ -1,0 +1,267 @@
+"""SharedVolatileCache: one segment, many processes; purges learnt, not read as
+zeros; a process killed at any point of a change leaves the segment usable and
+never makes another read a wrong value."""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import os
+import random
+import signal
+import struct
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from volcache import SharedVolatileCache
+from volcache.shared import SegmentError
+from volcache.shared import layout as L
+from volcache.shared.segment import Segment, path_of
+
+from .conftest import wait_child
+
+
+@pytest.fixture
+def name():
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    SharedVolatileCache.unlink(name)
+
+
+def test_values_of_every_kind_come_back_in_another_process(name):
+    with SharedVolatileCache(name, size=1 << 22) as cache:
+        cache["bytes"] = b"b" * 10_000
+        cache[("tuple", 1)] = {"a": [1, 2.5, None]}
+        cache[3] = array.array("i", range(100))
+        cache[4.5] = bytearray(b"ba")
+        code = (
+            "import array, sys\n"
+            "from volcache import SharedVolatileCache\n"
+            f"c = SharedVolatileCache({name!r}, size=1 << 22)\n"
+            "assert c['bytes'] == b'b' * 10_000\n"
+            "assert c[('tuple', 1)] == {'a': [1, 2.5, None]}\n"
+            "assert c[3] == array.array('i', range(100))\n"
+            "assert c[4.5] == bytearray(b'ba') and type(c[4.5]) is bytearray\n"
+            "c['from child'] = b'hello'\n"
+            "print(sorted(map(repr, c)))\n"
+        )
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        assert "'from child'" in run.stdout
+        assert cache["from child"] == b"hello"
+        assert len(cache) == 5
+
+
+def test_a_forked_child_shares_the_cache_it_inherited(name):
+    with SharedVolatileCache(name, size=1 << 22) as cache:
+        cache[1] = b"parent"
+        pid = os.fork()
+        if pid == 0:
+            ok = cache[1] == b"parent" and os.getpid() in cache.info().attached
+            cache[2] = b"child"
+            os._exit(0 if ok else 1)
+        assert wait_child(pid) == 0
+        assert cache[2] == b"child"
+
+
+def test_a_purge_gives_memory_back_and_readers_learn_it_from_the_record(name):
+    with SharedVolatileCache(name, size=1 << 24) as cache:
+        for k in range(64):
+            cache[k] = bytes([k]) * 20_000
+        blocks = os.stat(path_of(name)).st_blocks
+        cache[0]  # the most recently used now
+        freed = cache.purge(32 * 20_000)
+        assert freed >= 32 * 20_000
+        # Less the index's pages, which a scan of it touches (shared memory has
+        # no zero page: a read of a hole allocates).
+        index = cache._segment.data_at - cache._segment.index_at
+        assert os.stat(path_of(name)).st_blocks * 512 <= blocks * 512 - freed + index
+        with SharedVolatileCache(name, size=1 << 24) as other:
+            found = {k: other.get(k) for k in range(64)}
+            info = other.info()
+        assert found[0] == bytes([0]) * 20_000  # recently used: kept
+        purged = [k for k, v in found.items() if v is None]
+        assert len(purged) >= 32 and info.purged == len(purged) and info.misses == 0
+        assert all(v == bytes([k]) * 20_000 for k, v in found.items() if v is not None)
+        cache.regenerate = lambda k: b"again-%d" % k
+        assert cache[purged[0]] == b"again-%d" % purged[0]
+        assert cache.info().regenerated == 1 and cache.info().purged_entries == len(purged) - 1
+
+
+def test_maxsize_keeps_the_most_recently_used(name):
+    with SharedVolatileCache(name, size=1 << 24, maxsize=64) as cache:
+        for k in range(200):
+            cache[k] = b"v%d" % k
+            if k >= 1:
+                cache[1]  # kept in use
+        assert len(cache) <= 64
+        assert cache[1] == b"v1" and cache[199] == b"v199" and 0 not in cache
+
+
+def test_a_full_segment_evicts_the_least_recently_used(name):
+    with SharedVolatileCache(name, size=1 << 20) as cache:
+        for k in range(1000):
+            cache[k] = b"%d" % k * 1000
+        assert cache[999] == b"999" * 1000
+        assert 0 < len(cache) < 1000
+        assert all(cache[k] == b"%d" % k * 1000 for k in cache)
+
+
+def test_bad_input_is_refused_by_name_and_the_cache_stays_usable(name):
+    with pytest.raises(ValueError, match="name"):
+        SharedVolatileCache("a/b")
+    with pytest.raises(ValueError, match="at least"):
+        SharedVolatileCache(name + "-small", size=4096)
+    assert not path_of(name + "-small").exists() or os.stat(path_of(name + "-small")).st_size == 0
+    SharedVolatileCache.unlink(name + "-small")
+    with SharedVolatileCache(name, size=1 << 20) as cache:
+        cache[1] = b"one"
+        with pytest.raises(TypeError):
+            cache[object()] = b"x"  # no stable bytes in every process
+        with pytest.raises(ValueError, match="does not fit"):
+            cache[2] = b"x" * (1 << 20)
+        with pytest.raises(KeyError):
+            cache[3]
+        assert cache[1] == b"one" and len(cache) == 1
+
+
+def test_clear_gives_every_page_back(name):
+    with SharedVolatileCache(name, size=1 << 24) as cache:
+        for k in range(64):
+            cache[k] = bytes([k]) * 20_000
+        cache.clear()
+        assert os.stat(path_of(name)).st_blocks * 512 <= L.PAGE  # the header's page
+        assert len(cache) == 0 and cache.get(1) is None
+        cache[1] = b"again"
+        assert cache[1] == b"again"
+
+
+def test_a_segment_of_another_version_or_format_is_refused(name):
+    with SharedVolatileCache(name, size=1 << 20):
+        pass
+    path = path_of(name)
+    with open(path, "r+b") as f:
+        f.seek(8)
+        f.write(struct.pack("<I", L.VERSION + 1))
+    with pytest.raises(SegmentError, match=f"version {L.VERSION + 1}"):
+        SharedVolatileCache(name, size=1 << 20)
+    with open(path, "r+b") as f:
+        f.write(b"NOTVOLC\x00")
+    with pytest.raises(SegmentError, match="not a volcache segment"):
+        SharedVolatileCache(name, size=1 << 20)
+
+
+# -- a process killed mid-change ------------------------------------------------------------
+
+
+def _die_at(cache: SharedVolatileCache, method: str, when) -> None:
+    """In a forked child: make ``Segment.<method>`` end the process when ``when(args)``."""
+    segment = cache._segment
+    original = getattr(segment, method)
+
+    def dying(*args):
+        if when(args):
+            os._exit(0)
+        return original(*args)
+
+    setattr(segment, method, dying)
+
+
+DEATHS = {
+    "pages taken, value not written": ("_take_pages", lambda a: True),
+    "record busy, not live yet": ("_state", lambda a: a[1] == L.LIVE),
+    "new record live, old pages not given back": ("_give_pages", lambda a: True),
+    "mid-clear": ("_wipe", lambda a: True),
+}
+
+
+@pytest.mark.parametrize("death", DEATHS)
+def test_a_writer_killed_mid_change_loses_at_most_its_own_entry(name, death):
+    method, when = DEATHS[death]
+    with SharedVolatileCache(name, size=1 << 22) as cache:
+        for k in range(20):
+            cache[k] = b"old-%d" % k * 500
+        pid = os.fork()
+        if pid == 0:
+            _die_at(cache, method, when)
+            if method == "_wipe":
+                cache.clear()
+            else:
+                cache[5] = b"new" * 3000
+            os._exit(3)  # not reached if the death came
+        assert wait_child(pid) == 0
+        assert cache._segment._get(L.DIRTY_AT)  # left mid-change
+        found = {k: cache.get(k) for k in range(20)}
+        assert cache.info().recoveries == 1
+        if method == "_wipe":
+            assert found == dict.fromkeys(range(20))
+        else:
+            assert found[5] in (None, b"old-5" * 500, b"new" * 3000)
+            assert all(found[k] == b"old-%d" % k * 500 for k in range(20) if k != 5)
+        segment = cache._segment
+        live = segment._victims(L.LIVE)
+        assert segment.counts()["pages"] == sum(n for _, _, n in live)
+        assert segment.counts()["live"] == len(live) == len(cache)
+        cache[5] = b"after"  # usable
+        assert cache[5] == b"after"
+
+
+def _value(k: int, n: int) -> bytes:
+    """A value that says which key and which write it is, checkable by any reader."""
+    seed = hashlib.sha256(b"%d:%d" % (k, n)).digest()
+    return struct.pack("<II", k, n) + seed * (1 + (k * 7919 + n) % 600)
+
+
+def _check(k: int, value: bytes) -> bool:
+    kk, n = struct.unpack_from("<II", value)
+    return kk == k and value == _value(k, n)
+
+
+def test_writers_killed_at_random_points_never_make_a_reader_see_a_wrong_value(name):
+    """100 writers SIGKILLed at random moments (mid-store, holding the lock,
+    mid-eviction) while a reader checks every value it reads."""
+    rng = random.Random(7)
+    keys = 48
+    with SharedVolatileCache(name, size=4 << 20) as cache:  # small: stores evict
+        for k in range(keys):
+            cache[k] = _value(k, 0)
+        reader = os.fork()
+        if reader == 0:
+            wrong = seen = 0
+            deadline = time.monotonic() + 60
+            while not os.path.exists(f"/tmp/{name}.done") and time.monotonic() < deadline:
+                for k in range(keys):
+                    value = cache.get(k)
+                    if value is not None:
+                        seen += 1
+                        wrong += not _check(k, value)
+            os._exit(0 if wrong == 0 and seen > 0 else 1)
+        try:
+            for n in range(1, 101):
+                writer = os.fork()
+                if writer == 0:
+                    r = random.Random(n)
+                    while True:
+                        k = r.randrange(keys)
+                        cache[k] = _value(k, n)
+                time.sleep(rng.uniform(0.001, 0.03))
+                os.kill(writer, signal.SIGKILL)
+                os.waitpid(writer, 0)
+        finally:
+            open(f"/tmp/{name}.done", "w").close()
+        assert wait_child(reader, 70) == 0
+        os.unlink(f"/tmp/{name}.done")
+        assert all(_check(k, cache[k]) for k in cache)
+        assert cache.info().recoveries > 0  # some writers did die mid-change
+        cache[0] = _value(0, 999)
+        assert cache[0] == _value(0, 999)
+
+
+def test_the_segment_file_is_the_users_alone(name):
+    with SharedVolatileCache(name, size=1 << 20):
+        assert os.stat(path_of(name)).st_mode & 0o777 == 0o600
+    assert Segment  # the module's door for tests that need the segment itself

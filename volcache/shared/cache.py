@@ -1,0 +1,246 @@
+"""SharedVolatileCache: one cache in shared memory for every process of a machine."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import threading
+from collections.abc import Callable, Hashable, Iterator, MutableMapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..codecs import DefaultCodec, check_codec, decoder_from_spec, decoder_spec
+from ..tiers.keys import stable_key_bytes
+from . import layout as L
+from .segment import Segment, path_of
+
+# How a value's bytes are decoded, stored beside them (any process reads them).
+_BYTES, _BYTEARRAY, _SPEC, _PICKLE, _CODEC = 1, 2, 3, 4, 5
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class SharedCacheInfo:
+    """A shared cache's counters: this process's lookups, and the segment's state.
+
+    Attributes:
+        hits, misses: this process's lookups that found a value, and that did not.
+        purged: this process's lookups that found their entry purged.
+        regenerated: values this process made again with ``regenerate``.
+        entries: entries holding a value, in the segment (every process's).
+        purged_entries: entries whose value was purged and not stored again.
+        segment_bytes: the segment's address space (``size``).
+        stored_bytes: the pages entries hold now: the segment's memory.
+        purges: purges done, by any process.
+        recoveries: times a process found the segment left mid-change by a
+            process that died, and repaired it.
+        attached: the pids of the live processes that opened the segment.
+    """
+
+    hits: int
+    misses: int
+    purged: int
+    regenerated: int
+    entries: int
+    purged_entries: int
+    segment_bytes: int
+    stored_bytes: int
+    purges: int
+    recoveries: int
+    attached: list[int]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a dict (for JSON)."""
+        return asdict(self)
+
+
+class SharedVolatileCache(MutableMapping[Hashable, Any]):
+    """A mapping whose entries live in a shared memory segment named ``name``,
+    opened by any process of the same user (or inherited across ``fork``).
+
+    Args:
+        name: the segment's name (1-100 of ``A-Z a-z 0-9 _ . -``); the first
+            process to open it makes it.
+        size: the segment's bytes, when this process makes it: the most it can
+            hold. Its memory is what entries hold now.
+        codec: how values become bytes (default: buffers raw, the rest pickled);
+            every process of a segment must use the same.
+        regenerate: ``regenerate(key) -> value`` for keys purged or absent.
+        maxsize: entries this process lets the segment hold after its stores
+            (None: as many as fit); past it the least recently used go, a
+            thirty-second of ``maxsize`` at a time.
+
+    An entry takes whole pages (4 KiB at least): the segment suits values of
+    kilobytes and more (images, parsed files, arrays). Keys are any value
+    :mod:`volcache.tiers.keys` encodes alike in every process (numbers,
+    strings, bytes, tuples and frozensets of them...).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        size: int = 256 << 20,
+        codec: Any = None,
+        regenerate: Callable[[Any], Any] | None = None,
+        maxsize: int | None = None,
+    ) -> None:
+        if regenerate is not None and not callable(regenerate):
+            raise TypeError(f"regenerate must be callable or None, got {regenerate!r}")
+        if maxsize is not None and (not isinstance(maxsize, int) or maxsize < 1):
+            raise TypeError(f"maxsize must be a positive int or None, got {maxsize!r}")
+        self.codec = check_codec(codec)
+        self.regenerate = regenerate
+        self.maxsize = maxsize
+        self.name = name
+        self._segment = Segment(name, size)
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(("hits", "misses", "purged", "regenerated"), 0)
+
+    # -- keys and values ---------------------------------------------------------------------
+
+    @staticmethod
+    def _named(key: Any) -> tuple[bytes, int]:
+        data = stable_key_bytes(key)
+        return data, int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+    def _encode(self, value: Any) -> tuple[int, bytes]:
+        data, decode, _ = self.codec.encode_with_decoder(value)
+        if decode is bytes:
+            return _BYTES, bytes(data)
+        if decode is bytearray:
+            return _BYTEARRAY, bytes(data)
+        spec = decoder_spec(decode)
+        if spec is not None:
+            tag, params = spec
+            return _SPEC | tag << 8, len(params).to_bytes(4, "little") + params + bytes(data)
+        if isinstance(self.codec, DefaultCodec):
+            return _PICKLE, bytes(data)
+        return _CODEC, bytes(data)
+
+    def _decode(self, tag: int, data: bytes) -> Any:
+        kind = tag & 0xFF
+        if kind == _BYTES:
+            return data
+        if kind == _BYTEARRAY:
+            return bytearray(data)
+        if kind == _SPEC:
+            n = int.from_bytes(data[:4], "little")
+            return decoder_from_spec(tag >> 8, data[4 : 4 + n])(memoryview(data)[4 + n :])
+        if kind == _PICKLE:
+            return pickle.loads(data)
+        return self.codec.decode(memoryview(data))
+
+    def _seg(self) -> Segment:
+        if os.getpid() != self._pid:  # a forked child: in the table of attached processes
+            self._pid = os.getpid()
+            with self._segment.lock:
+                self._segment._attach()
+        return self._segment
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+    # -- the mapping -----------------------------------------------------------------------
+
+    def _lookup(self, key: Any) -> tuple[int, Any]:
+        state, tag, data = self._seg().get(*self._named(key))
+        if state == L.LIVE:
+            assert data is not None
+            self._count("hits")
+            return state, self._decode(tag, data)
+        self._count("purged" if state == L.PURGED else "misses")
+        return state, _ABSENT
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self._lookup(key)[1]
+        if value is _ABSENT:
+            return self.__missing__(key)
+        return value
+
+    def __missing__(self, key: Any) -> Any:
+        """``regenerate(key)``, stored; ``KeyError`` without ``regenerate``."""
+        if self.regenerate is None:
+            raise KeyError(key)
+        value = self.regenerate(key)
+        self._count("regenerated")
+        self[key] = value
+        return value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """The value, or ``default`` if absent; a purged one is regenerated if it can be."""
+        state, value = self._lookup(key)
+        if value is not _ABSENT:
+            return value
+        if state == L.PURGED and self.regenerate is not None:
+            return self.__missing__(key)
+        return default
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        data, h = self._named(key)
+        tag, blob = self._encode(value)
+        segment = self._seg()
+        segment.put(data, pickle.dumps(key, pickle.HIGHEST_PROTOCOL), h, tag, blob)
+        if self.maxsize is not None:
+            segment.evict_to(self.maxsize, max(1, self.maxsize // 32))
+
+    def __delitem__(self, key: Any) -> None:
+        if not self._seg().delete(*self._named(key)):
+            raise KeyError(key)
+
+    def __contains__(self, key: Any) -> bool:
+        return self._seg().get(*self._named(key))[0] == L.LIVE
+
+    def __len__(self) -> int:
+        return self._seg().counts()["live"]
+
+    def __iter__(self) -> Iterator[Any]:
+        for pickled in self._seg().pickled_keys():
+            yield pickle.loads(pickled)
+
+    def clear(self) -> None:
+        """Every entry removed, for every process; the memory given back."""
+        self._seg().clear()
+
+    def purge(self, nbytes: int) -> int:
+        """Purges the least recently used entries until ``nbytes`` went back to the
+        system (for every process); the bytes that did."""
+        return self._seg().purge(nbytes)
+
+    def info(self) -> SharedCacheInfo:
+        """This process's counters and the segment's (see :class:`SharedCacheInfo`)."""
+        segment = self._seg()
+        counts = segment.counts()
+        with self._lock:
+            mine = dict(self._counts)
+        return SharedCacheInfo(
+            **mine,
+            entries=counts["live"],
+            purged_entries=counts["purged"],
+            segment_bytes=segment.size,
+            stored_bytes=counts["pages"] * L.PAGE,
+            purges=counts["purges"],
+            recoveries=counts["recoveries"],
+            attached=segment.attached(),
+        )
+
+    def close(self) -> None:
+        """Unmap the segment in this process (the others keep it). Idempotent."""
+        self._segment.close()
+
+    @staticmethod
+    def unlink(name: str) -> None:
+        """Remove segment ``name`` (processes that have it open keep it until they close)."""
+        path_of(name).unlink(missing_ok=True)
+
+    def __enter__(self) -> SharedVolatileCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SharedVolatileCache({self.name!r}, {len(self)} entries)"
