@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import array
 import hashlib
+import json
 import os
 import random
 import signal
@@ -14,15 +15,18 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
-from volcache import SharedVolatileCache
+from volcache import SharedVolatileCache, cgroups
 from volcache.shared import SegmentError
 from volcache.shared import layout as L
 from volcache.shared.segment import Segment, path_of
 
-from .conftest import wait_child
+from .conftest import require, wait_child
+
+HERE = Path(__file__).parent
 
 
 @pytest.fixture
@@ -259,6 +263,47 @@ def test_writers_killed_at_random_points_never_make_a_reader_see_a_wrong_value(n
         assert cache.info().recoveries > 0  # some writers did die mid-change
         cache[0] = _value(0, 999)
         assert cache[0] == _value(0, 999)
+
+
+def test_workers_past_their_memory_cgroup_purge_the_segment_and_nobody_is_killed(name):
+    """Two workers store 2 x 80 MiB of shared values in a 96 MiB cgroup: shared
+    memory is never reclaimed by the kernel here (no swap), so only their
+    purges keep them alive."""
+    require("cgroups", cgroups.unavailable_reason())
+    with cgroups.MemoryCgroup(96 << 20, name="volcache-test") as group:
+        children = [
+            subprocess.Popen(
+                group.command(
+                    [
+                        sys.executable,
+                        str(HERE / "shared_pressure_child.py"),
+                        name,
+                        str(first),
+                        "320",
+                        "2",
+                    ]
+                ),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for first in (0, 320)
+        ]
+        outs = [child.communicate(timeout=300) for child in children]
+        oom_kills = group.oom_kills()
+    assert oom_kills == 0
+    assert all(child.returncode == 0 for child in children), [err[-2000:] for _, err in outs]
+    results = [json.loads(out) for out, _ in outs]
+    assert all(r["wrong"] == 0 for r in results)
+    assert "cgroup" in results[0]["pressure"]
+    assert sum(r["purged_bytes"] for r in results) > 64 << 20
+    assert sum(r["hits"] for r in results) > 0
+    with SharedVolatileCache(name, size=1 << 30, pressure=False) as cache:
+        assert all(cache[k] == _shared_value(k) for k in cache)
+
+
+def _shared_value(k: int) -> bytes:
+    return hashlib.sha256(b"%d" % k).digest() * (256 << 10 >> 5)
 
 
 def test_the_segment_file_is_the_users_alone(name):

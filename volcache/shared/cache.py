@@ -13,6 +13,7 @@ from typing import Any
 from ..codecs import DefaultCodec, check_codec, decoder_from_spec, decoder_spec
 from ..tiers.keys import stable_key_bytes
 from . import layout as L
+from .purger import SharedPurger
 from .segment import Segment, path_of
 
 # How a value's bytes are decoded, stored beside them (any process reads them).
@@ -36,6 +37,8 @@ class SharedCacheInfo:
         recoveries: times a process found the segment left mid-change by a
             process that died, and repaired it.
         attached: the pids of the live processes that opened the segment.
+        purged_bytes: bytes this process purged under memory pressure.
+        pressure: the limit this process's purger follows ("off": none).
     """
 
     hits: int
@@ -49,6 +52,8 @@ class SharedCacheInfo:
     purges: int
     recoveries: int
     attached: list[int]
+    purged_bytes: int
+    pressure: str
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict (for JSON)."""
@@ -70,6 +75,11 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
         maxsize: entries this process lets the segment hold after its stores
             (None: as many as fit); past it the least recently used go, a
             thirty-second of ``maxsize`` at a time.
+        pressure: purge under memory pressure (the limit this process runs
+            under: see :class:`~volcache.shared.purger.SharedPurger`). Without
+            it, nothing gives the segment's memory back but ``purge()``.
+        cgroup, headroom: the memory cgroup to follow instead of this
+            process's own, and the bytes kept free below its limit.
 
     An entry takes whole pages (4 KiB at least): the segment suits values of
     kilobytes and more (images, parsed files, arrays). Keys are any value
@@ -85,6 +95,9 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
         codec: Any = None,
         regenerate: Callable[[Any], Any] | None = None,
         maxsize: int | None = None,
+        pressure: bool = True,
+        cgroup: Any = None,
+        headroom: int | None = None,
     ) -> None:
         if regenerate is not None and not callable(regenerate):
             raise TypeError(f"regenerate must be callable or None, got {regenerate!r}")
@@ -95,6 +108,7 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
         self.maxsize = maxsize
         self.name = name
         self._segment = Segment(name, size)
+        self._purger = SharedPurger(self._segment, cgroup, headroom) if pressure else None
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(("hits", "misses", "purged", "regenerated"), 0)
@@ -183,6 +197,8 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
         data, h = self._named(key)
         tag, blob = self._encode(value)
         segment = self._seg()
+        if self._purger is not None:
+            self._purger.relieve(len(blob) + L.PAGE)
         segment.put(data, pickle.dumps(key, pickle.HIGHEST_PROTOCOL), h, tag, blob)
         if self.maxsize is not None:
             segment.evict_to(self.maxsize, max(1, self.maxsize // 32))
@@ -225,10 +241,15 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
             purges=counts["purges"],
             recoveries=counts["recoveries"],
             attached=segment.attached(),
+            purged_bytes=0 if self._purger is None else self._purger.purged_bytes,
+            pressure="off" if self._purger is None else self._purger.describe(),
         )
 
     def close(self) -> None:
         """Unmap the segment in this process (the others keep it). Idempotent."""
+        if self._purger is not None:
+            self._purger.stop()
+            self._purger = None
         self._segment.close()
 
     @staticmethod

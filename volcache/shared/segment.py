@@ -30,6 +30,7 @@ from pathlib import Path
 from . import layout as L
 from .lock import SegmentLock
 
+_SCAN_BYTES = 1 << 20
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 #: Where segments live: a tmpfs, so that pages punched out are memory given back.
 DIRECTORY = Path("/dev/shm")
@@ -187,7 +188,18 @@ class Segment:
         return self.index_at + slot * L.RECORD.size
 
     def _record(self, slot: int) -> tuple[int, ...]:
-        return L.RECORD.unpack_from(self.mm, self._slot_at(slot))
+        # Read with pread, not through the mapping: a read fault on a hole of
+        # shared memory allocates a page (there is no zero page for it), and
+        # probes and scans would fill the index with pages of empty slots.
+        return L.RECORD.unpack(os.pread(self._fd, L.RECORD.size, self._slot_at(slot)))
+
+    def _scan(self) -> Iterator[tuple[int, tuple[int, ...]]]:
+        """(slot, record) of every slot, read a chunk at a time (no page allocated)."""
+        per = _SCAN_BYTES // L.RECORD.size
+        for start in range(0, self.slots, per):
+            n = min(per, self.slots - start)
+            chunk = os.pread(self._fd, n * L.RECORD.size, self._slot_at(start))
+            yield from enumerate(L.RECORD.iter_unpack(chunk), start)
 
     def _state(self, slot: int, state: int) -> None:
         L.STATE.pack_into(self.mm, self._slot_at(slot), state)
@@ -342,15 +354,7 @@ class Segment:
 
     def _victims(self, state: int) -> list[tuple[int, int, int]]:
         """(last use, slot, pages) of every record in ``state``."""
-        index = memoryview(self.mm)[self.index_at : self.index_at + self.slots * L.RECORD.size]
-        try:
-            return [
-                (record[7], slot, record[4])
-                for slot, record in enumerate(L.RECORD.iter_unpack(index))
-                if record[0] == state
-            ]
-        finally:
-            index.release()
+        return [(record[7], slot, record[4]) for slot, record in self._scan() if record[0] == state]
 
     def _evict(self, pages: int) -> bool:
         """Removes the least recently used entries until ``pages`` pages were freed;
@@ -455,8 +459,8 @@ class Segment:
             return
         owner = bytearray(self.pages)
         live = purged = taken = 0
-        for slot in range(self.slots):
-            state, key_len, _, first, npages, value_len, *_ = self._record(slot)
+        for slot, record in self._scan():
+            state, key_len, _, first, npages, value_len, *_ = record
             if state == L.BUSY:
                 self._state(slot, L.TOMBSTONE)
             elif state == L.LIVE:
