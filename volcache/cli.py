@@ -55,6 +55,8 @@ def _bench(args: argparse.Namespace) -> int:
         return _many_small(args)
     if args.scenario == "tier":
         return _tier(args)
+    if args.scenario == "shared":
+        return _shared(args)
     from .bench import report, scenario
     from .bench.contestants import lineup
     from .bench.results import Settings
@@ -194,6 +196,44 @@ def _tier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shared(args: argparse.Namespace) -> int:
+    from .bench import shared_scenario
+    from .bench.scenario import machine_line
+
+    limit = parse_size(args.limit if args.limit is not None else "256M")
+    if limit < MIN_LIMIT:
+        raise UsageError(f"--limit: {args.limit} is too small; at least {MIN_LIMIT >> 20}M")
+    if not 1 <= args.workers <= 64:
+        raise UsageError(f"--workers must be within [1, 64], got {args.workers}")
+    duration = args.duration if args.duration is not None else (5.0 if args.quick else 20.0)
+    if duration <= 0:
+        raise UsageError(f"--duration must be positive, got {duration:g}")
+    reasons = available_backends()
+    backend = args.backend or ("kernel" if reasons.get("kernel") is None else "sim")
+    if reasons.get(backend, "unknown") is not None:
+        raise UsageError(f"--backend: {backend} is unavailable here")
+    print(f"volcache bench, shared: {args.workers} workers and the competitor in one "
+          f"{limit >> 20} MiB memory limit, {duration:g} s a round; private caches (volcache on "
+          f"{backend}), one shared cache, diskcache; {machine_line()}", flush=True)  # fmt: skip
+    outcome = shared_scenario.compete(limit, duration, backend, args.workers, args.seed)
+    if outcome["cgroups"] is not None:
+        print(f"(no memory cgroup here: {outcome['cgroups']}; the workers ran unlimited)")
+    print()
+    print(shared_scenario.table(outcome))
+    print(f"\n{date.today().isoformat()}, volcache {__version__}.")
+    print("hit ratio: lookups answered without making the value (by any worker's cache);")
+    print("killed: processes the OOM killer took (the competitor included).")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"scenario": "shared", "limit": limit, **outcome}, out, indent=1)
+        print(f"JSON: {args.json}")
+    rounds = [r for r in outcome["rounds"].values() if "skipped" not in r]
+    if any(shared_scenario.summarize(r)["wrong"] for r in rounds) or outcome["memory"].get("wrong"):
+        print("ERROR: values came back wrong", file=sys.stderr)
+        return 1
+    return 0
+
+
 class _Progress:
     """A progress bar per contestant on stderr (one line each when not a terminal)."""
 
@@ -235,10 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--duration", type=float, help="seconds per contestant (default 20)")
     bench.add_argument(
         "--scenario",
-        choices=("pressure", "many-small", "tier"),
+        choices=("pressure", "many-small", "tier", "shared"),
         default="pressure",
         help="pressure (default): Zipf lookups beside a competitor; many-small: millions of "
-        "small entries under a limit; tier: two workers without and with a shared Redis",
+        "small entries under a limit; tier: two workers without and with a shared Redis; "
+        "shared: N workers with private caches, one shared cache, and diskcache",
     )
     bench.add_argument(
         "--limit", help="the memory limit (default 256M; 128M for --scenario many-small)"
@@ -254,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         "(default 1: every cache starts as full as it can be)",
     )
     bench.add_argument("--seed", type=int, default=0, help="the workload's seed")
+    bench.add_argument(
+        "--workers", type=int, default=4, help="--scenario shared: worker processes (default 4)"
+    )
     bench.add_argument(
         "--cluster",
         action="store_true",

@@ -19,6 +19,10 @@ Invariants (each holds whenever the segment's lock is free and ``dirty`` is 0):
   bytes then its value's (``crc`` is the CRC-32 of both); no two LIVE records
   share a page, and the page map marks exactly the pages of LIVE records.
 - A PURGED record owns no pages: only its hash says which key it was.
+- A LIVE record read since it was stored or the purge's hand last passed it
+  has ``last use > seq``: the hand gives it a second chance (CLOCK, an
+  approximation of least recently used that costs the work it does, not a
+  scan of the whole index; an entry never read again goes first).
 - A key has at most one LIVE or PURGED record, found by probing from its hash
   before the first EMPTY slot (TOMBSTONE and BUSY slots are probed past).
 - ``dirty`` is 1 (2 for a clear) from the start of a change to the end: a
@@ -32,13 +36,13 @@ import struct
 
 MAGIC = b"VOLCSHM\x00"
 #: Bumped with every change of the layout: a segment of another is refused.
-VERSION = 1
+VERSION = 2
 PAGE = 4096
 
 # magic, version, page size, size, slots, index offset, map offset, data
 # offset, data pages, dirty, clock, live records, purged records, pages taken,
-# purges, recoveries
-HEADER = struct.Struct("<8sIIQQQQQQQQQQQQQ")
+# purges, recoveries, the purge's clock hand
+HEADER = struct.Struct("<8sIIQQQQQQQQQQQQQQ")
 #: Where the table of attached processes starts in page 0, and its rows.
 ATTACHED_AT, ATTACHED = 1024, 128
 ATTACHED_ROW = struct.Struct("<IIQ")  # pid, 0, start time (clock ticks since boot)
@@ -48,19 +52,21 @@ RECORD = struct.Struct("<IIQQQQQQII")
 STATE = struct.Struct("<I")
 LAST_USE = struct.Struct("<Q")
 LAST_USE_AT = 48  # the offset of ``last use`` in a record
+SEEN_AT = 40  # of ``seq``: the clock when the purge's hand last passed the record
 
 EMPTY, LIVE, PURGED, TOMBSTONE, BUSY = 0, 1, 2, 3, 4
 #: ``dirty`` while a clear wipes the index: recovery finishes the clear.
 CLEARING = 2
 
 # Offsets of the header's mutable fields.
-DIRTY_AT = HEADER.size - 7 * 8
+DIRTY_AT = HEADER.size - 8 * 8
 CLOCK_AT = DIRTY_AT + 8
 LIVE_AT = DIRTY_AT + 16
 PURGED_AT = DIRTY_AT + 24
 TAKEN_AT = DIRTY_AT + 32
 PURGES_AT = DIRTY_AT + 40
 RECOVERIES_AT = DIRTY_AT + 48
+HAND_AT = DIRTY_AT + 56
 Q = struct.Struct("<Q")
 
 

@@ -96,7 +96,7 @@ class Segment:
         slots, index_at, map_at, data_at, pages = L.geometry(size)
         L.HEADER.pack_into(
             self.mm, 0, L.MAGIC, L.VERSION, L.PAGE, size, slots, index_at, map_at, data_at,
-            pages, 0, 0, 0, 0, 0, 0, 0,
+            pages, 0, 0, 0, 0, 0, 0, 0, 0,
         )  # fmt: skip
         self._geometry()
 
@@ -357,18 +357,33 @@ class Segment:
         return [(record[7], slot, record[4]) for slot, record in self._scan() if record[0] == state]
 
     def _evict(self, pages: int) -> bool:
-        """Removes the least recently used entries until ``pages`` pages were freed;
-        whether any was (under the lock, dirty)."""
-        freed = 0
-        victims = self._victims(L.LIVE)
-        heapq.heapify(victims)
-        while victims:
-            _, slot, npages = heapq.heappop(victims)
-            self._drop(slot, purged=False)
-            freed += npages
-            if freed >= pages:
-                break
-        return freed > 0
+        """Removes entries the clock hand finds unused until ``pages`` pages were
+        freed; whether any was (under the lock, dirty)."""
+        return self._sweep(pages, purged=False) > 0
+
+    def _sweep(self, pages: int, purged: bool) -> int:
+        """CLOCK: from the hand on, a LIVE record used since the hand last passed it
+        is marked passed; one not used is dropped (purged, or removed), until
+        ``pages`` were freed or two turns found nothing more; the pages freed."""
+        hand, clock, freed = self._get(L.HAND_AT) % self.slots, self._get(L.CLOCK_AT), 0
+        per = L.PAGE // L.RECORD.size
+        for _ in range(0, 2 * self.slots, per):
+            n = min(per, self.slots - hand)
+            chunk = os.pread(self._fd, n * L.RECORD.size, self._slot_at(hand))
+            for slot, record in enumerate(L.RECORD.iter_unpack(chunk), hand):
+                if record[0] != L.LIVE:
+                    continue
+                if record[7] > record[6]:  # used since: a second chance
+                    L.Q.pack_into(self.mm, self._slot_at(slot) + L.SEEN_AT, clock)
+                    continue
+                self._drop(slot, purged)
+                freed += record[4]
+                if freed >= pages:
+                    self._set(L.HAND_AT, (slot + 1) % self.slots)
+                    return freed
+            hand = (hand + n) % self.slots
+        self._set(L.HAND_AT, hand)
+        return freed
 
     def evict_to(self, count: int, batch: int) -> int:
         """Past ``count`` entries, removes the least recently used ones, ``batch - 1``
@@ -388,15 +403,9 @@ class Segment:
         """Purges the least recently used entries until ``nbytes`` of their pages
         went back to the system; the bytes that did."""
         pages = -(-nbytes // L.PAGE)
-        freed = 0
         with self.lock:
             self._begin()
-            victims = self._victims(L.LIVE)
-            heapq.heapify(victims)
-            while victims and freed < pages:
-                _, slot, npages = heapq.heappop(victims)
-                self._drop(slot, purged=True)
-                freed += npages
+            freed = self._sweep(pages, purged=True)
             if freed:
                 self._set(L.PURGES_AT, self._get(L.PURGES_AT) + 1)
             self._forget_purged()
