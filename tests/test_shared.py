@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from volcache import SharedVolatileCache, cgroups
+from volcache import SharedVolatileCache, cached, cgroups
 from volcache.shared import SegmentError
 from volcache.shared import layout as L
 from volcache.shared.segment import Segment, path_of
@@ -304,6 +304,36 @@ def test_workers_past_their_memory_cgroup_purge_the_segment_and_nobody_is_killed
 
 def _shared_value(k: int) -> bytes:
     return hashlib.sha256(b"%d" % k).digest() * (256 << 10 >> 5)
+
+
+def test_cached_shared_memoizes_once_for_every_process_and_apart_per_function(name):
+    calls = []
+
+    @cached(shared=name, size=1 << 22)
+    def square(x):
+        calls.append(("square", x))
+        return [x * x]
+
+    @cached(shared=name, size=1 << 22)
+    def negate(x):
+        calls.append(("negate", x))
+        return -x
+
+    assert square(3) == [9] and square(3) == [9] and negate(3) == -3
+    assert calls == [("square", 3), ("negate", 3)]
+    pid = os.fork()
+    if pid == 0:  # the child finds the parent's results, and stores its own
+        ok = square(3) == [9] and negate(4) == -4 and calls == [("square", 3), ("negate", 3),
+                                                                  ("negate", 4)]  # fmt: skip
+        os._exit(0 if ok else 1)
+    assert wait_child(pid) == 0
+    assert negate(4) == -4 and len(calls) == 2  # computed in the child
+    square.cache_clear()
+    assert len(square.cache) == 0 and len(negate.cache) == 2
+    with pytest.raises(TypeError, match="SharedVolatileCache's"):
+        cached(shared=name, ttl=3)
+    with pytest.raises(TypeError, match="not with cache="):
+        cached({}, shared=name)
 
 
 def test_the_segment_file_is_the_users_alone(name):

@@ -70,6 +70,7 @@ def cached(
     backend: str = "auto",
     ttl_jitter: float = 0.0,
     cache_if: Callable[[Any], bool] | None = None,
+    shared: str | None = None,
     **cache_options: Any,
 ) -> Any:
     """Memoize a function, method or ``async def`` in volatile memory.
@@ -97,6 +98,10 @@ def cached(
             together do not expire together.
         cache_if: ``cache_if(result)``: a result it refuses is returned and not
             stored (the call counts as a miss).
+        shared: memoize into the :class:`~volcache.SharedVolatileCache` of this
+            name, shared by every process that names it (each function in a
+            part of its own); ``cache_options`` are then that class's
+            (``size``, ``maxsize``, ``codec``, ``pressure``...).
         cache_options: other :class:`~volcache.VolatileCache` arguments
             (``maxsize``, ``ttl``, ``on_evict``, ``tier``, ...).
 
@@ -106,6 +111,10 @@ def cached(
     """
     if callable(cache) and not isinstance(cache, MutableMapping):
         return cached()(cache)  # used bare: @cached
+    if shared is not None:
+        if cache is not None or per_instance:
+            raise TypeError("shared= makes the cache: not with cache= or per_instance")
+        return _shared(shared, key, typed, cache_if, cache_options)
     if cache is not None:
         if not isinstance(cache, MutableMapping):
             raise TypeError(f"cache must be a VolatileCache (or a mapping), got {cache!r}")
@@ -144,6 +153,32 @@ def cached(
         if key is None and not typed and _plain_function(memoized):
             return _function_of(memoized)
         return memoized
+
+    return decorator
+
+
+def _shared(
+    name: str,
+    key: Callable[..., Any] | None,
+    typed: bool,
+    cache_if: Callable[[Any], bool] | None,
+    options: dict[str, Any],
+) -> Callable[[Callable[..., Any]], Any]:
+    from .shared import SharedVolatileCache
+    from .shared.cache import SharedNamespace
+
+    allowed = {"size", "maxsize", "codec", "pressure", "cgroup", "headroom"}
+    if not set(options) <= allowed:
+        raise TypeError(
+            "with shared=, cache options are SharedVolatileCache's "
+            f"({', '.join(sorted(allowed))}), got {', '.join(sorted(set(options) - allowed))}"
+        )
+    segment = SharedVolatileCache(name, **options)
+
+    def decorator(func: Callable[..., Any]) -> Any:
+        qualname = getattr(func, "__qualname__", None) or type(func).__qualname__
+        part = SharedNamespace(segment, f"{getattr(func, '__module__', '')}.{qualname}")
+        return cached(part, key=key, typed=typed, cache_if=cache_if)(func)
 
     return decorator
 

@@ -265,3 +265,51 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
 
     def __repr__(self) -> str:
         return f"SharedVolatileCache({self.name!r}, {len(self)} entries)"
+
+
+class SharedNamespace(MutableMapping[Hashable, Any]):
+    """The part of a shared cache whose keys are ``(prefix, key)``: what
+    ``cached(shared=...)`` gives each function, so that functions sharing a
+    segment do not share results. ``len``, iteration and ``clear`` see only
+    this part."""
+
+    def __init__(self, cache: SharedVolatileCache, prefix: str) -> None:
+        self.cache = cache
+        self.prefix = prefix
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.cache[(self.prefix, key)]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """The value, or ``default`` (see :meth:`SharedVolatileCache.get`)."""
+        return self.cache.get((self.prefix, key), default)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.cache[(self.prefix, key)] = value
+
+    def __delitem__(self, key: Any) -> None:
+        del self.cache[(self.prefix, key)]
+
+    def __contains__(self, key: Any) -> bool:
+        return (self.prefix, key) in self.cache
+
+    def __iter__(self) -> Iterator[Any]:
+        for key in self.cache:
+            if isinstance(key, tuple) and len(key) == 2 and key[0] == self.prefix:
+                yield key[1]
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def clear(self) -> None:
+        """This part's entries removed (another process's stores meanwhile may stay)."""
+        for key in list(self):
+            self.cache.pop((self.prefix, key), None)
+
+    def info(self) -> SharedCacheInfo:
+        """The shared cache's :meth:`~SharedVolatileCache.info`."""
+        return self.cache.info()
+
+    def close(self) -> None:
+        """Close the shared cache."""
+        self.cache.close()
