@@ -144,6 +144,20 @@ def test_clear_gives_every_page_back(name):
         assert cache[1] == b"again"
 
 
+def test_bytes_changed_under_an_entry_are_never_served(name):
+    """A stray write into an entry's pages (a bug, a process writing where it
+    should not): the CRC fails, and the entry counts as purged."""
+    with SharedVolatileCache(name, size=1 << 22, regenerate=lambda k: b"made again") as cache:
+        cache[1] = b"v" * 10_000
+        cache[2] = b"w" * 10_000
+        segment = cache._segment
+        slot, _ = segment._find(*cache._named(1))
+        first = segment._record(slot)[3]
+        segment.mm[segment.data_at + first * L.PAGE + 5_000] ^= 1
+        assert cache.get(1) == b"made again" and cache.info().purged == 1
+        assert cache[1] == b"made again" and cache[2] == b"w" * 10_000
+
+
 def test_a_segment_of_another_version_or_format_is_refused(name):
     with SharedVolatileCache(name, size=1 << 20):
         pass

@@ -269,14 +269,14 @@ class Segment:
             if state == L.PURGED:
                 return L.PURGED, 0, None
             at = self.data_at + first * L.PAGE
-            data = self.mm[at : at + key_len + value_len]
-            if zlib.crc32(data) != crc:  # never served: as if purged
+            data = self.mm[at + key_len : at + key_len + value_len]  # the one copy
+            if zlib.crc32(data, zlib.crc32(self.mm[at : at + key_len])) != crc:  # never served
                 self._begin()
                 self._drop(slot, purged=True)
                 self._end()
                 return L.PURGED, 0, None
             L.LAST_USE.pack_into(self.mm, self._slot_at(slot) + L.LAST_USE_AT, self._tick())
-            return L.LIVE, tag, data[key_len:]
+            return L.LIVE, tag, data
 
     def put(self, key: bytes, pickled_key: bytes, h: int, tag: int, value: bytes) -> None:
         """Store ``value`` under ``key`` (its stable bytes and its pickle), evicting
