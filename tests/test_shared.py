@@ -115,6 +115,25 @@ def test_a_full_segment_evicts_the_least_recently_used(name):
         assert all(cache[k] == b"%d" % k * 1000 for k in cache)
 
 
+def test_an_expired_entry_is_absent_for_every_process(name):
+    now = [100.0]
+    with SharedVolatileCache(name, size=1 << 22, ttl=10) as writer:
+        writer.clock = lambda: now[0]
+        writer[1] = b"short"
+        with SharedVolatileCache(name, size=1 << 22) as reader:  # no ttl of its own
+            reader.clock = lambda: now[0]
+            now[0] = 109.9
+            assert reader[1] == b"short" and list(reader) == [1]
+            now[0] = 110.0
+            assert reader.get(1) is None and 1 not in reader and list(reader) == []
+            assert writer.get(1) is None and len(writer) == 0
+            reader[2] = b"long"  # stored without a ttl: never expires
+            now[0] = 1e9
+            assert writer[2] == b"long"
+    with pytest.raises(ValueError, match="ttl"):
+        SharedVolatileCache(name, ttl=0)
+
+
 def test_bad_input_is_refused_by_name_and_the_cache_stays_usable(name):
     with pytest.raises(ValueError, match="name"):
         SharedVolatileCache("a/b")

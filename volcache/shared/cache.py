@@ -6,6 +6,7 @@ import hashlib
 import os
 import pickle
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterator, MutableMapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -75,6 +76,8 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
         maxsize: entries this process lets the segment hold after its stores
             (None: as many as fit); past it the least recently used go, a
             thirty-second of ``maxsize`` at a time.
+        ttl: seconds an entry this process stores lives (None: until purged or
+            evicted); an expired entry is absent for every process.
         pressure: purge under memory pressure (the limit this process runs
             under: see :class:`~volcache.shared.purger.SharedPurger`). Without
             it, nothing gives the segment's memory back but ``purge()``.
@@ -95,6 +98,7 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
         codec: Any = None,
         regenerate: Callable[[Any], Any] | None = None,
         maxsize: int | None = None,
+        ttl: float | None = None,
         pressure: bool = True,
         cgroup: Any = None,
         headroom: int | None = None,
@@ -103,6 +107,12 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
             raise TypeError(f"regenerate must be callable or None, got {regenerate!r}")
         if maxsize is not None and (not isinstance(maxsize, int) or maxsize < 1):
             raise TypeError(f"maxsize must be a positive int or None, got {maxsize!r}")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
+                                or not ttl > 0):  # fmt: skip
+            raise ValueError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
+        self.ttl = ttl
+        #: The clock of expiries: ``time.monotonic``, one for every process of a machine.
+        self.clock: Callable[[], float] = time.monotonic
         self.codec = check_codec(codec)
         self.regenerate = regenerate
         self.maxsize = maxsize
@@ -161,7 +171,7 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
     # -- the mapping -----------------------------------------------------------------------
 
     def _lookup(self, key: Any) -> tuple[int, Any]:
-        state, tag, data = self._seg().get(*self._named(key))
+        state, tag, data = self._seg().get(*self._named(key), self.clock())
         if state == L.LIVE:
             assert data is not None
             self._count("hits")
@@ -199,7 +209,8 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
         segment = self._seg()
         if self._purger is not None:
             self._purger.relieve(len(blob) + L.PAGE)
-        segment.put(data, pickle.dumps(key, pickle.HIGHEST_PROTOCOL), h, tag, blob)
+        expires = 0.0 if self.ttl is None else self.clock() + self.ttl
+        segment.put(data, pickle.dumps(key, pickle.HIGHEST_PROTOCOL), h, tag, blob, expires)
         if self.maxsize is not None:
             segment.evict_to(self.maxsize, max(1, self.maxsize // 32))
 
@@ -208,13 +219,13 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
             raise KeyError(key)
 
     def __contains__(self, key: Any) -> bool:
-        return self._seg().get(*self._named(key))[0] == L.LIVE
+        return self._seg().get(*self._named(key), self.clock())[0] == L.LIVE
 
     def __len__(self) -> int:
         return self._seg().counts()["live"]
 
     def __iter__(self) -> Iterator[Any]:
-        for pickled in self._seg().pickled_keys():
+        for pickled in self._seg().pickled_keys(self.clock()):
             yield pickle.loads(pickled)
 
     def clear(self) -> None:

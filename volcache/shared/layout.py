@@ -15,8 +15,8 @@ Invariants (each holds whenever the segment's lock is free and ``dirty`` is 0):
 
 - A record's ``state`` is written last when it becomes LIVE and first when it
   stops being LIVE: a record read as LIVE has all its other fields written.
-- A LIVE record owns pages ``[first, first + npages)``, which hold its key's
-  bytes then its value's (``crc`` is the CRC-32 of both); no two LIVE records
+- A LIVE record owns pages ``[first, first + npages)``, which hold its head
+  and key (``key length`` bytes) then its value (``crc`` is the CRC-32 of both); no two LIVE records
   share a page, and the page map marks exactly the pages of LIVE records.
 - A PURGED record owns no pages: only its hash says which key it was.
 - A LIVE record read since it was stored or the purge's hand last passed it
@@ -36,7 +36,7 @@ import struct
 
 MAGIC = b"VOLCSHM\x00"
 #: Bumped with every change of the layout: a segment of another is refused.
-VERSION = 2
+VERSION = 3
 PAGE = 4096
 
 # magic, version, page size, size, slots, index offset, map offset, data
@@ -53,6 +53,11 @@ STATE = struct.Struct("<I")
 LAST_USE = struct.Struct("<Q")
 LAST_USE_AT = 48  # the offset of ``last use`` in a record
 SEEN_AT = 40  # of ``seq``: the clock when the purge's hand last passed the record
+
+# Each entry's pages begin with its head: the stable key's length and the
+# entry's expiry (``time.monotonic()``, one clock for every process of the
+# machine; 0: never), then the stable key, then the key's pickle, then the value.
+HEAD = struct.Struct("<Id")
 
 EMPTY, LIVE, PURGED, TOMBSTONE, BUSY = 0, 1, 2, 3, 4
 #: ``dirty`` while a clear wipes the index: recovery finishes the clear.

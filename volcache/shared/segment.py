@@ -221,8 +221,8 @@ class Segment:
 
     def _key_is(self, first: int, key_len: int, key: bytes) -> bool:
         at = self.data_at + first * L.PAGE
-        stable = int.from_bytes(self.mm[at : at + 4], "little")
-        return stable == len(key) and self.mm[at + 4 : at + 4 + stable] == key
+        stable = L.HEAD.unpack_from(self.mm, at)[0]
+        return stable == len(key) and self.mm[at + L.HEAD.size : at + L.HEAD.size + stable] == key
 
     def _free_slot(self, slot: int) -> None:
         """A slot that held a record becomes reusable; a run of tombstones that
@@ -255,9 +255,10 @@ class Segment:
 
     # -- the operations --------------------------------------------------------------------
 
-    def get(self, key: bytes, h: int) -> tuple[int, int, bytes | None]:
+    def get(self, key: bytes, h: int, now: float = 0.0) -> tuple[int, int, bytes | None]:
         """(LIVE, tag, value) if the key is here; (PURGED, 0, None) if its entry was
-        purged (or its bytes failed their check); (EMPTY, 0, None) if absent."""
+        purged (or its bytes failed their check); (EMPTY, 0, None) if absent or
+        expired at ``now`` (then removed)."""
         with self.lock:
             if self._get(L.DIRTY_AT):  # a holder died mid-change
                 self._begin()
@@ -269,6 +270,12 @@ class Segment:
             if state == L.PURGED:
                 return L.PURGED, 0, None
             at = self.data_at + first * L.PAGE
+            expires = L.HEAD.unpack_from(self.mm, at)[1]
+            if expires and now >= expires:
+                self._begin()
+                self._drop(slot, purged=False)
+                self._end()
+                return L.EMPTY, 0, None
             data = self.mm[at + key_len : at + key_len + value_len]  # the one copy
             if zlib.crc32(data, zlib.crc32(self.mm[at : at + key_len])) != crc:  # never served
                 self._begin()
@@ -278,11 +285,13 @@ class Segment:
             L.LAST_USE.pack_into(self.mm, self._slot_at(slot) + L.LAST_USE_AT, self._tick())
             return L.LIVE, tag, data
 
-    def put(self, key: bytes, pickled_key: bytes, h: int, tag: int, value: bytes) -> None:
+    def put(
+        self, key: bytes, pickled_key: bytes, h: int, tag: int, value: bytes, expires: float = 0.0
+    ) -> None:
         """Store ``value`` under ``key`` (its stable bytes and its pickle), evicting
         the least recently used entries if its pages are not free. ``ValueError``
         if it can never fit."""
-        head = len(key).to_bytes(4, "little") + key + pickled_key
+        head = L.HEAD.pack(len(key), expires) + key + pickled_key
         need = -(-(len(head) + len(value)) // L.PAGE)
         if need > self.pages // 2:
             raise ValueError(
@@ -434,15 +443,16 @@ class Segment:
         for at in (L.LIVE_AT, L.PURGED_AT, L.TAKEN_AT):
             self._set(at, 0)
 
-    def pickled_keys(self) -> Iterator[bytes]:
-        """The pickled keys of the LIVE entries (a snapshot)."""
+    def pickled_keys(self, now: float) -> Iterator[bytes]:
+        """The pickled keys of the LIVE entries not expired at ``now`` (a snapshot)."""
         with self.lock:
             found = []
             for _, slot, _ in self._victims(L.LIVE):
                 _, key_len, _, first, *_ = self._record(slot)
                 at = self.data_at + first * L.PAGE
-                stable = int.from_bytes(self.mm[at : at + 4], "little")
-                found.append(self.mm[at + 4 + stable : at + key_len])
+                stable, expires = L.HEAD.unpack_from(self.mm, at)
+                if not expires or now < expires:
+                    found.append(self.mm[at + L.HEAD.size + stable : at + key_len])
         return iter(found)
 
     def counts(self) -> dict[str, int]:
