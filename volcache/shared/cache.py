@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
@@ -202,6 +203,38 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
         if state == L.PURGED and self.regenerate is not None:
             return self.__missing__(key)
         return default
+
+    @contextlib.contextmanager
+    def pin(self, key: Any) -> Iterator[memoryview]:
+        """A context manager: a read-only view of a ``bytes`` value where it lies in
+        the segment (no copy); inside the block no process purges, evicts or
+        gives back its pages (a store or a delete of the key meanwhile makes a
+        new entry, and the pinned pages go at the block's end). An absent key,
+        or one found purged, is regenerated first if the cache can.
+
+        Raises:
+            KeyError: no such key (or purged and not regenerable).
+            TypeError: the value is not stored as raw bytes.
+            MemoryError: every one of the segment's pins is held.
+        """
+        named = self._named(key)
+        segment = self._seg()
+        state, first, tag, view = segment.pin(*named, self.clock())
+        if view is None:
+            self._count("purged" if state == L.PURGED else "misses")
+            self.__missing__(key)  # KeyError if it cannot be made again
+            state, first, tag, view = segment.pin(*named, self.clock())
+            if view is None:
+                raise KeyError(key)
+        else:
+            self._count("hits")
+        try:
+            if tag & 0xFF not in (_BYTES, _BYTEARRAY):
+                raise TypeError(f"pin() reads raw bytes in place; the value of {key!r} is encoded")
+            yield view
+        finally:
+            view.release()
+            segment.unpin(*named, first)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         data, h = self._named(key)

@@ -26,9 +26,11 @@ import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from . import layout as L
 from .lock import SegmentLock
+from .pins import PinTable
 
 _SCAN_BYTES = 1 << 20
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
@@ -91,6 +93,7 @@ class Segment:
     def _map(self, size: int) -> None:
         self.size = size
         self.mm = mmap.mmap(self._fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.pins = PinTable(self.mm, self._alive)
 
     def _format(self, size: int) -> None:
         slots, index_at, map_at, data_at, pages = L.geometry(size)
@@ -129,11 +132,24 @@ class Segment:
             at = L.ATTACHED_AT + row * L.ATTACHED_ROW.size
             pid, _, start = L.ATTACHED_ROW.unpack_from(self.mm, at)
             if (pid, start) == me:
+                self.row = row
                 return
             if free is None and (pid == 0 or _start_time(pid) != start):
-                free = at
-        if free is not None:  # a full table only makes info() short of some processes
-            L.ATTACHED_ROW.pack_into(self.mm, free, me[0], 0, me[1])
+                free = row
+        # A full table only makes info() short of some processes, and this one
+        # unable to pin (-1).
+        self.row = -1 if free is None else free
+        if free is not None:
+            L.ATTACHED_ROW.pack_into(
+                self.mm, L.ATTACHED_AT + free * L.ATTACHED_ROW.size, me[0], 0, me[1]
+            )
+
+    def _alive(self, row: int) -> bool:
+        """Whether the attached process of ``row`` still runs."""
+        pid, _, start = L.ATTACHED_ROW.unpack_from(
+            self.mm, L.ATTACHED_AT + row * L.ATTACHED_ROW.size
+        )
+        return pid == os.getpid() or (pid != 0 and _start_time(pid) == start)
 
     def attached(self) -> list[int]:
         """The pids of the live processes that opened the segment."""
@@ -246,8 +262,11 @@ class Segment:
         self._set(L.TAKEN_AT, self._get(L.TAKEN_AT) + n)
         return at - self.map_at
 
-    def _give_pages(self, first: int, n: int) -> None:
-        """Pages free again, and their memory given back to the system."""
+    def _give_pages(self, first: int, n: int, held: dict[int, int] | None = None) -> None:
+        """Pages free again, and their memory given back to the system; a run a live
+        process pins stays taken (its last unpin gives it back)."""
+        if first in (self.pins.held() if held is None else held):
+            return
         self.mm.madvise(mmap.MADV_REMOVE, self.data_at + first * L.PAGE, n * L.PAGE)
         at = self.map_at + first
         self.mm[at : at + n] = b"\x00" * n
@@ -260,30 +279,62 @@ class Segment:
         purged (or its bytes failed their check); (EMPTY, 0, None) if absent or
         expired at ``now`` (then removed)."""
         with self.lock:
-            if self._get(L.DIRTY_AT):  # a holder died mid-change
-                self._begin()
-                self._end()
-            slot, _ = self._find(key, h)
-            if slot < 0:
-                return L.EMPTY, 0, None
-            state, key_len, _, first, _, value_len, _, _, crc, tag = self._record(slot)
-            if state == L.PURGED:
-                return L.PURGED, 0, None
-            at = self.data_at + first * L.PAGE
-            expires = L.HEAD.unpack_from(self.mm, at)[1]
-            if expires and now >= expires:
-                self._begin()
-                self._drop(slot, purged=False)
-                self._end()
-                return L.EMPTY, 0, None
-            data = self.mm[at + key_len : at + key_len + value_len]  # the one copy
-            if zlib.crc32(data, zlib.crc32(self.mm[at : at + key_len])) != crc:  # never served
-                self._begin()
-                self._drop(slot, purged=True)
-                self._end()
-                return L.PURGED, 0, None
-            L.LAST_USE.pack_into(self.mm, self._slot_at(slot) + L.LAST_USE_AT, self._tick())
-            return L.LIVE, tag, data
+            state, record = self._live(key, h, now, copy=True)
+            if state != L.LIVE:
+                return state, 0, None
+            return L.LIVE, record[9], record[-1]
+
+    def pin(self, key: bytes, h: int, now: float) -> tuple[int, int, int, memoryview | None]:
+        """(LIVE, first page, tag, a read-only view of the value in place) with the
+        entry's run pinned; (PURGED or EMPTY, 0, 0, None) if it is not here."""
+        if self.row < 0:
+            raise MemoryError("this process has no row among the segment's attached ones")
+        with self.lock:
+            state, record = self._live(key, h, now, copy=False)
+            if state != L.LIVE:
+                return state, 0, 0, None
+            _, key_len, _, first, npages, value_len, *_ = record
+            self.pins.add(first, npages, self.row)
+        at = self.data_at + first * L.PAGE + key_len
+        return L.LIVE, first, record[9], memoryview(self.mm)[at : at + value_len].toreadonly()
+
+    def _live(self, key: bytes, h: int, now: float, copy: bool) -> tuple[int, tuple[Any, ...]]:
+        """(LIVE, the record and, with ``copy``, a copy of the value) if the key's
+        entry is here, its bytes pass their check and it has not expired at
+        ``now``; else (PURGED or EMPTY, ()). Under the lock."""
+        if self._get(L.DIRTY_AT):  # a holder died mid-change
+            self._begin()
+            self._end()
+        slot, _ = self._find(key, h)
+        if slot < 0:
+            return L.EMPTY, ()
+        record = self._record(slot)
+        state, key_len, _, first, _, value_len, _, _, crc, _ = record
+        if state == L.PURGED:
+            return L.PURGED, ()
+        at = self.data_at + first * L.PAGE
+        expires = L.HEAD.unpack_from(self.mm, at)[1]
+        if expires and now >= expires:
+            self._begin()
+            self._drop(slot, purged=False)
+            self._end()
+            return L.EMPTY, ()
+        head = self.mm[at : at + key_len]
+        if copy:
+            data: Any = self.mm[at + key_len : at + key_len + value_len]  # the one copy
+        else:
+            data = memoryview(self.mm)[at + key_len : at + key_len + value_len]
+        good = zlib.crc32(data, zlib.crc32(head)) == crc
+        if not copy:
+            data.release()
+            data = None
+        if not good:  # never served: as if purged
+            self._begin()
+            self._drop(slot, purged=True)
+            self._end()
+            return L.PURGED, ()
+        L.LAST_USE.pack_into(self.mm, self._slot_at(slot) + L.LAST_USE_AT, self._tick())
+        return L.LIVE, (*record, data)
 
     def put(
         self, key: bytes, pickled_key: bytes, h: int, tag: int, value: bytes, expires: float = 0.0
@@ -336,6 +387,19 @@ class Segment:
                 self._give_pages(*old)
             self._end()
 
+    def unpin(self, key: bytes, h: int, first: int) -> None:
+        """One pin of the run at ``first`` less; a run no entry owns any more, and
+        nobody pins, is given back."""
+        with self.lock:
+            self._begin()
+            still, pages = self.pins.release(first, self.row)
+            if not still and pages:
+                slot, _ = self._find(key, h)
+                record = self._record(slot) if slot >= 0 else (L.EMPTY, 0, 0, -1)
+                if record[0] != L.LIVE or record[3] != first:  # replaced or removed meanwhile
+                    self._give_pages(first, pages, held={})
+            self._end()
+
     def delete(self, key: bytes, h: int) -> bool:
         """Remove the key's entry; whether it had one (a purged one counts)."""
         with self.lock:
@@ -375,12 +439,15 @@ class Segment:
         is marked passed; one not used is dropped (purged, or removed), until
         ``pages`` were freed or two turns found nothing more; the pages freed."""
         hand, clock, freed = self._get(L.HAND_AT) % self.slots, self._get(L.CLOCK_AT), 0
+        if self.pins.forget_dead():  # their runs may be kept taken by nobody now
+            self._recover()
+        held = self.pins.held()
         per = L.PAGE // L.RECORD.size
         for _ in range(0, 2 * self.slots, per):
             n = min(per, self.slots - hand)
             chunk = os.pread(self._fd, n * L.RECORD.size, self._slot_at(hand))
             for slot, record in enumerate(L.RECORD.iter_unpack(chunk), hand):
-                if record[0] != L.LIVE:
+                if record[0] != L.LIVE or record[3] in held:
                     continue
                 if record[7] > record[6]:  # used since: a second chance
                     L.Q.pack_into(self.mm, self._slot_at(slot) + L.SEEN_AT, clock)
@@ -402,7 +469,11 @@ class Segment:
             if excess <= 0:
                 return 0
             self._begin()
-            victims = heapq.nsmallest(excess + batch - 1, self._victims(L.LIVE))
+            held = self.pins.held()
+            victims = heapq.nsmallest(
+                excess + batch - 1,
+                [v for v in self._victims(L.LIVE) if not held or self._record(v[1])[3] not in held],
+            )
             for _, slot, _ in victims:
                 self._drop(slot, purged=False)
             self._end()
@@ -439,9 +510,24 @@ class Segment:
 
     def _wipe(self) -> None:
         # Punched, not written: a hole reads as zeros (EMPTY, free) and costs nothing.
-        self.mm.madvise(mmap.MADV_REMOVE, self.index_at, self.size - self.index_at)
-        for at in (L.LIVE_AT, L.PURGED_AT, L.TAKEN_AT):
+        # Pinned runs stay, taken, for their readers.
+        held = self.pins.held()
+        self.mm.madvise(mmap.MADV_REMOVE, self.index_at, self.data_at - self.index_at)
+        page = 0
+        for first, pages in sorted(held.items()):
+            if first > page:
+                self.mm.madvise(
+                    mmap.MADV_REMOVE, self.data_at + page * L.PAGE, (first - page) * L.PAGE
+                )
+            self.mm[self.map_at + first : self.map_at + first + pages] = b"\x01" * pages
+            page = max(page, first + pages)
+        if page < self.pages:
+            self.mm.madvise(
+                mmap.MADV_REMOVE, self.data_at + page * L.PAGE, (self.pages - page) * L.PAGE
+            )
+        for at in (L.LIVE_AT, L.PURGED_AT):
             self._set(at, 0)
+        self._set(L.TAKEN_AT, sum(held.values()))
 
     def pickled_keys(self, now: float) -> Iterator[bytes]:
         """The pickled keys of the LIVE entries not expired at ``now`` (a snapshot)."""
@@ -477,7 +563,7 @@ class Segment:
             self._set(L.RECOVERIES_AT, self._get(L.RECOVERIES_AT) + 1)
             return
         owner = bytearray(self.pages)
-        live = purged = taken = 0
+        live = purged = 0
         for slot, record in self._scan():
             state, key_len, _, first, npages, value_len, *_ = record
             if state == L.BUSY:
@@ -491,11 +577,14 @@ class Segment:
                 if fits:
                     owner[first : first + npages] = b"\x01" * npages
                     live += 1
-                    taken += npages
                 else:
                     self._state(slot, L.TOMBSTONE)
             elif state == L.PURGED:
                 purged += 1
+        self.pins.forget_dead()
+        for first, pages in self.pins.held().items():  # runs read in place: kept
+            owner[first : first + pages] = b"\x01" * min(pages, self.pages - first)
+        taken = owner.count(1)
         self.mm[self.map_at : self.map_at + self.pages] = bytes(owner)
         page = 0
         while page < self.pages:
