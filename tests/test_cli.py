@@ -56,6 +56,7 @@ def test_info_lists_backends_and_what_the_machine_offers():
         (["--backend", "nosuch"], "no backend 'nosuch'"),
         (["--duration", "0"], "must be positive"),
         (["--fill", "-1"], "--fill must be within"),
+        (["--scenario", "shared", "--workers", "0"], "--workers must be within"),
     ],
 )
 def test_bench_errors_are_one_line_and_a_nonzero_exit(args, says):
@@ -155,3 +156,25 @@ def test_bench_tier_two_workers_without_and_with_a_shared_redis(tmp_path):
     assert "shared Redis" in run.stdout
     root = cgroups.memory_controller()[1]
     assert not [p for p in os.listdir(root) if p.startswith(f"volcache-tier-{run.pid}-")]
+
+
+def test_bench_shared_private_caches_one_shared_cache_and_diskcache(tmp_path):
+    """Four workers and the competitor in one cgroup: every value right in every
+    round, the shared cache's round with nobody killed, and the memory of one copy."""
+    require("kernel", cgroups.unavailable_reason())
+    report = tmp_path / "shared.json"
+    run = volcache("bench", "--scenario", "shared", "--duration", "3", "--json", str(report))
+    assert run.returncode == 0, run.stderr[-3000:]
+    outcome = json.loads(report.read_text())
+    assert set(outcome["rounds"]) == {"private volcache", "shared volcache", "diskcache"}
+    for round_ in outcome["rounds"].values():
+        assert len(round_["workers"]) == 4
+        assert all(
+            w["wrong"] == 0 and w["lookups"] > 0 for w in round_["workers"] if "failed" not in w
+        )
+    shared = outcome["rounds"]["shared volcache"]
+    assert shared["oom_kills"] == 0 and all("failed" not in w for w in shared["workers"])
+    memory = outcome["memory"]
+    assert memory["wrong"] == 0 and memory["entries"] > 0 and memory["segment"] > 0
+    assert "shared volcache" in run.stdout and "diskcache" in run.stdout
+    assert not [p for p in os.listdir("/dev/shm") if p.startswith(f"volcache-{os.getuid()}-bench-")]
