@@ -230,10 +230,14 @@ class BoundTier:
         may be served their old values until then."""
         with self._lock:
             self._clears += 1
+            mine = self._clears
         groups = range(len(self._gen_keys))
         failed = set(groups) - self._renew(groups).keys()
         with self._lock:
-            self._pending = frozenset(failed)
+            if self._clears == mine:  # the latest clear: what it failed is what is pending
+                self._pending = frozenset(failed)
+            else:  # a later one began meanwhile and may end first: keep what it left too
+                self._pending |= failed
         return len(failed)
 
     def _finish_clear(self, group: int) -> bool:

@@ -228,8 +228,10 @@ class RedisTier(Tier):
         error = next((r for r in results if isinstance(r, Exception)), None)
         if error is not None:
             raise error
-        if not self.cluster or where is None:
+        if not self.cluster:
             return
+        if where is None:  # no master known for the keys: nobody to confirm them
+            raise ConnectionError("no master is known for these keys' slots")
         node = client.get_node(node_name=where)
         if node is None:
             raise ConnectionError(f"no node {where} in the cluster's layout")
