@@ -5,6 +5,7 @@ never makes another read a wrong value."""
 from __future__ import annotations
 
 import array
+import fcntl
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +24,7 @@ import pytest
 from volcache import SharedVolatileCache, cached, cgroups
 from volcache.shared import SegmentError
 from volcache.shared import layout as L
+from volcache.shared import lock as lock_module
 from volcache.shared.segment import Segment, path_of
 
 from .conftest import require, wait_child
@@ -192,6 +195,46 @@ def test_a_pin_of_a_process_killed_holding_it_counts_for_nothing(name):
         assert cache.info().stored_bytes == 13 * 4096 + 4096  # the orphaned run, the new entry
         cache.purge(1)  # a sweep finds the dead holder and repairs the page map
         assert cache.info().stored_bytes == 0
+
+
+def _lock_is_free(fd: int) -> bool:
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, lock_module._LOCK)
+    except BlockingIOError:
+        return False
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, lock_module._UNLOCK)
+    return True
+
+
+def test_two_caches_of_one_segment_in_one_process_exclude_each_other(name):
+    """The lock is the open file description's, not the process's: a second cache
+    of the segment in this process waits, and closing it releases nothing."""
+    first = SharedVolatileCache(name, size=1 << 20, pressure=False)
+    second = SharedVolatileCache(name, size=1 << 20, pressure=False)
+    third = SharedVolatileCache(name, size=1 << 20, pressure=False)
+    fourth = SharedVolatileCache(name, size=1 << 20, pressure=False)
+    try:
+        with first._segment.lock:
+            assert not _lock_is_free(second._segment.lock.fd)
+            writer = threading.Thread(target=second.__setitem__, args=(1, b"waited"))
+            writer.start()
+            writer.join(0.5)
+            assert writer.is_alive()  # waits for the first's lock
+            third.close()  # had it been a lockf lock, this would release the first's
+            assert not _lock_is_free(fourth._segment.lock.fd)
+        writer.join()
+        assert first[1] == b"waited"
+    finally:
+        for cache in (first, second, fourth):
+            cache.close()
+
+
+def test_a_forked_child_does_not_share_its_parents_lock(name):
+    with SharedVolatileCache(name, size=1 << 20, pressure=False) as cache, cache._segment.lock:
+        pid = os.fork()
+        if pid == 0:  # the parent holds it: the child's own description must wait
+            os._exit(0 if not _lock_is_free(cache._segment.lock.fd) else 1)
+        assert wait_child(pid) == 0
 
 
 def test_bad_input_is_refused_by_name_and_the_cache_stays_usable(name):

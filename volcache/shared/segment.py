@@ -85,6 +85,8 @@ class Segment:
                     self._check()
                 self._attach()
         except BaseException:
+            if hasattr(self, "lock"):
+                self.lock.forget()
             os.close(self._fd)
             raise
 
@@ -169,6 +171,7 @@ class Segment:
             return
         with contextlib.suppress(BufferError):  # a view still refers to it: unmapped when collected
             self.mm.close()
+        self.lock.forget()
         os.close(self._fd)
         self._fd = -1
 
