@@ -280,6 +280,14 @@ def test_bytes_changed_under_an_entry_are_never_served(name):
         assert cache[1] == b"made again" and cache[2] == b"w" * 10_000
 
 
+def test_a_segment_whose_maker_died_before_its_header_is_made_anew(name):
+    with open(path_of(name), "wb") as f:
+        f.truncate(1 << 20)  # sized, never formatted
+    with SharedVolatileCache(name, size=1 << 20, pressure=False) as cache:
+        cache[1] = b"one"
+        assert cache[1] == b"one"
+
+
 def test_a_segment_of_another_version_or_format_is_refused(name):
     with SharedVolatileCache(name, size=1 << 20):
         pass

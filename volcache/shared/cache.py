@@ -119,7 +119,11 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
         self.maxsize = maxsize
         self.name = name
         self._segment = Segment(name, size)
-        self._purger = SharedPurger(self._segment, cgroup, headroom) if pressure else None
+        try:
+            self._purger = SharedPurger(self._segment, cgroup, headroom) if pressure else None
+        except BaseException:
+            self._segment.close()
+            raise
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(("hits", "misses", "purged", "regenerated"), 0)

@@ -33,6 +33,7 @@ from .lock import SegmentLock
 from .pins import PinTable
 
 _SCAN_BYTES = 1 << 20
+_EMPTY_CHUNK = bytes(L.PAGE)
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 #: Where segments live: a tmpfs, so that pages punched out are memory given back.
 DIRECTORY = Path("/dev/shm")
@@ -82,6 +83,10 @@ class Segment:
                     self._format(size)
                 else:
                     self._map(os.fstat(self._fd).st_size)
+                    if self.mm[: len(L.MAGIC)] == bytes(len(L.MAGIC)):
+                        # Its maker died between sizing it and writing the header.
+                        L.geometry(self.size)
+                        self._format(self.size)
                     self._check()
                 self._attach()
         except BaseException:
@@ -449,6 +454,9 @@ class Segment:
         for _ in range(0, 2 * self.slots, per):
             n = min(per, self.slots - hand)
             chunk = os.pread(self._fd, n * L.RECORD.size, self._slot_at(hand))
+            if chunk == _EMPTY_CHUNK:  # most of a large index: a compare, not 64 records
+                hand = (hand + n) % self.slots
+                continue
             for slot, record in enumerate(L.RECORD.iter_unpack(chunk), hand):
                 if record[0] != L.LIVE or record[3] in held:
                     continue
@@ -487,6 +495,8 @@ class Segment:
         went back to the system; the bytes that did."""
         pages = -(-nbytes // L.PAGE)
         with self.lock:
+            if not self._get(L.TAKEN_AT):
+                return 0
             self._begin()
             freed = self._sweep(pages, purged=True)
             if freed:
