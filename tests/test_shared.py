@@ -148,6 +148,7 @@ def test_a_pin_reads_in_place_and_keeps_the_pages_through_store_clear_and_purge(
             assert cache.purge(1 << 22) == 0 and len(cache) == 0
             assert view == b"a" * 10_000
             assert cache.info().stored_bytes == 12_288  # only the pinned run
+            assert cache.info().pinned_entries == 1 and cache.info().pinned_bytes == 12_288
         assert cache.info().stored_bytes == 0  # given back at the block's end
         cache[3] = [1, 2]
         with pytest.raises(TypeError, match="raw bytes"), cache.pin(3):

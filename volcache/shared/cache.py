@@ -35,6 +35,8 @@ class SharedCacheInfo:
         purged_entries: entries whose value was purged and not stored again.
         segment_bytes: the segment's address space (``size``).
         stored_bytes: the pages entries hold now: the segment's memory.
+        pinned_entries, pinned_bytes: runs of pages that processes read in place
+            now (see :meth:`SharedVolatileCache.pin`), and their bytes.
         purges: purges done, by any process.
         recoveries: times a process found the segment left mid-change by a
             process that died, and repaired it.
@@ -51,6 +53,8 @@ class SharedCacheInfo:
     purged_entries: int
     segment_bytes: int
     stored_bytes: int
+    pinned_entries: int
+    pinned_bytes: int
     purges: int
     recoveries: int
     attached: list[int]
@@ -286,6 +290,8 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
             purged_entries=counts["purged"],
             segment_bytes=segment.size,
             stored_bytes=counts["pages"] * L.PAGE,
+            pinned_entries=counts["pinned_runs"],
+            pinned_bytes=counts["pinned_pages"] * L.PAGE,
             purges=counts["purges"],
             recoveries=counts["recoveries"],
             attached=segment.attached(),

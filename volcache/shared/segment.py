@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import layout as L
+from .attached import AttachedTable
 from .lock import SegmentLock
 from .pins import PinTable
 
@@ -48,15 +49,6 @@ def path_of(name: str) -> Path:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(f"a segment's name is 1-100 of A-Z a-z 0-9 _ . -, got {name!r}")
     return DIRECTORY / f"volcache-{os.getuid()}-{name}"
-
-
-def _start_time(pid: int) -> int:
-    """A process's start time (clock ticks since boot): a pid reused later has another."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return 0
-    return int(stat[stat.rindex(b")") + 2 :].split()[19])
 
 
 class Segment:
@@ -100,7 +92,8 @@ class Segment:
     def _map(self, size: int) -> None:
         self.size = size
         self.mm = mmap.mmap(self._fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self.pins = PinTable(self.mm, self._alive)
+        self.processes = AttachedTable(self.mm)
+        self.pins = PinTable(self.mm, self.processes.alive)
 
     def _format(self, size: int) -> None:
         slots, index_at, map_at, data_at, pages = L.geometry(size)
@@ -132,43 +125,13 @@ class Segment:
         self._mask = self.slots - 1
 
     def _attach(self) -> None:
-        """This process's row in the table of attached ones (rows of dead ones reused)."""
-        me = (os.getpid(), _start_time(os.getpid()))
-        free = None
-        for row in range(L.ATTACHED):
-            at = L.ATTACHED_AT + row * L.ATTACHED_ROW.size
-            pid, _, start = L.ATTACHED_ROW.unpack_from(self.mm, at)
-            if (pid, start) == me:
-                self.row = row
-                return
-            if free is None and (pid == 0 or _start_time(pid) != start):
-                free = row
-        # A full table only makes info() short of some processes, and this one
-        # unable to pin (-1).
-        self.row = -1 if free is None else free
-        if free is not None:
-            L.ATTACHED_ROW.pack_into(
-                self.mm, L.ATTACHED_AT + free * L.ATTACHED_ROW.size, me[0], 0, me[1]
-            )
-
-    def _alive(self, row: int) -> bool:
-        """Whether the attached process of ``row`` still runs."""
-        pid, _, start = L.ATTACHED_ROW.unpack_from(
-            self.mm, L.ATTACHED_AT + row * L.ATTACHED_ROW.size
-        )
-        return pid == os.getpid() or (pid != 0 and _start_time(pid) == start)
+        """This process's row among the attached ones (under the lock)."""
+        self.row = self.processes.attach()
 
     def attached(self) -> list[int]:
         """The pids of the live processes that opened the segment."""
         with self.lock:
-            found = []
-            for row in range(L.ATTACHED):
-                pid, _, start = L.ATTACHED_ROW.unpack_from(
-                    self.mm, L.ATTACHED_AT + row * L.ATTACHED_ROW.size
-                )
-                if pid and _start_time(pid) == start:
-                    found.append(pid)
-            return found
+            return self.processes.pids()
 
     def close(self) -> None:
         """Unmap (the segment stays for the other processes). Idempotent."""
@@ -558,9 +521,11 @@ class Segment:
         """The segment's counters, as every process sees them."""
         with self.lock:
             fields = L.HEADER.unpack_from(self.mm, 0)
+            held = self.pins.held()
         return {
             "live": fields[11], "purged": fields[12], "pages": fields[13],
-            "purges": fields[14], "recoveries": fields[15],
+            "purges": fields[14], "recoveries": fields[15], "pinned_runs": len(held),
+            "pinned_pages": sum(held.values()),
         }  # fmt: skip
 
     # -- recovery -------------------------------------------------------------------------
