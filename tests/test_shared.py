@@ -5,6 +5,7 @@ never makes another read a wrong value."""
 from __future__ import annotations
 
 import array
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -321,24 +322,38 @@ def _die_at(cache: SharedVolatileCache, method: str, when) -> None:
 
 
 DEATHS = {
-    "pages taken, value not written": ("_take_pages", lambda a: True),
-    "record busy, not live yet": ("_state", lambda a: a[1] == L.LIVE),
-    "new record live, old pages not given back": ("_give_pages", lambda a: True),
-    "mid-clear": ("_wipe", lambda a: True),
+    "pages taken, value not written": ("store", "_take_pages", lambda a: True),
+    "record busy, not live yet": ("store", "_state", lambda a: a[1] == L.LIVE),
+    "new record live, old pages not given back": ("store", "_give_pages", lambda a: True),
+    "mid-clear": ("clear", "_wipe", lambda a: True),
+    "mid-purge, a record purged, its pages not given back": (
+        "purge",
+        "_give_pages",
+        lambda a: True,
+    ),
+    "mid-delete, the slot freed, its pages not": ("delete", "_give_pages", lambda a: True),
+    "mid-eviction of a full segment": ("fill", "_give_pages", lambda a: True),
 }
 
 
 @pytest.mark.parametrize("death", DEATHS)
 def test_a_writer_killed_mid_change_loses_at_most_its_own_entry(name, death):
-    method, when = DEATHS[death]
-    with SharedVolatileCache(name, size=1 << 22) as cache:
+    op, method, when = DEATHS[death]
+    with SharedVolatileCache(name, size=1 << 22, pressure=False) as cache:
         for k in range(20):
             cache[k] = b"old-%d" % k * 500
         pid = os.fork()
         if pid == 0:
             _die_at(cache, method, when)
-            if method == "_wipe":
+            if op == "clear":
                 cache.clear()
+            elif op == "purge":
+                cache.purge(1 << 22)
+            elif op == "delete":
+                del cache[5]
+            elif op == "fill":  # past what the segment holds: stores evict
+                for k in range(100, 10_000):
+                    cache[k] = b"f" * 100_000
             else:
                 cache[5] = b"new" * 3000
             os._exit(3)  # not reached if the death came
@@ -346,8 +361,10 @@ def test_a_writer_killed_mid_change_loses_at_most_its_own_entry(name, death):
         assert cache._segment._get(L.DIRTY_AT)  # left mid-change
         found = {k: cache.get(k) for k in range(20)}
         assert cache.info().recoveries == 1
-        if method == "_wipe":
+        if op == "clear":
             assert found == dict.fromkeys(range(20))
+        elif op in ("purge", "fill"):  # some gone, the rest as stored
+            assert all(found[k] in (None, b"old-%d" % k * 500) for k in range(20))
         else:
             assert found[5] in (None, b"old-5" * 500, b"new" * 3000)
             assert all(found[k] == b"old-%d" % k * 500 for k in range(20) if k != 5)
@@ -371,8 +388,9 @@ def _check(k: int, value: bytes) -> bool:
 
 
 def test_writers_killed_at_random_points_never_make_a_reader_see_a_wrong_value(name):
-    """100 writers SIGKILLed at random moments (mid-store, holding the lock,
-    mid-eviction) while a reader checks every value it reads."""
+    """100 writers SIGKILLed at random moments (mid-store, mid-delete, mid-purge,
+    holding the lock, holding a pin, mid-eviction) while a reader checks every
+    value it reads, by copy and in place."""
     rng = random.Random(7)
     keys = 48
     with SharedVolatileCache(name, size=4 << 20, pressure=False) as cache:  # small: stores evict
@@ -384,10 +402,15 @@ def test_writers_killed_at_random_points_never_make_a_reader_see_a_wrong_value(n
             deadline = time.monotonic() + 60
             while not os.path.exists(f"/tmp/{name}.done") and time.monotonic() < deadline:
                 for k in range(keys):
-                    value = cache.get(k)
-                    if value is not None:
+                    if k % 2:
+                        value = cache.get(k)
+                        if value is not None:
+                            seen += 1
+                            wrong += not _check(k, value)
+                        continue
+                    with contextlib.suppress(KeyError), cache.pin(k) as view:
                         seen += 1
-                        wrong += not _check(k, value)
+                        wrong += not _check(k, bytes(view))
             os._exit(0 if wrong == 0 and seen > 0 else 1)
         try:
             for n in range(1, 101):
@@ -395,8 +418,16 @@ def test_writers_killed_at_random_points_never_make_a_reader_see_a_wrong_value(n
                 if writer == 0:
                     r = random.Random(n)
                     while True:
-                        k = r.randrange(keys)
-                        cache[k] = _value(k, n)
+                        k, op = r.randrange(keys), r.random()
+                        if op < 0.7:
+                            cache[k] = _value(k, n)
+                        elif op < 0.8:
+                            cache.pop(k, None)
+                        elif op < 0.9:
+                            cache.purge(64 << 10)
+                        else:
+                            with contextlib.suppress(KeyError), cache.pin(k) as view:
+                                assert _check(k, bytes(view))
                 time.sleep(rng.uniform(0.001, 0.03))
                 os.kill(writer, signal.SIGKILL)
                 os.waitpid(writer, 0)
