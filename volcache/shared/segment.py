@@ -82,6 +82,8 @@ class Segment:
                     self._check()
                 self._attach()
         except BaseException:
+            if hasattr(self, "mm"):
+                self.mm.close()
             if hasattr(self, "lock"):
                 self.lock.forget()
             os.close(self._fd)
@@ -325,6 +327,7 @@ class Segment:
             first = self._take_pages(need)
             while first < 0:
                 if not self._evict(max(need, self.pages // 64)):
+                    self._end()  # nothing changed that needs a repair
                     raise MemoryError("the segment has no free run of pages for the entry")
                 first = self._take_pages(need)
             at = self.data_at + first * L.PAGE
