@@ -167,10 +167,7 @@ def _tier(args: argparse.Namespace) -> int:
     if limit < MIN_LIMIT:
         raise UsageError(f"--limit: {args.limit} is too small; at least {MIN_LIMIT >> 20}M")
     duration = args.duration if args.duration is not None else (5.0 if args.quick else 20.0)
-    reasons = available_backends()
-    backend = args.backend or ("kernel" if reasons.get("kernel") is None else "sim")
-    if reasons.get(backend, "unknown") is not None:
-        raise UsageError(f"--backend: {backend} is unavailable here")
+    backend = _worker_backend(args)
     shared = "a Redis Cluster (3 masters, 3 replicas)" if args.cluster else "one Redis"
     print(f"volcache bench, shared tier: {tiered.WORKERS} workers, each with a {limit >> 20} MiB "
           f"memory limit, {duration:g} s, volcache on {backend}; without a tier, then with "
@@ -183,10 +180,7 @@ def _tier(args: argparse.Namespace) -> int:
     print(f"\n{date.today().isoformat()}, volcache {__version__}.")
     print("regenerated: values made again by that worker; tier hits: values found in Redis")
     print("instead (made by either worker).")
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump({"scenario": "tier", "limit": limit, **outcome}, out, indent=1)
-        print(f"JSON: {args.json}")
+    _dump(args.json, {"scenario": "tier", "limit": limit, **outcome})
     workers = [r for rs in outcome["rounds"].values() for r in rs]
     if any("failed" in r for r in workers):
         return 1
@@ -194,6 +188,23 @@ def _tier(args: argparse.Namespace) -> int:
         print("ERROR: values came back wrong", file=sys.stderr)
         return 1
     return 0
+
+
+def _worker_backend(args: argparse.Namespace) -> str:
+    """The backend of a scenario's workers: --backend, else kernel where it works, else sim."""
+    reasons = available_backends()
+    backend: str = args.backend or ("kernel" if reasons.get("kernel") is None else "sim")
+    if reasons.get(backend, "unknown") is not None:
+        raise UsageError(f"--backend: {backend} is unavailable here")
+    return backend
+
+
+def _dump(path: str | None, outcome: dict[str, Any]) -> None:
+    """The outcome as JSON at ``path`` (--json), if given."""
+    if path:
+        with open(path, "w") as out:
+            json.dump(outcome, out, indent=1)
+        print(f"JSON: {path}")
 
 
 def _shared(args: argparse.Namespace) -> int:
@@ -208,10 +219,7 @@ def _shared(args: argparse.Namespace) -> int:
     duration = args.duration if args.duration is not None else (5.0 if args.quick else 20.0)
     if duration <= 0:
         raise UsageError(f"--duration must be positive, got {duration:g}")
-    reasons = available_backends()
-    backend = args.backend or ("kernel" if reasons.get("kernel") is None else "sim")
-    if reasons.get(backend, "unknown") is not None:
-        raise UsageError(f"--backend: {backend} is unavailable here")
+    backend = _worker_backend(args)
     print(f"volcache bench, shared: {args.workers} workers and the competitor in one "
           f"{limit >> 20} MiB memory limit, {duration:g} s a round; private caches (volcache on "
           f"{backend}), one shared cache, diskcache; {machine_line()}", flush=True)  # fmt: skip
@@ -223,10 +231,7 @@ def _shared(args: argparse.Namespace) -> int:
     print(f"\n{date.today().isoformat()}, volcache {__version__}.")
     print("hit ratio: lookups answered without making the value (by any worker's cache);")
     print("killed: processes the OOM killer took (the competitor included).")
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump({"scenario": "shared", "limit": limit, **outcome}, out, indent=1)
-        print(f"JSON: {args.json}")
+    _dump(args.json, {"scenario": "shared", "limit": limit, **outcome})
     rounds = [r for r in outcome["rounds"].values() if "skipped" not in r]
     if any(shared_scenario.summarize(r)["wrong"] for r in rounds) or outcome["memory"].get("wrong"):
         print("ERROR: values came back wrong", file=sys.stderr)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .workload import Workload, check_value, make_value
+from .workload import Workload, check_value, make_value, serve
 
 
 def pss() -> dict[str, int]:
@@ -92,14 +92,7 @@ def main() -> None:
         return
     cache, regenerated = open_cache(config, lambda key: make_value(workload, key))
     keys = workload.stream(seed=config["stream_seed"])
-    time.sleep(max(0.0, config["start"] - time.time()))
-    ops = wrong = 0
-    began = time.perf_counter()
-    while time.perf_counter() - began < config["duration"]:
-        key = next(keys)
-        wrong += not check_value(key, cache[key])
-        ops += 1
-    seconds = time.perf_counter() - began
+    ops, wrong, seconds = serve(cache.__getitem__, keys, config["start"], config["duration"])
     print(json.dumps({
         "lookups": ops, "seconds": round(seconds, 3), "regenerated": regenerated(),
         "wrong": wrong,

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 from ..cache import VolatileCache
-from .workload import Workload, check_value, make_value
+from .workload import Workload, make_value, serve
 
 
 def main() -> None:
@@ -31,14 +30,7 @@ def main() -> None:
         backend=config["backend"], regenerate=lambda key: make_value(workload, key), tier=tier
     )
     keys = workload.stream(seed=config["stream_seed"])
-    time.sleep(max(0.0, config["start"] - time.time()))
-    ops = wrong = 0
-    began = time.perf_counter()
-    while time.perf_counter() - began < config["duration"]:
-        key = next(keys)
-        wrong += not check_value(key, cache[key])
-        ops += 1
-    seconds = time.perf_counter() - began
+    ops, wrong, seconds = serve(cache.__getitem__, keys, config["start"], config["duration"])
     info = cache.info()
     print(json.dumps({
         "lookups": ops, "seconds": round(seconds, 3), "regenerated": info.regenerated,

@@ -12,8 +12,9 @@ import hashlib
 import itertools
 import math
 import random
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +71,21 @@ class Workload:
         total = cumulative[-1]
         while True:
             yield ranks[bisect.bisect_left(cumulative, rng.random() * total)]
+
+
+def serve(
+    lookup: Callable[[int], bytes], keys: Iterator[int], start: float, duration: float
+) -> tuple[int, int, float]:
+    """A worker's clock: from the wall-clock ``start``, ``lookup`` of each key of
+    ``keys`` for ``duration`` seconds, every value checked; (lookups, wrong, seconds)."""
+    time.sleep(max(0.0, start - time.time()))
+    ops = wrong = 0
+    began = time.perf_counter()
+    while time.perf_counter() - began < duration:
+        key = next(keys)
+        wrong += not check_value(key, lookup(key))
+        ops += 1
+    return ops, wrong, time.perf_counter() - began
 
 
 def make_value(workload: Workload, key: int) -> bytes:
