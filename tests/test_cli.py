@@ -87,6 +87,8 @@ def test_bench_quick_under_real_pressure(tmp_path):
         results
     )
     assert all(r["wrong"] == 0 for r in results.values())
+    peers = ("cachebox-25%", "cachebox-50%", "lru-dict-25%", "lru-dict-50%", "diskcache")
+    assert all(results[name]["status"] in ("finished", "killed") for name in peers)
     survivors = [r for r in results.values() if r["status"] == "finished"]
     assert all(r["ops"] > 0 and r["samples"] for r in survivors)
     for name in ("volcache-kernel", "volcache-uffd"):

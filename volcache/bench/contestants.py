@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
+import shutil
+import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +19,9 @@ from ..cache import VolatileCache
 from .workload import Workload, make_value
 
 LRU_FRACTIONS = (0.25, 0.5, 1.0)  # of the memory limit
+PEER_FRACTIONS = (0.25, 0.5)  # cachebox's and lru-dict's bounds, as a fraction of the limit
+#: The other caches users pick, and what to install for each (``volcache[bench]`` has them all).
+PEERS = {"cachebox": "cachebox", "lru-dict": "lru", "diskcache": "diskcache"}
 LRU_CACHE_MAXSIZE = 128  # functools.lru_cache's default, what most code uses
 
 
@@ -25,15 +31,20 @@ class Contestant:
 
     Attributes:
         name: for the table and the plot.
-        kind: ``"volcache"``, ``"lru"``, ``"lru_cache"`` or ``"none"``.
+        kind: ``"volcache"``, ``"lru"`` (cachetools), ``"cachebox"``,
+            ``"lru-dict"``, ``"diskcache"``, ``"lru_cache"`` or ``"none"``.
         backend: the volcache backend.
-        fraction: for ``"lru"``, its byte bound as a fraction of the limit.
+        fraction: for ``"lru"``, ``"cachebox"`` and ``"lru-dict"``, its bound as a
+            fraction of the limit (in bytes; in entries of the mean value size for
+            the two that count entries).
+        missing: why it cannot run here (its library is not installed), or "".
     """
 
     name: str
     kind: str
     backend: str | None = None
     fraction: float | None = None
+    missing: str = ""
 
     def describe(self) -> str:
         """A sentence for the table's legend."""
@@ -48,6 +59,18 @@ class Contestant:
             return f"cachetools LRUCache bounded to {self.fraction:.0%} of the limit in bytes"
         if self.kind == "lru_cache":
             return f"functools.lru_cache(maxsize={LRU_CACHE_MAXSIZE})"
+        if self.kind in ("cachebox", "lru-dict"):
+            what = "cachebox.LRUCache (Rust)" if self.kind == "cachebox" else "lru-dict's LRU (C)"
+            return (
+                f"{what} bounded to {self.fraction:.0%} of the limit, as a number of "
+                "entries of the workload's mean value size (it counts entries, not bytes)"
+            )
+        if self.kind == "diskcache":
+            return (
+                "diskcache.Cache in a temporary directory (default 1 GiB size limit): values "
+                "in files and SQLite, read back through the page cache, which the kernel "
+                "charges to the worker's cgroup and reclaims under pressure"
+            )
         return "no cache: every value made on each use"
 
 
@@ -55,7 +78,21 @@ def lineup(backends: list[str]) -> list[Contestant]:
     """volcache on ``backends``, then the peers, in the table's order."""
     volcache = [Contestant(f"volcache-{name}", "volcache", backend=name) for name in backends]
     lru = [Contestant(f"LRUCache-{f:.0%}", "lru", fraction=f) for f in LRU_FRACTIONS]
-    return [*volcache, *lru, Contestant("lru_cache", "lru_cache"), Contestant("no cache", "none")]
+    peers = [
+        Contestant(f"{kind}-{f:.0%}", kind, fraction=f, missing=_missing(kind))
+        for kind in ("cachebox", "lru-dict")
+        for f in PEER_FRACTIONS
+    ]
+    disk = Contestant("diskcache", "diskcache", missing=_missing("diskcache"))
+    return [*volcache, *lru, *peers, disk, Contestant("lru_cache", "lru_cache"),
+            Contestant("no cache", "none")]  # fmt: skip
+
+
+def _missing(kind: str) -> str:
+    """Why a peer cannot run here: "" if its library imports."""
+    if importlib.util.find_spec(PEERS[kind]) is None:
+        return f"not installed: pip install {kind} (or 'volcache[bench]')"
+    return ""
 
 
 class Getter:
@@ -81,6 +118,24 @@ class Getter:
         elif kind == "lru":
             fraction = contestant.fraction or 1.0
             self.cache = cachetools.LRUCache(int(limit * fraction), getsizeof=len)
+            self.get = self._mapping_get
+        elif kind in ("cachebox", "lru-dict"):
+            mean = workload.working_set() / workload.keys
+            entries = max(1, int(limit * (contestant.fraction or 1.0) / mean))
+            if kind == "cachebox":
+                import cachebox
+
+                self.cache = cachebox.LRUCache(entries)
+            else:
+                import lru
+
+                self.cache = lru.LRU(entries)
+            self.get = self._mapping_get
+        elif kind == "diskcache":
+            import diskcache
+
+            self._directory = tempfile.mkdtemp(prefix="volcache-bench-diskcache-")
+            self.cache = diskcache.Cache(self._directory)
             self.get = self._mapping_get
         elif kind == "lru_cache":
             self._memo = functools.lru_cache(maxsize=LRU_CACHE_MAXSIZE)(self._make)
@@ -116,7 +171,9 @@ class Getter:
             return sum(self._shadow.values())
         if kind == "volcache":
             return self.cache.info().stored_bytes
-        return 0
+        if kind in ("cachebox", "lru-dict"):
+            return sum(len(value) for value in self.cache.values())
+        return 0  # diskcache: on disk, its page cache reclaimable; the others hold nothing
 
     def _no_cache_get(self, key: int) -> tuple[bytes, bool]:
         return self._make(key), False
@@ -126,3 +183,6 @@ class Getter:
         if self.contestant.kind == "volcache":
             self.cache.close()
             self._owned_backend.close()
+        elif self.contestant.kind == "diskcache":
+            self.cache.close()
+            shutil.rmtree(self._directory, ignore_errors=True)

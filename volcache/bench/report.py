@@ -23,6 +23,8 @@ def status(result: Result) -> str:
         return f"killed at {result.killed_at:.1f} s"
     if result.status == "failed":
         return f"failed: {result.note}"[:40]
+    if result.status == "skipped":
+        return f"skipped: {result.note}"
     if result.competitor_killed:
         return "finished; the OOM killer took the competitor"
     return result.status
@@ -105,6 +107,8 @@ def plot(path: str | Path, settings: Settings, results: list[Result], title: str
         raise ImportError("--plot needs matplotlib: pip install 'volcache[plot]'") from None
     figure, (ratio, memory) = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
     for result in results:
+        if result.status == "skipped":
+            continue
         times, ratios = _series(result)
         (line,) = ratio.plot(times, ratios, label=result.contestant.name, linewidth=1.4)
         memory.plot([s["t"] for s in result.samples], [s["rss"] / MIB for s in result.samples],

@@ -44,7 +44,7 @@ class Result:
     """How one contestant did."""
 
     contestant: Contestant
-    status: str = "finished"  # "finished", "killed" (by the OOM killer) or "failed"
+    status: str = "finished"  # "finished", "killed" (by the OOM killer), "failed", "skipped"
     killed_at: float | None = None
     served: float = 0.0  # seconds of lookups
     ops: int = 0

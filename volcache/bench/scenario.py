@@ -199,6 +199,11 @@ def run(
     """Run each contestant in turn (in simulated memory if asked); ``done`` hears of each."""
     results = []
     for contestant in contestants:
+        if contestant.missing:
+            result = Result(contestant, status="skipped", note=contestant.missing)
+            done(result)
+            results.append(result)
+            continue
         runner = run_simulated if simulated else run_contestant
         result = runner(contestant, settings, progress)
         done(result)
