@@ -91,6 +91,8 @@ def test_bench_quick_under_real_pressure(tmp_path):
     assert all(results[name]["status"] in ("finished", "killed") for name in peers)
     survivors = [r for r in results.values() if r["status"] == "finished"]
     assert all(r["ops"] > 0 and r["samples"] for r in survivors)
+    assert all(r["stalls"]["steps"] > 0 and r["stalls"]["p99_ms"] > 0 for r in survivors)
+    assert "stall p50/p99" in run.stdout
     for name in ("volcache-kernel", "volcache-uffd"):
         ours = results[name]
         assert ours["status"] == "finished" and not ours["competitor_killed"], name

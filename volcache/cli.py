@@ -105,7 +105,8 @@ def _bench(args: argparse.Namespace) -> int:
     print(report.legend(results))
     print(f"\n{date.today().isoformat()}, volcache {__version__}.")
     print("gave back: memory the worker returned while the competitor grew; in: how long it")
-    print("took to give back half of it. regenerated: values made again (misses).")
+    print("took to give back half of it. regenerated: values made again (misses). stall: the")
+    print("competitor's allocation steps (4 MiB mapped and written) beside it, median/99th %.")
     if args.json:
         report.write_json(args.json, settings, mode, where, results)
         print(f"JSON: {args.json}")

@@ -12,7 +12,7 @@ from .results import Result, Settings
 
 MIB = 1 << 20
 COLUMNS = ("contestant", "result", "ops/s", "hit ratio", "regenerated", "wrong", "peak RSS",
-           "gave back", "in")  # fmt: skip
+           "gave back", "in", "stall p50/p99")  # fmt: skip
 
 
 def status(result: Result) -> str:
@@ -43,7 +43,16 @@ def _row(result: Result) -> tuple[str, ...]:
         f"{result.peak_rss / MIB:.0f} MiB",
         given,
         within,
+        _stall(result),
     )
+
+
+def _stall(result: Result) -> str:
+    """The competitor's allocation steps beside this contestant: median / 99th percentile."""
+    stalls = result.stalls
+    if not stalls["steps"]:
+        return "-"
+    return f"{stalls['p50_ms']:.1f}/{stalls['p99_ms']:.0f} ms"
 
 
 def table(results: list[Result]) -> str:
@@ -105,7 +114,9 @@ def plot(path: str | Path, settings: Settings, results: list[Result], title: str
         import matplotlib.pyplot as plt
     except ImportError:
         raise ImportError("--plot needs matplotlib: pip install 'volcache[plot]'") from None
-    figure, (ratio, memory) = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
+    figure, (ratio, memory, stall) = plt.subplots(
+        3, 1, figsize=(11, 10), sharex=True, height_ratios=(3, 3, 2)
+    )
     for result in results:
         if result.status == "skipped":
             continue
@@ -113,6 +124,9 @@ def plot(path: str | Path, settings: Settings, results: list[Result], title: str
         (line,) = ratio.plot(times, ratios, label=result.contestant.name, linewidth=1.4)
         memory.plot([s["t"] for s in result.samples], [s["rss"] / MIB for s in result.samples],
                     color=line.get_color(), linewidth=1.4)  # fmt: skip
+        if result.competitor_steps:
+            stall.plot(*zip(*result.competitor_steps, strict=True), ".", markersize=3,
+                       color=line.get_color())  # fmt: skip
         if result.status == "killed" and result.samples:
             last = result.samples[-1]
             memory.plot(
@@ -127,7 +141,9 @@ def plot(path: str | Path, settings: Settings, results: list[Result], title: str
     ratio.set_ylim(0, 1)
     ratio.legend(loc="lower left", fontsize=8, ncol=2)
     memory.set_ylabel("worker resident memory (MiB)")
-    memory.set_xlabel("seconds (x: killed by the OOM killer)")
+    stall.set_ylabel("competitor's step (ms)")
+    stall.set_yscale("log")
+    stall.set_xlabel("seconds (x: killed by the OOM killer)")
     memory.legend(loc="upper left", fontsize=8)
     figure.suptitle(textwrap.fill(title, 150), fontsize=9)
     figure.tight_layout()

@@ -59,6 +59,13 @@ class Result:
     note: str = ""
     info: dict[str, Any] = field(default_factory=dict)
     samples: list[dict[str, float]] = field(default_factory=list)
+    #: The competitor's allocation steps: [seconds into the run, milliseconds it took].
+    competitor_steps: list[list[float]] = field(default_factory=list)
+
+    @property
+    def stalls(self) -> dict[str, float]:
+        """The competitor's steps: how many, their median, 99th percentile and longest."""
+        return competitor.stalls(self.competitor_steps)
 
     @property
     def ops_per_s(self) -> float:
@@ -72,7 +79,8 @@ class Result:
 
     def as_dict(self) -> dict[str, Any]:
         """For JSON."""
-        return {**asdict(self), "ops_per_s": self.ops_per_s, "hit_ratio": self.hit_ratio}
+        return {**asdict(self), "ops_per_s": self.ops_per_s, "hit_ratio": self.hit_ratio,
+                "stalls": self.stalls}  # fmt: skip
 
 
 def returned_memory(result: Result, settings: Settings) -> None:

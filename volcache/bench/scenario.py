@@ -10,14 +10,16 @@ resident memory and notes who the OOM killer took.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -48,7 +50,10 @@ def run_contestant(
 ) -> Result:
     """One contestant in a fresh memory cgroup: its fill, then the clock beside the competitor."""
     result = Result(contestant)
-    with cgroups.MemoryCgroup(settings.limit, name="volcache-bench") as group:
+    with (
+        cgroups.MemoryCgroup(settings.limit, name="volcache-bench") as group,
+        _steps_file() as steps_path,
+    ):
         config = {
             "contestant": asdict(contestant),
             "workload": asdict(settings.workload()),
@@ -77,7 +82,9 @@ def run_contestant(
                 stdin.flush()
             peak, duration = str(settings.competitor_peak), str(settings.duration)
             rival = subprocess.Popen(
-                group.command([*python, "volcache.bench.competitor", peak, duration, str(start)])
+                group.command(
+                    [*python, "volcache.bench.competitor", peak, duration, str(start), steps_path]
+                )
             )
             last = _serve_and_sample(worker, rival, lines, result, settings, start, progress)
         if worker.poll() is None:
@@ -87,13 +94,46 @@ def run_contestant(
         reader.join(timeout=5)
         last = _drain(lines, last, result)
         if rival is not None:
-            rival.kill()
+            if worker.returncode == 0:  # it ends with its duration: every step it made
+                try:
+                    rival.wait(timeout=GRACE)
+                except subprocess.TimeoutExpired:
+                    rival.kill()
+            else:
+                rival.kill()
             rival.wait()
+            result.competitor_steps = _read_steps(steps_path)
         oom_kills = group.oom_kills()
         errors = worker.stderr.read() if worker.stderr is not None else ""
     rival_code = None if rival is None else rival.returncode
     _finish(result, worker.returncode, rival_code, oom_kills, errors, settings, last)
     return result
+
+
+@contextlib.contextmanager
+def _steps_file() -> Iterator[str]:
+    """A path for the competitor's timed steps, removed after."""
+    fd, path = tempfile.mkstemp(prefix="volcache-competitor-", suffix=".json")
+    os.close(fd)
+    os.unlink(path)  # the competitor makes it at its first step
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _read_steps(path: str) -> list[list[float]]:
+    try:
+        with open(path) as steps:
+            lines = steps.read().splitlines()
+    except FileNotFoundError:  # killed before its first step
+        return []
+    found = []
+    for line in lines:
+        with contextlib.suppress(ValueError):  # the last, cut short by a kill
+            found.append(json.loads(line))
+    return found
 
 
 def _wait_ready(lines: queue.Queue[str | None], result: Result) -> bool:
