@@ -92,7 +92,10 @@ def test_bench_quick_under_real_pressure(tmp_path):
     survivors = [r for r in results.values() if r["status"] == "finished"]
     assert all(r["ops"] > 0 and r["samples"] for r in survivors)
     assert all(r["stalls"]["steps"] > 0 and r["stalls"]["p99_ms"] > 0 for r in survivors)
-    assert "stall p50/p99" in run.stdout
+    assert "stall p50/p99" in run.stdout and "oracle" in run.stdout
+    document = json.loads(report.read_text())
+    assert 0 < document["oracle"]["hit_ratio"] < 1 and document["oracle"]["ops"] > 0
+    assert all(r["of_oracle"] > 0 for r in survivors if r["hits"])
     for name in ("volcache-kernel", "volcache-uffd"):
         ours = results[name]
         assert ours["status"] == "finished" and not ours["competitor_killed"], name

@@ -57,7 +57,7 @@ def _bench(args: argparse.Namespace) -> int:
         return _tier(args)
     if args.scenario == "shared":
         return _shared(args)
-    from .bench import report, scenario
+    from .bench import oracle, report, scenario
     from .bench.contestants import lineup
     from .bench.results import Settings
 
@@ -100,15 +100,19 @@ def _bench(args: argparse.Namespace) -> int:
     progress = _Progress(settings.duration)
     results = scenario.run(contestants, settings, simulated, progress, progress.done)
     print()
-    print(report.table(results))
+    yardstick = oracle.oracle(settings, results)
+    print(report.table(results, yardstick))
     print()
     print(report.legend(results))
     print(f"\n{date.today().isoformat()}, volcache {__version__}.")
     print("gave back: memory the worker returned while the competitor grew; in: how long it")
     print("took to give back half of it. regenerated: values made again (misses). stall: the")
     print("competitor's allocation steps (4 MiB mapped and written) beside it, median/99th %.")
+    print("oracle: an LRU of exactly the memory left at each moment (the limit less the")
+    print("competitor and an idle worker), replaying the same lookups; of oracle: each hit")
+    print("ratio as a fraction of its.")
     if args.json:
-        report.write_json(args.json, settings, mode, where, results)
+        report.write_json(args.json, settings, mode, where, results, yardstick)
         print(f"JSON: {args.json}")
     if args.plot:
         report.plot(args.plot, settings, results, report.heading(settings, mode, where))

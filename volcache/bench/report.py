@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from . import competitor
+from .oracle import Oracle
 from .results import Result, Settings
 
 MIB = 1 << 20
-COLUMNS = ("contestant", "result", "ops/s", "hit ratio", "regenerated", "wrong", "peak RSS",
-           "gave back", "in", "stall p50/p99")  # fmt: skip
+COLUMNS = ("contestant", "result", "ops/s", "hit ratio", "of oracle", "regenerated", "wrong",
+           "peak RSS", "gave back", "in", "stall p50/p99")  # fmt: skip
 
 
 def status(result: Result) -> str:
@@ -30,14 +31,16 @@ def status(result: Result) -> str:
     return result.status
 
 
-def _row(result: Result) -> tuple[str, ...]:
+def _row(result: Result, yardstick: Oracle | None) -> tuple[str, ...]:
     given = "-" if not result.returned else f"{result.returned / MIB:.0f} MiB"
     within = "-" if result.return_s is None else f"{result.return_s:.2f} s"
+    fraction = None if yardstick is None else yardstick.fraction(result)
     return (
         result.contestant.name,
         status(result),
         f"{result.ops_per_s:.0f}",
         f"{result.hit_ratio:.1%}",
+        "-" if fraction is None else f"{fraction:.0%}",
         f"{result.misses}",
         f"{result.wrong}",
         f"{result.peak_rss / MIB:.0f} MiB",
@@ -55,9 +58,14 @@ def _stall(result: Result) -> str:
     return f"{stalls['p50_ms']:.1f}/{stalls['p99_ms']:.0f} ms"
 
 
-def table(results: list[Result]) -> str:
-    """The results as an aligned text table."""
-    rows = [COLUMNS, *map(_row, results)]
+def table(results: list[Result], yardstick: Oracle | None = None) -> str:
+    """The results as an aligned text table; with ``yardstick``, each hit ratio as a
+    fraction of its, and its own row last."""
+    rows = [COLUMNS, *(_row(result, yardstick) for result in results)]
+    if yardstick is not None:
+        ratio, misses = f"{yardstick.hit_ratio:.1%}", f"{yardstick.ops - yardstick.hits}"
+        rows.append(("oracle", "LRU, the memory left", "-", ratio, "100%", misses,
+                     "-", "-", "-", "-", "-"))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = []
     for n, row in enumerate(rows):
@@ -90,13 +98,17 @@ def heading(settings: Settings, mode: str, machine: str) -> str:
 
 
 def write_json(path: str | Path, settings: Settings, mode: str, machine: str,
-               results: list[Result]) -> None:  # fmt: skip
+               results: list[Result], yardstick: Oracle | None = None) -> None:  # fmt: skip
     """Everything, samples included."""
     document: dict[str, Any] = {
         "mode": mode,
         "machine": machine,
         "settings": {**settings.__dict__, "workload": settings.workload().__dict__},
-        "results": [r.as_dict() for r in results],
+        "results": [
+            {**r.as_dict(), "of_oracle": None if yardstick is None else yardstick.fraction(r)}
+            for r in results
+        ],
+        "oracle": None if yardstick is None else yardstick.as_dict(),
     }
     Path(path).write_text(json.dumps(document, indent=1))
 
