@@ -11,16 +11,15 @@ about speed. A peer that is not installed is left out of its row.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import itertools
-import statistics
-import time
 from collections.abc import Callable
 
 import cachetools
 import pytest
 
 from volcache import VolatileCache, cached
+from volcache.bench import speed
+from volcache.bench.speed import bounded_caches, has
 
 from .conftest import WORKING
 
@@ -30,20 +29,9 @@ MAXSIZE = 1000
 pytestmark = pytest.mark.skipif("kernel" not in WORKING, reason="measured on the kernel backend")
 
 
-def has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
 def alternate(contestants: dict[str, Callable[[], object]], calls: int) -> dict[str, float]:
     """Median seconds a call of each contestant, over alternating rounds of ``calls``."""
-    times: dict[str, list[float]] = {name: [] for name in contestants}
-    for _ in range(ROUNDS):
-        for name, function in contestants.items():
-            start = time.perf_counter()
-            for _ in range(calls):
-                function()
-            times[name].append((time.perf_counter() - start) / calls)
-    return {name: statistics.median(rounds) for name, rounds in times.items()}
+    return speed.alternate(contestants, calls, ROUNDS)
 
 
 def report(benchmark, operation: str, medians: dict[str, float]) -> None:
@@ -52,23 +40,6 @@ def report(benchmark, operation: str, medians: dict[str, float]) -> None:
     benchmark.extra_info["ratio"] = medians["volcache"] / base
     cells = " | ".join(f"{name} {t * 1e9:,.0f} ns" for name, t in medians.items())
     print(f"\n{operation}: {cells}; volcache/cachetools {medians['volcache'] / base:.2f}x")
-
-
-def bounded_caches() -> dict[str, object]:
-    """A cache of each kind with room for MAXSIZE entries (evicting past it)."""
-    caches: dict[str, object] = {
-        "volcache": VolatileCache(MAXSIZE, backend="kernel"),
-        "cachetools": cachetools.LRUCache(MAXSIZE),
-    }
-    if has("cachebox"):
-        import cachebox
-
-        caches["cachebox"] = cachebox.LRUCache(MAXSIZE)
-    if has("lru"):
-        import lru
-
-        caches["lru-dict"] = lru.LRU(MAXSIZE)
-    return caches
 
 
 @pytest.mark.parametrize("nbytes", [256, 4096], ids=["256B", "4KiB"])

@@ -185,3 +185,18 @@ def test_bench_shared_private_caches_one_shared_cache_and_diskcache(tmp_path):
     assert memory["wrong"] == 0 and memory["entries"] > 0 and memory["segment"] > 0
     assert "shared volcache" in run.stdout and "diskcache" in run.stdout
     assert not [p for p in os.listdir("/dev/shm") if p.startswith(f"volcache-{os.getuid()}-bench-")]
+
+
+def test_bench_speed_prints_each_operation_beside_the_peers(tmp_path):
+    need_backend("kernel")
+    report = tmp_path / "speed.json"
+    run = volcache("bench", "--scenario", "speed", "--quick", "--json", str(report))
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = json.loads(report.read_text())["seconds"]
+    assert {"insert 256 B, evicting", "hot hit", "decorated hit", "decorated miss"} <= set(found)
+    for operation, medians in found.items():
+        assert medians["volcache"] > 0, operation
+        assert ("floor" in medians) == operation.startswith("idle hit"), operation
+    assert {"cachetools", "cachebox", "lru-dict"} <= set(found["hot hit"])
+    assert "functools" in found["decorated hit"]
+    assert all(operation in run.stdout for operation in found) and "x cachetools" in run.stdout

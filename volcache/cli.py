@@ -57,6 +57,8 @@ def _bench(args: argparse.Namespace) -> int:
         return _tier(args)
     if args.scenario == "shared":
         return _shared(args)
+    if args.scenario == "speed":
+        return _speed(args)
     from .bench import oracle, report, scenario
     from .bench.contestants import lineup
     from .bench.results import Settings
@@ -195,6 +197,32 @@ def _tier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _speed(args: argparse.Namespace) -> int:
+    from .bench import speed
+    from .bench.scenario import machine_line
+
+    reason = available_backends().get("kernel", "unknown")
+    if reason is not None:
+        raise UsageError(f"--scenario speed measures the kernel backend: {reason}")
+    missing = [peer for peer, module in (("cachebox", "cachebox"), ("lru-dict", "lru"))
+               if not speed.has(module)]  # fmt: skip
+    print(f"volcache bench, speed: each operation in alternating rounds, the median round of "
+          f"each contestant; {machine_line()}", flush=True)  # fmt: skip
+    if missing:
+        print(f"(not installed, left out: {', '.join(missing)}; pip install 'volcache[bench]')")
+
+    def progress(name: str) -> None:
+        print(f"  {name}...", file=sys.stderr, flush=True)
+
+    found = speed.measure(rounds=9 if args.quick else 21, progress=progress)
+    print()
+    print(speed.table(found))
+    print(f"\n{date.today().isoformat()}, volcache {__version__}. Nanoseconds a call; ratio: "
+          "volcache's time over cachetools' (over the floor's for idle hits).")  # fmt: skip
+    _dump(args.json, {"scenario": "speed", "seconds": found})
+    return 0
+
+
 def _worker_backend(args: argparse.Namespace) -> str:
     """The backend of a scenario's workers: --backend, else kernel where it works, else sim."""
     reasons = available_backends()
@@ -285,11 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--duration", type=float, help="seconds per contestant (default 20)")
     bench.add_argument(
         "--scenario",
-        choices=("pressure", "many-small", "tier", "shared"),
+        choices=("pressure", "many-small", "tier", "shared", "speed"),
         default="pressure",
         help="pressure (default): Zipf lookups beside a competitor; many-small: millions of "
         "small entries under a limit; tier: two workers without and with a shared Redis; "
-        "shared: N workers with private caches, one shared cache, and diskcache",
+        "shared: N workers with private caches, one shared cache, and diskcache; speed: "
+        "each operation beside cachetools, cachebox, lru-dict and functools (under a minute)",
     )
     bench.add_argument(
         "--limit", help="the memory limit (default 256M; 128M for --scenario many-small)"
