@@ -130,10 +130,12 @@ def decorated(kind: str, rounds: int) -> dict[str, float]:
         for f in functions.values():
             f(12), f(12)
         return alternate({n: functools.partial(f, 12) for n, f in functions.items()}, 2000, rounds)
-    counters = {n: itertools.count() for n in functions}
-    return alternate(
-        {n: (lambda f=f, c=counters[n]: f(next(c))) for n, f in functions.items()}, 300, rounds
-    )
+
+    def missing(function: Callable[[int], int]) -> Callable[[], object]:
+        counter = itertools.count()
+        return lambda: function(next(counter))
+
+    return alternate({n: missing(f) for n, f in functions.items()}, 300, rounds)
 
 
 def idle_hit(nbytes: int, rounds: int) -> dict[str, float]:
