@@ -92,6 +92,7 @@ class BoundTier:
         # clear would be current again). Replaced, never mutated, under _lock.
         self._pending: frozenset[int] = frozenset()
         self._clears = 0  # clear() calls begun: a retry that began before one is stale
+        self._settled = 0  # clear() calls whose pending groups are stored
         self._lock = threading.Lock()
         self.counts = dict.fromkeys(
             ("tier_hits", "tier_misses", "tier_errors", "tier_rejected", "tier_skipped"), 0
@@ -238,12 +239,15 @@ class BoundTier:
                 self._pending = frozenset(failed)
             else:  # a later one began meanwhile and may end first: keep what it left too
                 self._pending |= failed
+            self._settled += 1
         return len(failed)
 
     def _finish_clear(self, group: int) -> bool:
         """The pending groups of a clear, written again; whether ``group`` is done."""
         with self._lock:
             began, pending = self._clears, self._pending
+            if self._settled != began:  # a clear is under way: its groups are not stored yet
+                return group not in pending
         if not pending:
             return True
         failed = pending - self._renew(pending).keys()

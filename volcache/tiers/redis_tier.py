@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import threading
 import warnings
 from collections.abc import Callable, Hashable
@@ -96,8 +95,9 @@ class RedisTier(Tier):
                 nodes = [_cluster_node(url) for url in urls]
                 self.urls = list(urls)
                 startup: dict[str, Any] = {**settings, "retry": Retry(NoBackoff(), 2)}
-                self._make = functools.partial(
-                    RedisCluster, url=urls[0], startup_nodes=nodes[1:], **startup
+                # A list of its own each time: redis-py appends the URL's node to it.
+                self._make = lambda: RedisCluster(
+                    url=urls[0], startup_nodes=list(nodes[1:]), **startup
                 )
                 self._make_cluster_now()
             else:  # one server's client connects at its first call: a bad URL raises here
@@ -236,7 +236,12 @@ class RedisTier(Tier):
         if node is None:
             raise ConnectionError(f"no node {where} in the cluster's layout")
         server = client.get_redis_connection(node)
-        replicas = int(server.info("replication").get("connected_slaves", 0))
+        # The replicas the cluster knows (not failed), not those connected now: one
+        # whose link is down can still be promoted, without the new tokens.
+        me = server.execute_command("CLUSTER MYID")
+        me = me.decode() if isinstance(me, bytes) else me
+        known = server.execute_command("CLUSTER REPLICAS", me)  # parsed by redis-py: a dict
+        replicas = sum(1 for node in known.values() if "fail" not in node.get("flags", ""))
         if replicas:
             # Under the socket's timeout, so that a short count is an answer, not an error.
             wait_ms = max(1, int(self.timeout * 500))
