@@ -103,4 +103,3 @@ def test_an_older_clear_ending_last_keeps_what_a_newer_one_missed():
     assert 1 in b._pending
     tier.down = set()
     assert b.fetch(b.key_of(key_in(b, 1))) is MISSING and not b._pending
-

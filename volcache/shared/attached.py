@@ -56,7 +56,7 @@ class AttachedTable:
     def alive(self, row: int) -> bool:
         """Whether the process of ``row`` still runs."""
         pid, start = self._row(row)
-        return pid == os.getpid() or (pid != 0 and start_time(pid) == start)
+        return pid != 0 and start_time(pid) == start
 
     def pids(self) -> list[int]:
         """The pids of the live processes in the table."""

@@ -259,6 +259,18 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
         if not self._seg().delete(*self._named(key)):
             raise KeyError(key)
 
+    def pop(self, key: Any, default: Any = _ABSENT) -> Any:
+        """Remove ``key`` and return its value; ``default`` (or ``KeyError``) if it
+        has none. Another process removing it meanwhile is no error: the value
+        read is returned."""
+        value = self._lookup(key)[1]
+        if value is _ABSENT:
+            if default is _ABSENT:
+                raise KeyError(key)
+            return default
+        self._seg().delete(*self._named(key))
+        return value
+
     def __contains__(self, key: Any) -> bool:
         return self._seg().get(*self._named(key), self.clock())[0] == L.LIVE
 

@@ -71,7 +71,11 @@ class Segment:
                 if os.fstat(self._fd).st_size == 0:
                     L.geometry(size)  # a size too small raises before the file grows
                     os.ftruncate(self._fd, size)
-                    self._map(size)
+                    try:
+                        self._map(size)
+                    except OSError:
+                        os.ftruncate(self._fd, 0)  # as it was: another size may map
+                        raise
                     self._format(size)
                 else:
                     self._map(os.fstat(self._fd).st_size)
@@ -128,6 +132,10 @@ class Segment:
 
     def _attach(self) -> None:
         """This process's row among the attached ones (under the lock)."""
+        if self.pins.forget_dead():  # a dead process's row may be reused: its pins go first
+            self._begin()
+            self._recover()  # the runs they kept are given back
+            self._end()
         self.row = self.processes.attach()
 
     def attached(self) -> list[int]:
@@ -460,6 +468,8 @@ class Segment:
         """Purges the least recently used entries until ``nbytes`` of their pages
         went back to the system; the bytes that did."""
         pages = -(-nbytes // L.PAGE)
+        if pages <= 0:
+            return 0
         with self.lock:
             if not self._get(L.TAKEN_AT):
                 return 0
