@@ -10,8 +10,6 @@ timed benchmark is the volcache side. Nothing is asserted about speed.
 from __future__ import annotations
 
 import itertools
-import statistics
-import time
 from collections.abc import Callable
 
 import cachetools
@@ -20,6 +18,7 @@ import pytest
 from volcache import VolatileCache, cached
 from volcache.backends import NONVOLATILE, VOLATILE, clib, get_backend
 from volcache.backends.kernel import TAG
+from volcache.bench import speed
 
 from .conftest import WORKING
 
@@ -33,23 +32,8 @@ def alternate(
     setup: Callable[[], object] | None = None,
 ) -> tuple[float, float]:  # fmt: skip
     """Median seconds a call of each, over alternating rounds of ``calls`` calls."""
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(ROUNDS):
-        for side, function in enumerate((ours, theirs)):
-            if setup is None:
-                start = time.perf_counter()
-                for _ in range(calls):
-                    function()
-                total = time.perf_counter() - start
-            else:  # each call timed alone, after its setup
-                total = 0.0
-                for _ in range(calls):
-                    setup()
-                    start = time.perf_counter()
-                    function()
-                    total += time.perf_counter() - start
-            times[side].append(total / calls)
-    return statistics.median(times[0]), statistics.median(times[1])
+    medians = speed.alternate({"ours": ours, "theirs": theirs}, calls, ROUNDS, setup)
+    return medians["ours"], medians["theirs"]
 
 
 def record(benchmark, name: str, ours: float, theirs: float, peer: str) -> None:
