@@ -16,6 +16,7 @@ from .flight import DeadlockError
 from .images import ThumbnailCache, ThumbnailError
 from .info import CacheInfo
 from .shared import SharedVolatileCache
+from .wrappers import BoundCachedMethod, CachedFunction
 
 try:
     __version__ = version("volcache")
@@ -24,7 +25,9 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 __all__ = [
     "BackendUnavailable",
+    "BoundCachedMethod",
     "CacheInfo",
+    "CachedFunction",
     "Codec",
     "DeadlockError",
     "DefaultCodec",

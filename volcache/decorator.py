@@ -11,9 +11,9 @@ import os
 import random
 import threading
 import weakref
-from collections import deque, namedtuple
+from collections import deque
 from collections.abc import Callable, MutableMapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar, overload
 
 from cachetools import keys as cachekeys
 
@@ -24,11 +24,24 @@ from .hotpath import MemoHit, count_of
 from .keys import C_HASHED, hashed, hashkey, typedkey
 from .tiers.bound import MISSING as TIER_MISSING
 
+if TYPE_CHECKING:
+    from .wrappers import CachedFunction
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
 _SCALAR = object()  # in a shared method cache's key: a key function's non-tuple key follows
 _SWEEP_AFTER = 64  # dead instances, or a 64th of the shared cache, before their entries go
 
 
-class CacheInfo(namedtuple("CacheInfo", "hits misses maxsize currsize")):
+class _Counts(NamedTuple):
+    hits: int
+    misses: int
+    maxsize: float | None
+    currsize: float
+
+
+class CacheInfo(_Counts):
     """A memoized function's counters: ``functools.lru_cache``'s four, and two more.
 
     As a tuple it has the four fields of ``functools``' ``CacheInfo`` (it
@@ -61,6 +74,21 @@ class CacheInfo(namedtuple("CacheInfo", "hits misses maxsize currsize")):
         )
 
 
+@overload
+def cached(cache: Callable[_P, _R], /) -> CachedFunction[_P, _R]: ...
+@overload
+def cached(
+    cache: MutableMapping[Any, Any] | None = None,
+    *,
+    key: Callable[..., Any] | None = None,
+    typed: bool = False,
+    per_instance: bool = False,
+    backend: str = "auto",
+    ttl_jitter: float = 0.0,
+    cache_if: Callable[[Any], bool] | None = None,
+    shared: str | None = None,
+    **cache_options: Any,
+) -> Callable[[Callable[_P, _R]], CachedFunction[_P, _R]]: ...
 def cached(
     cache: MutableMapping | Callable | None = None,
     *,
@@ -108,6 +136,9 @@ def cached(
     The wrapper has ``cache_info()``, ``cache_clear()``, ``cache_parameters()``,
     ``cache`` and ``__wrapped__``, as ``functools.lru_cache`` has, and
     ``cache_invalidate(*args, **kwargs)``, which removes one call's result.
+    To a type checker it is a :class:`~volcache.CachedFunction` with the
+    function's parameters and return type (``cache_invalidate`` takes the
+    same parameters); a method taken from an instance loses ``self``.
     """
     if callable(cache) and not isinstance(cache, MutableMapping):
         return cached()(cache)  # used bare: @cached
@@ -183,6 +214,12 @@ def _shared(
     return decorator
 
 
+@overload
+def lru_cache(maxsize: Callable[_P, _R], /) -> CachedFunction[_P, _R]: ...
+@overload
+def lru_cache(
+    maxsize: int | None = 128, typed: bool = False, **options: Any
+) -> Callable[[Callable[_P, _R]], CachedFunction[_P, _R]]: ...
 def lru_cache(
     maxsize: int | Callable[..., Any] | None = 128, typed: bool = False, **options: Any
 ) -> Any:

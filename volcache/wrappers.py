@@ -1,0 +1,97 @@
+"""What a type checker sees of a memoized function: its parameters and result, kept.
+
+``@cached`` and ``@lru_cache`` return a :class:`~volcache.decorator.Memoized` or,
+for a plain function, a faster function of its own; both have the attributes
+below. These protocols describe them with the decorated function's
+``ParamSpec`` and return type, so that ``mypy --strict`` checks the calls of a
+memoized function and of ``cache_invalidate`` as it checks the function's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
+
+if TYPE_CHECKING:
+    from .decorator import CacheInfo
+
+P = ParamSpec("P")
+R_co = TypeVar("R_co", covariant=True)
+_Params = ParamSpec("_Params")
+_Self = TypeVar("_Self")
+_Result = TypeVar("_Result")
+
+__all__ = ["BoundCachedMethod", "CachedFunction"]
+
+
+class BoundCachedMethod(Protocol[P, R_co]):
+    """A memoized method taken from an instance: called without ``self``."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
+        """The method's result for these arguments, from the cache or computed."""
+        ...
+
+    def cache_invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """Remove this instance's result for one call; whether there was one."""
+        ...
+
+    def cache_info(self) -> CacheInfo:
+        """The method's counters (every instance's)."""
+        ...
+
+    def cache_clear(self) -> None:
+        """Empty the method's cache(s) and reset its counters."""
+        ...
+
+    def cache_parameters(self) -> dict[str, Any]:
+        """The settings: maxsize, typed, per_instance and the backend."""
+        ...
+
+
+class CachedFunction(Protocol[P, R_co]):
+    """A function (sync or ``async def``) or method memoized by ``@cached`` or ``@lru_cache``.
+
+    Called as the function is, with the same parameters and result type (an
+    ``async def``'s result is awaited as before). Taken from an instance, a
+    memoized method is a :class:`BoundCachedMethod` without ``self``.
+    """
+
+    cache: MutableMapping[Any, Any] | None
+    """The cache the results are in (None for ``per_instance`` methods: one per instance)."""
+
+    @property
+    def __wrapped__(self) -> Callable[P, R_co]:
+        """The decorated function."""
+        ...
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
+        """The function's result for these arguments, from the cache or computed."""
+        ...
+
+    def cache_invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """Remove the result of one call (the function's arguments); whether there was one."""
+        ...
+
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses, maxsize (None if unbounded), currsize, purged, regenerated."""
+        ...
+
+    def cache_clear(self) -> None:
+        """Empty the cache(s) and reset the counters."""
+        ...
+
+    def cache_parameters(self) -> dict[str, Any]:
+        """The settings: maxsize, typed, per_instance and the backend."""
+        ...
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> CachedFunction[P, R_co]: ...
+    @overload
+    def __get__(
+        self: CachedFunction[Concatenate[_Self, _Params], _Result],
+        instance: _Self,
+        owner: type | None = None,
+    ) -> BoundCachedMethod[_Params, _Result]: ...
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        """Through the class, the memoized function; through an instance, bound to it."""
+        ...
