@@ -10,6 +10,9 @@ from typing import Any
 class CacheInfo:
     """A snapshot of a :class:`~volcache.VolatileCache`'s counters and sizes.
 
+    ``*_bytes`` are bytes of memory; ``currsize`` is in ``getsizeof`` units.
+    The tier's counters are all 0 without a tier.
+
     Counts:
         hits: lookups answered from the cache (hot or re-pinned intact).
         misses: lookups that found no intact value (absent, or purged).
@@ -18,7 +21,7 @@ class CacheInfo:
         regeneration_seconds: time spent producing them.
         evictions: entries removed to stay within ``maxsize`` or ``memory_budget``.
 
-    Sizes (``*_bytes`` are bytes of memory; ``currsize`` is in ``getsizeof`` units):
+    Sizes:
         entries, currsize, maxsize: as the mapping sees them.
         hot_entries, hot_bytes: entries kept decoded and pinned for fast hits.
         pinned_entries: entries inside a ``pin()`` block.
@@ -40,7 +43,7 @@ class CacheInfo:
             pickled), kept as the object itself: never purged, counted in
             ``nonvolatile_bytes``.
 
-    With a tier (all 0 without one):
+    Tier:
         tier_hits: local misses and purges answered by the tier (not regenerated).
         tier_misses: lookups the tier did not have (absent, expired or cleared).
         tier_errors: calls to the server that failed (timeouts, refused

@@ -5,15 +5,28 @@ from __future__ import annotations
 import json
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from . import competitor
+from .contestants import Contestant
 from .oracle import Oracle
 from .results import Result, Settings
 
 MIB = 1 << 20
 COLUMNS = ("contestant", "result", "ops/s", "hit ratio", "of oracle", "regenerated", "wrong",
            "peak RSS", "gave back", "in", "stall p50/p99")  # fmt: skip
+
+
+class Yardstick(Protocol):
+    """What the table needs of an oracle: its own row, and each result's fraction of it."""
+
+    ops: int
+    hits: int
+
+    @property
+    def hit_ratio(self) -> float: ...
+
+    def fraction(self, result: Result) -> float | None: ...
 
 
 def status(result: Result) -> str:
@@ -31,7 +44,7 @@ def status(result: Result) -> str:
     return result.status
 
 
-def _row(result: Result, yardstick: Oracle | None) -> tuple[str, ...]:
+def _row(result: Result, yardstick: Yardstick | None) -> tuple[str, ...]:
     given = "-" if not result.returned else f"{result.returned / MIB:.0f} MiB"
     within = "-" if result.return_s is None else f"{result.return_s:.2f} s"
     fraction = None if yardstick is None else yardstick.fraction(result)
@@ -58,7 +71,7 @@ def _stall(result: Result) -> str:
     return f"{stalls['p50_ms']:.1f}/{stalls['p99_ms']:.0f} ms"
 
 
-def table(results: list[Result], yardstick: Oracle | None = None) -> str:
+def table(results: list[Result], yardstick: Yardstick | None = None) -> str:
     """The results as an aligned text table; with ``yardstick``, each hit ratio as a
     fraction of its, and its own row last."""
     rows = [COLUMNS, *(_row(result, yardstick) for result in results)]
@@ -75,6 +88,38 @@ def table(results: list[Result], yardstick: Oracle | None = None) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+class _Recorded:
+    """The oracle as a JSON document recorded it: its row, and each result's fraction."""
+
+    def __init__(self, oracle: dict[str, Any], fractions: dict[int, float | None]) -> None:
+        self.ops: int = oracle["ops"]
+        self.hits: int = oracle["hits"]
+        self._ratio: float = oracle["hit_ratio"]
+        self._fractions = fractions
+
+    @property
+    def hit_ratio(self) -> float:
+        return self._ratio
+
+    def fraction(self, result: Result) -> float | None:
+        return self._fractions.get(id(result))
+
+
+def table_of(document: dict[str, Any]) -> str:
+    """The table of a run that :func:`write_json` wrote (the docs' performance page)."""
+    results: list[Result] = []
+    fractions: dict[int, float | None] = {}
+    for entry in document["results"]:
+        fields = {k: v for k, v in entry.items() if k in Result.__dataclass_fields__}
+        fields["contestant"] = Contestant(**entry["contestant"])
+        result = Result(**fields)
+        results.append(result)
+        fractions[id(result)] = entry.get("of_oracle")
+    oracle = document.get("oracle")
+    yardstick = None if oracle is None else _Recorded(oracle, fractions)
+    return table(results, yardstick)
 
 
 def legend(results: list[Result]) -> str:
