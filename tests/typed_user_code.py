@@ -89,7 +89,7 @@ title: str = album.title(2)
 asyncio.run(main())
 kept: int = keep(square)
 
-info: volcache.decorator.CacheInfo = square.cache_info()
+info: volcache.wrappers.CacheInfo = square.cache_info()
 hits: int = info.hits
 removed: bool = square.cache_invalidate(4)
 bare.cache_invalidate(2, scale=0.5)
@@ -120,5 +120,5 @@ reveal_type(square.cache_invalidate)
 reveal_type(album.thumb.cache_invalidate)
 # revealed: float
 reveal_type(square.cache_info().currsize)
-# revealed: tuple[int, int, float | None, float, fallback=volcache.decorator.CacheInfo]
+# revealed: tuple[int, int, float | None, float, fallback=volcache.wrappers.CacheInfo]
 reveal_type(square.cache_info())

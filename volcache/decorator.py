@@ -23,6 +23,7 @@ from .flight import SingleFlight, await_check, await_done
 from .hotpath import MemoHit, count_of
 from .keys import C_HASHED, hashed, hashkey, typedkey
 from .tiers.bound import MISSING as TIER_MISSING
+from .wrappers import CacheInfo as CacheInfo  # the wrappers' cache_info(), from here as before
 
 if TYPE_CHECKING:
     from .wrappers import CachedFunction
@@ -32,46 +33,6 @@ _R = TypeVar("_R")
 
 _SCALAR = object()  # in a shared method cache's key: a key function's non-tuple key follows
 _SWEEP_AFTER = 64  # dead instances, or a 64th of the shared cache, before their entries go
-
-
-class _Counts(NamedTuple):
-    hits: int
-    misses: int
-    maxsize: float | None
-    currsize: float
-
-
-class CacheInfo(_Counts):
-    """A memoized function's counters: ``functools.lru_cache``'s four, and two more.
-
-    As a tuple it has the four fields of ``functools``' ``CacheInfo`` (it
-    unpacks and compares the same). ``purged`` and ``regenerated`` are
-    attributes: calls whose stored result had been purged, and the results
-    computed again for them. ``maxsize`` is None when unbounded.
-    """
-
-    purged: int
-    regenerated: int
-
-    def __new__(
-        cls, hits: int, misses: int, maxsize: float | None, currsize: float,
-        purged: int = 0, regenerated: int = 0,
-    ) -> CacheInfo:  # fmt: skip
-        info = super().__new__(cls, hits, misses, maxsize, currsize)
-        info.purged = purged
-        info.regenerated = regenerated
-        return info
-
-    def _replace(self, **changes: Any) -> CacheInfo:
-        info = super()._replace(**changes)
-        info.__dict__.update(self.__dict__)
-        return info
-
-    def __repr__(self) -> str:
-        return (
-            f"CacheInfo(hits={self.hits}, misses={self.misses}, maxsize={self.maxsize}, "
-            f"currsize={self.currsize}, purged={self.purged}, regenerated={self.regenerated})"
-        )
 
 
 @overload

@@ -5,15 +5,13 @@ for a plain function, a faster function of its own; both have the attributes
 below. These protocols describe them with the decorated function's
 ``ParamSpec`` and return type, so that ``mypy --strict`` checks the calls of a
 memoized function and of ``cache_invalidate`` as it checks the function's own.
+:class:`CacheInfo` is what their ``cache_info()`` returns.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
-
-if TYPE_CHECKING:
-    from .decorator import CacheInfo
+from typing import Any, Concatenate, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
 P = ParamSpec("P")
 R_co = TypeVar("R_co", covariant=True)
@@ -21,7 +19,47 @@ _Params = ParamSpec("_Params")
 _Self = TypeVar("_Self")
 _Result = TypeVar("_Result")
 
-__all__ = ["BoundCachedMethod", "CachedFunction"]
+__all__ = ["BoundCachedMethod", "CacheInfo", "CachedFunction"]
+
+
+class _Counts(NamedTuple):
+    hits: int
+    misses: int
+    maxsize: float | None
+    currsize: float
+
+
+class CacheInfo(_Counts):
+    """A memoized function's counters: ``functools.lru_cache``'s four, and two more.
+
+    As a tuple it has the four fields of ``functools``' ``CacheInfo`` (it
+    unpacks and compares the same). ``purged`` and ``regenerated`` are
+    attributes: calls whose stored result had been purged, and the results
+    computed again for them. ``maxsize`` is None when unbounded.
+    """
+
+    purged: int
+    regenerated: int
+
+    def __new__(
+        cls, hits: int, misses: int, maxsize: float | None, currsize: float,
+        purged: int = 0, regenerated: int = 0,
+    ) -> CacheInfo:  # fmt: skip
+        info = super().__new__(cls, hits, misses, maxsize, currsize)
+        info.purged = purged
+        info.regenerated = regenerated
+        return info
+
+    def _replace(self, **changes: Any) -> CacheInfo:
+        info = super()._replace(**changes)
+        info.__dict__.update(self.__dict__)
+        return info
+
+    def __repr__(self) -> str:
+        return (
+            f"CacheInfo(hits={self.hits}, misses={self.misses}, maxsize={self.maxsize}, "
+            f"currsize={self.currsize}, purged={self.purged}, regenerated={self.regenerated})"
+        )
 
 
 class BoundCachedMethod(Protocol[P, R_co]):
