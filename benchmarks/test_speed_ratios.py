@@ -16,8 +16,6 @@ import cachetools
 import pytest
 
 from volcache import VolatileCache, cached
-from volcache.backends import NONVOLATILE, VOLATILE, clib, get_backend
-from volcache.backends.kernel import TAG
 from volcache.bench import speed
 
 from .conftest import WORKING
@@ -99,26 +97,9 @@ def test_idle_hit_against_the_floor(benchmark, nbytes):
     """Both sides read pages given MADV_FREE just before; the floor is C checking
     the tags, copying into a new ``bytes``, checking again."""
     benchmark.group = "ratios"
-    bytes(8 << 20)  # glibc: large blocks from the heap from now on, for both sides
-    cache = VolatileCache(backend="kernel", hot_bytes=16 << 20)
-    cache["key"] = b"v" * nbytes
-    backend = get_backend("kernel")
-    region = backend.allocate(nbytes)
-    region.view[:] = b"v" * nbytes
-
-    def setup():  # the same for both sides: each timed call follows the same work
-        backend.vrange(region, 0, nbytes, NONVOLATILE)
-        backend.vrange(region, 0, nbytes, VOLATILE)
-        with cache.pin("key"):
-            pass
-        cache.volatilize()
-
-    def floor():
-        clib.floor_read(region.address, nbytes, backend.page_size, TAG, bytes(nbytes))
-
-    mine, its = alternate(lambda: cache["key"], floor, 10, setup)
-    assert cache.info().hot_entries == 0 and cache.info().purged == 0
-    record(benchmark, f"idle hit {nbytes} B", mine, its, "floor")
-    benchmark.pedantic(cache.__getitem__, args=("key",), setup=setup, rounds=50)
-    cache.close()
-    backend.close()
+    with speed.idle_read(nbytes) as idle:
+        cache = idle.cache
+        mine, its = alternate(lambda: cache["key"], idle.floor, 10, idle.setup)
+        assert cache.info().hot_entries == 0 and cache.info().purged == 0
+        record(benchmark, f"idle hit {nbytes} B", mine, its, "floor")
+        benchmark.pedantic(cache.__getitem__, args=("key",), setup=idle.setup, rounds=50)

@@ -10,13 +10,14 @@ A peer that is not installed is left out of its row, and said so.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import itertools
 import statistics
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import cachetools
 
@@ -138,9 +139,19 @@ def decorated(kind: str, rounds: int) -> dict[str, float]:
     return alternate({n: missing(f) for n, f in functions.items()}, 300, rounds)
 
 
-def idle_hit(nbytes: int, rounds: int) -> dict[str, float]:
-    """A hit on an idle entry whose pages were given ``MADV_FREE`` just before, and the
-    floor: C checking the pages' tags, copying into a new ``bytes``, checking again."""
+class IdleRead(NamedTuple):
+    """An idle entry and the floor's region of the same size, and how to read each."""
+
+    cache: VolatileCache
+    setup: Callable[[], None]  # before each timed call, the same work for both sides
+    floor: Callable[[], None]
+
+
+@contextlib.contextmanager
+def idle_read(nbytes: int) -> Iterator[IdleRead]:
+    """A cache holding one ``nbytes`` entry and a region as large, both given
+    ``MADV_FREE`` again by ``setup``; the floor is C checking the pages' tags,
+    copying into a new ``bytes``, checking again."""
     bytes(8 << 20)  # glibc: large blocks from the heap from now on, for both sides
     cache = VolatileCache(backend="kernel", hot_bytes=16 << 20)
     cache["key"] = b"v" * nbytes
@@ -148,7 +159,7 @@ def idle_hit(nbytes: int, rounds: int) -> dict[str, float]:
     region = backend.allocate(nbytes)
     region.view[:] = b"v" * nbytes
 
-    def setup() -> None:  # the same for both sides: each timed call follows the same work
+    def setup() -> None:
         backend.vrange(region, 0, nbytes, NONVOLATILE)
         backend.vrange(region, 0, nbytes, VOLATILE)
         with cache.pin("key"):
@@ -159,10 +170,18 @@ def idle_hit(nbytes: int, rounds: int) -> dict[str, float]:
         clib.floor_read(region.address, nbytes, backend.page_size, TAG, bytes(nbytes))
 
     try:
-        return alternate({"volcache": lambda: cache["key"], "floor": floor}, 10, rounds, setup)
+        yield IdleRead(cache, setup, floor)
     finally:
         cache.close()
         backend.close()
+
+
+def idle_hit(nbytes: int, rounds: int) -> dict[str, float]:
+    """A hit on an idle entry whose pages were given ``MADV_FREE`` just before, and the floor."""
+    with idle_read(nbytes) as idle:
+        cache = idle.cache
+        return alternate({"volcache": lambda: cache["key"], "floor": idle.floor}, 10, rounds,
+                         idle.setup)  # fmt: skip
 
 
 def measure(rounds: int = 9, progress: Callable[[str], None] = lambda name: None) -> dict[str, Any]:
