@@ -524,3 +524,23 @@ def test_the_segment_file_is_the_users_alone(name):
     with SharedVolatileCache(name, size=1 << 20):
         assert os.stat(path_of(name)).st_mode & 0o777 == 0o600
     assert Segment  # the module's door for tests that need the segment itself
+
+
+def test_a_closed_cache_says_so_and_bad_purge_sizes_are_refused(name):
+    """After close(), every use is a ValueError naming the cache; purge() takes a byte count."""
+    cache = SharedVolatileCache(name, size=1 << 22)
+    cache["a"] = b"1"
+    with pytest.raises(TypeError, match="nbytes must be an int"):
+        cache.purge("1")
+    with pytest.raises(ValueError, match="0 or more"):
+        cache.purge(-1)
+    assert cache["a"] == b"1"  # nothing was lost to the refused calls
+    cache.close()
+    cache.close()  # idempotent
+    for use in (lambda: cache["a"], lambda: cache.__setitem__("b", b"2"), lambda: len(cache),
+                cache.info, cache.clear, lambda: cache.purge(1)):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{name}.* is closed"):
+            use()
+    assert "closed" in repr(cache)
+    with SharedVolatileCache(name, size=1 << 22) as again:  # the segment itself is still there
+        assert again["a"] == b"1"

@@ -167,6 +167,8 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
         return self.codec.decode(memoryview(data))
 
     def _seg(self) -> Segment:
+        if self._segment.closed:
+            raise ValueError(f"shared cache {self.name!r} is closed in this process")
         if os.getpid() != self._pid:  # a forked child: in the table of attached processes
             self._pid = os.getpid()
             with self._segment.lock:
@@ -287,7 +289,16 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
 
     def purge(self, nbytes: int) -> int:
         """Purges the least recently used entries until ``nbytes`` went back to the
-        system (for every process); the bytes that did."""
+        system (for every process); the bytes that did.
+
+        Raises:
+            TypeError: ``nbytes`` is not an int.
+            ValueError: ``nbytes`` is negative.
+        """
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+            raise TypeError(f"purge: nbytes must be an int, got {nbytes!r}")
+        if nbytes < 0:
+            raise ValueError(f"purge: nbytes must be 0 or more, got {nbytes}")
         return self._seg().purge(nbytes)
 
     def info(self) -> SharedCacheInfo:
@@ -330,6 +341,8 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
         self.close()
 
     def __repr__(self) -> str:
+        if self._segment.closed:
+            return f"SharedVolatileCache({self.name!r}, closed)"
         return f"SharedVolatileCache({self.name!r}, {len(self)} entries)"
 
 

@@ -143,6 +143,11 @@ class Segment:
         with self.lock:
             return self.processes.pids()
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` unmapped it in this process."""
+        return self._fd < 0
+
     def close(self) -> None:
         """Unmap (the segment stays for the other processes). Idempotent."""
         if self._fd < 0:
