@@ -544,3 +544,36 @@ def test_a_closed_cache_says_so_and_bad_purge_sizes_are_refused(name):
     assert "closed" in repr(cache)
     with SharedVolatileCache(name, size=1 << 22) as again:  # the segment itself is still there
         assert again["a"] == b"1"
+
+
+def test_stores_read_the_usage_again_only_when_half_the_room_is_spent_or_time_passed(name):
+    """The usage is read once per half of the room a read left (or every RECHECK_S), and a
+    store that would cross the watermark is still relieved first."""
+    from volcache.shared.purger import RECHECK_S, SharedPurger
+
+    with SharedVolatileCache(name, size=1 << 24, pressure=False) as cache:
+        purger = SharedPurger(cache._segment)
+        purger._watcher.stop()  # this test drives it alone: no thread reads meanwhile
+        cache._purger = purger
+        now, usage = [0.0], [purger.limit.high - (1 << 20)]  # 1 MiB of room
+        purger._clock = lambda: now[0]
+        purger.limit.usage = lambda: usage[0]
+        value = b"v" * 3000  # with its key and a page of margin: 2 pages a store
+        for n in range(40):
+            cache[n] = value
+        # 40 stores of 8 KiB: a read per 512 KiB (half the room left) spent
+        assert purger.reads == 1 + 40 * 8192 // (512 << 10)
+        reads = purger.reads
+        cache["again"] = value
+        assert purger.reads == reads  # within the room, within the time
+        now[0] += RECHECK_S
+        cache["later"] = value
+        assert purger.reads == reads + 1  # time passed: read again
+        usage[0] = purger.limit.high + (64 << 10)  # someone else took the room meanwhile
+        now[0] += RECHECK_S
+        cache["crossing"] = value
+        assert purger.purged_bytes > 0 and purger.reads == reads + 2
+        usage[0] = purger.limit.high - (1 << 20)  # what the purge gave back
+        cache["next"] = value
+        assert purger.reads == reads + 3  # after a purge the next store reads again
+        assert cache["next"] == value and cache["crossing"] == value
