@@ -308,6 +308,11 @@ def test_a_cluster_url_is_checked_when_the_tier_is_made(shared):
         RedisTier(shared.url.rsplit("/", 1)[0] + "/3", cluster=True)
     with pytest.raises(TypeError, match="cluster=True"):
         RedisTier([shared.url, shared.url])
+    # redis-py takes the password and TLS of the first URL alone: a list that differs is refused
+    with pytest.raises(ValueError, match="differs from the first URL in password"):
+        RedisTier([shared.url, "redis://:secret@127.0.0.1:1"], cluster=True)
+    with pytest.raises(ValueError, match="connection_class"):
+        RedisTier([shared.url, "rediss://127.0.0.1:1"], cluster=True)
 
 
 def test_cluster_true_for_a_plain_server_is_refused(tmp_path):

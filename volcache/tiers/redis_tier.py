@@ -30,6 +30,23 @@ def _cluster_node(url: str) -> Any:
     return ClusterNode(parsed.get("host", "localhost"), parsed.get("port", 6379))
 
 
+def _same_options(urls: list[str]) -> None:
+    """The startup nodes' URLs differ only in host and port: redis-py takes the
+    password, TLS and other options from the first one alone."""
+    from redis.connection import parse_url
+
+    first = {k: v for k, v in parse_url(urls[0]).items() if k not in ("host", "port", "db")}
+    for url in urls[1:]:
+        options = {k: v for k, v in parse_url(url).items() if k not in ("host", "port", "db")}
+        if options != first:
+            differ = sorted(k for k in first.keys() | options.keys()
+                            if first.get(k) != options.get(k))  # fmt: skip
+            raise ValueError(
+                f"a cluster's startup nodes share their options; {url!r} differs from "
+                f"the first URL in {', '.join(differ)}: only host and port may differ"
+            )
+
+
 def _redis() -> Any:
     try:
         import redis
@@ -47,7 +64,8 @@ class RedisTier(Tier):
         url_or_client: a ``redis://`` URL (a client is made with ``timeout``
             for connecting and for every call, and no retries: the breaker
             decides); with ``cluster=True`` a list of them too (startup nodes,
-            asked in turn); or a client of yours, used as it is: a
+            asked in turn, which differ only in host and port); or a client
+            of yours, used as it is: a
             ``redis.Redis``, or a ``redis.cluster.RedisCluster``.
         cluster: the URL is a node of a Redis Cluster (any node: the client
             learns the others from it). ``ValueError`` for a URL that cannot
@@ -93,6 +111,7 @@ class RedisTier(Tier):
             self.cluster = cluster
             if cluster:
                 nodes = [_cluster_node(url) for url in urls]
+                _same_options(list(urls))
                 self.urls = list(urls)
                 startup: dict[str, Any] = {**settings, "retry": Retry(NoBackoff(), 2)}
                 # A list of its own each time: redis-py appends the URL's node to it.
