@@ -31,7 +31,6 @@ html_title = f"volcache {release}"
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
-autodoc_default_options = {"show-inheritance": False}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 # CacheInfo's fields, in three groups, rendered as Args are.

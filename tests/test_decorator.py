@@ -528,3 +528,67 @@ def test_a_fork_while_a_thread_computes_leaves_the_child_a_working_wrapper():
     thread.join()
     assert wait_child(pid) == 0  # None: the child hung on the wrapper's flight
     slow.cache.close()
+
+
+def test_static_and_class_methods_in_either_order():
+    """@cached over or under @staticmethod and @classmethod: called through the class or an
+    instance, one entry per call, and cache_invalidate takes the arguments after cls."""
+    from volcache import lru_cache
+
+    made = []
+
+    class Shape:
+        @cached(backend="sim")
+        @staticmethod
+        def area(side: int) -> int:
+            made.append(("area", side))
+            return side * side
+
+        @staticmethod
+        @lru_cache
+        def perimeter(side: int) -> int:
+            made.append(("perimeter", side))
+            return 4 * side
+
+        @cached(backend="sim")
+        @classmethod
+        def named(cls, n: int) -> str:
+            made.append((cls.__name__, n))
+            return f"{cls.__name__}{n}"
+
+        @classmethod
+        @cached(backend="sim")
+        def labelled(cls, n: int) -> str:
+            made.append(("labelled", n))
+            return f"<{cls.__name__}{n}>"
+
+    class Square(Shape):
+        pass
+
+    assert Shape.area(3) == Shape().area(3) == 9
+    assert Shape.perimeter(2) == Shape().perimeter(2) == 8
+    assert Shape.named(1) == Shape().named(1) == "Shape1"
+    assert Square.named(1) == "Square1"  # its own class: its own entry
+    assert Shape.labelled(2) == Shape().labelled(2) == "<Shape2>"
+    assert made == [("area", 3), ("perimeter", 2), ("Shape", 1), ("Square", 1), ("labelled", 2)]
+    assert Shape.area.cache_info().hits == 1 and Shape.named.cache_info().currsize == 2
+    assert Shape.area.cache_invalidate(3) and not Shape.area.cache_invalidate(3)
+    assert Shape.named.cache_invalidate(1) and Square.named.cache_invalidate(1)
+    assert not Shape.named.cache_invalidate(1)
+    if sys.version_info < (3, 13):  # classmethod passes its class to Memoized.__get__ here
+        assert Shape.labelled.cache_invalidate(2)
+    Shape.named(1)
+    assert made[-1] == ("Shape", 1)
+
+
+def test_cache_info_fields_are_whole_numbers_as_functools_gives():
+    """maxsize=1e3 is reported as 1000 (an int), and _make keeps the extra attributes."""
+    from volcache.wrappers import CacheInfo
+
+    f = cached(backend="sim", maxsize=1e3)(lambda x: x)
+    f(1)
+    info = f.cache_info()
+    assert info.maxsize == 1000 and isinstance(info.maxsize, int)
+    assert isinstance(info.currsize, int) and info == (0, 1, 1000, 1)
+    made = CacheInfo._make([1, 2, None, 3])
+    assert (made.purged, made.regenerated) == (0, 0) and made == (1, 2, None, 3)

@@ -61,6 +61,16 @@ class Album:
     async def load(self, key: str) -> list[int]:
         return [len(self.prefix), len(key)]
 
+    @classmethod
+    @cached
+    def named(cls, prefix: str) -> Album:
+        return cls(prefix)
+
+    @lru_cache(maxsize=4)
+    @classmethod
+    def blank(cls, n: int) -> str:
+        return cls.__name__ * n
+
 
 def keep(func: CachedFunction[[int], int]) -> int:
     """A memoized function passed on, typed as one."""
@@ -88,6 +98,10 @@ thumb: bytes = album.thumb(64)
 title: str = album.title(2)
 asyncio.run(main())
 kept: int = keep(square)
+named: Album = Album.named("n")
+blanks: str = Album.blank(2) + album.blank(1)
+assert named.prefix == Album.named("n").prefix == "n" and blanks == "AlbumAlbumAlbum"
+assert Album.named.cache_invalidate("n") and Album.blank.cache_info().hits == 0
 
 info: volcache.wrappers.CacheInfo = square.cache_info()
 hits: int = info.hits
@@ -103,6 +117,11 @@ original: int = square.__wrapped__(5)
 assert (scaled, squared, words, halved, thumb, title) == (1.0, 16, "www", 1.5, b"g64", "gg")
 assert kept == 9 + 0 and hits == 0 and removed and original == 25
 assert square.cache is not None and settings["typed"] is True
+used: int = word.cache_info().currsize  # as functools' fields are typed
+limit: int | None = word.cache_info().maxsize
+stored: int = square.cache.info().hits + len(album.thumb.cache)
+unbound: bytes = album.thumb.__wrapped__(album, 8)
+assert (used, limit, unbound) == (0, 128, b"g8") and stored >= 0
 
 # revealed: volcache.wrappers.CachedFunction[[x: int, scale: float =], float]
 reveal_type(bare)
@@ -112,13 +131,15 @@ reveal_type(square(2))
 reveal_type(word)
 # revealed: volcache.wrappers.BoundCachedMethod[[size: int], bytes]
 reveal_type(album.thumb)
-# revealed: volcache.wrappers.CachedFunction[[self: tests.typed_user_code.Album, size: int], bytes]
-reveal_type(Album.thumb)
+# revealed: volcache.wrappers.BoundCachedMethod[[prefix: str], tests.typed_user_code.Album]
+reveal_type(Album.named)
+# revealed: volcache.wrappers.BoundCachedMethod[[n: int], str]
+reveal_type(album.blank)
 # revealed: def (x: int) -> bool
 reveal_type(square.cache_invalidate)
 # revealed: def (size: int) -> bool
 reveal_type(album.thumb.cache_invalidate)
-# revealed: float
+# revealed: int
 reveal_type(square.cache_info().currsize)
-# revealed: tuple[int, int, float | None, float, fallback=volcache.wrappers.CacheInfo]
+# revealed: tuple[int, int, int | None, int, fallback=volcache.wrappers.CacheInfo]
 reveal_type(square.cache_info())

@@ -51,7 +51,7 @@ def cached(
     **cache_options: Any,
 ) -> Callable[[Callable[_P, _R]], CachedFunction[_P, _R]]: ...
 def cached(
-    cache: MutableMapping | Callable | None = None,
+    cache: Any = None,
     *,
     key: Callable[..., Any] | None = None,
     typed: bool = False,
@@ -101,8 +101,11 @@ def cached(
     function's parameters and return type (``cache_invalidate`` takes the
     same parameters); a method taken from an instance loses ``self``.
     """
-    if callable(cache) and not isinstance(cache, MutableMapping):
-        return cached()(cache)  # used bare: @cached
+    if (callable(cache) and not isinstance(cache, MutableMapping)) or isinstance(
+        cache, staticmethod | classmethod
+    ):
+        bare: Any = cache
+        return cached()(bare)  # used bare: @cached
     if shared is not None:
         if cache is not None or per_instance:
             raise TypeError("shared= makes the cache: not with cache= or per_instance")
@@ -128,6 +131,12 @@ def cached(
     options = {"backend": backend, **cache_options}
 
     def decorator(func: Callable[..., Any]) -> Any:
+        if isinstance(func, staticmethod):
+            return _StaticMemoized(_as_memoized(decorator(func.__func__)))
+        if isinstance(func, classmethod):
+            memoized = _as_memoized(decorator(func.__func__))
+            memoized._method = True  # its first argument, the class, is bound
+            return _ClassMemoized(memoized)
         if not callable(func):
             raise TypeError(f"@cached decorates callables, got {func!r}")
         made = options
@@ -181,17 +190,18 @@ def lru_cache(maxsize: Callable[_P, _R], /) -> CachedFunction[_P, _R]: ...
 def lru_cache(
     maxsize: int | None = 128, typed: bool = False, **options: Any
 ) -> Callable[[Callable[_P, _R]], CachedFunction[_P, _R]]: ...
-def lru_cache(
-    maxsize: int | Callable[..., Any] | None = 128, typed: bool = False, **options: Any
-) -> Any:
+def lru_cache(maxsize: Any = 128, typed: bool = False, **options: Any) -> Any:
     """``functools.lru_cache``'s signature and defaults, over :func:`cached`.
 
     ``maxsize=None`` is unbounded (the memory budget and purges are the
     bound), a negative ``maxsize`` caches nothing, and ``@lru_cache`` works
     bare. Other keyword ``options`` are :func:`cached`'s.
     """
-    if callable(maxsize) and isinstance(typed, bool):  # used bare: @lru_cache
-        return lru_cache(128, typed, **options)(maxsize)
+    if (callable(maxsize) or isinstance(maxsize, staticmethod | classmethod)) and isinstance(
+        typed, bool
+    ):  # used bare: @lru_cache
+        bare: Any = maxsize
+        return lru_cache(128, typed, **options)(bare)
     if maxsize is not None and not isinstance(maxsize, int):
         raise TypeError(f"maxsize must be an int, a callable or None, got {maxsize!r}")
     return cached(maxsize=maxsize, typed=typed, **options)
@@ -616,6 +626,37 @@ class _BoundMemoized:
 
     def __repr__(self) -> str:
         return f"<bound cached method {self._memoized.__qualname__} of {self.__self__!r}>"
+
+
+class _StaticMemoized:
+    """``@cached`` over ``@staticmethod``: the memoized function, through the class or
+    an instance, called as it is."""
+
+    __slots__ = ("_memoized",)
+
+    def __init__(self, memoized: Memoized) -> None:
+        self._memoized = memoized
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Memoized:
+        return self._memoized
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._memoized, name)
+
+
+class _ClassMemoized(_StaticMemoized):
+    """``@cached`` over ``@classmethod``: bound to the class, through the class or an
+    instance; ``cache_invalidate`` takes the arguments after ``cls``."""
+
+    __slots__ = ()
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:  # type: ignore[override]
+        return _BoundMemoized(self._memoized, owner if owner is not None else type(instance))
+
+
+def _as_memoized(made: Any) -> Memoized:
+    """The Memoized behind what ``cached`` made (a plain function carries it)."""
+    return getattr(made, "_memoized", made)  # type: ignore[no-any-return]
 
 
 def _store_under(tier: Any, named: Any, value: Any, generation: int | None) -> None:

@@ -10,11 +10,12 @@ memoized function and of ``cache_invalidate`` as it checks the function's own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any, Concatenate, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
 P = ParamSpec("P")
 R_co = TypeVar("R_co", covariant=True)
+R = TypeVar("R")
 _Params = ParamSpec("_Params")
 _Self = TypeVar("_Self")
 _Result = TypeVar("_Result")
@@ -25,27 +26,39 @@ __all__ = ["BoundCachedMethod", "CacheInfo", "CachedFunction"]
 class _Counts(NamedTuple):
     hits: int
     misses: int
-    maxsize: float | None
-    currsize: float
+    maxsize: int | None
+    currsize: int
+
+
+def _whole(size: float) -> Any:
+    """A size as an int where it is one (``1e6`` from ``maxsize=1e6``), as ``functools``
+    gives; a fractional sum of a ``getsizeof`` stays what it is."""
+    return int(size) if isinstance(size, float) and size.is_integer() else size
 
 
 class CacheInfo(_Counts):
     """A memoized function's counters: ``functools.lru_cache``'s four, and two more.
 
     As a tuple it has the four fields of ``functools``' ``CacheInfo`` (it
-    unpacks and compares the same). ``purged`` and ``regenerated`` are
-    attributes: calls whose stored result had been purged, and the results
-    computed again for them. ``maxsize`` is None when unbounded.
+    unpacks and compares the same), typed as typeshed types them. ``maxsize``
+    is None when unbounded; ``currsize`` is the number of results, or the sum
+    of ``getsizeof`` with one. ``purged`` and ``regenerated`` are attributes,
+    not fields. Not to be confused with :class:`volcache.CacheInfo`, what a
+    cache's ``info()`` returns.
     """
 
-    purged: int
-    regenerated: int
+    #: Calls whose stored result had been purged.
+    purged: int = 0
+    #: Results computed again for them.
+    regenerated: int = 0
 
     def __new__(
         cls, hits: int, misses: int, maxsize: float | None, currsize: float,
         purged: int = 0, regenerated: int = 0,
     ) -> CacheInfo:  # fmt: skip
-        info = super().__new__(cls, hits, misses, maxsize, currsize)
+        info = super().__new__(
+            cls, hits, misses, None if maxsize is None else _whole(maxsize), _whole(currsize)
+        )
         info.purged = purged
         info.regenerated = regenerated
         return info
@@ -63,7 +76,16 @@ class CacheInfo(_Counts):
 
 
 class BoundCachedMethod(Protocol[P, R_co]):
-    """A memoized method taken from an instance: called without ``self``."""
+    """A memoized method taken from an instance (or a class method from its class):
+    called without ``self``."""
+
+    cache: Any
+    """The method's cache (None for ``per_instance`` methods, which have one per instance)."""
+
+    @property
+    def __wrapped__(self) -> Callable[..., R_co]:
+        """The decorated function, which takes ``self`` first."""
+        ...
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
         """The method's result for these arguments, from the cache or computed."""
@@ -86,7 +108,7 @@ class BoundCachedMethod(Protocol[P, R_co]):
         ...
 
 
-class CachedFunction(Protocol[P, R_co]):
+class CachedFunction(Protocol[P, R]):
     """A function (sync or ``async def``) or method memoized by ``@cached`` or ``@lru_cache``.
 
     Called as the function is, with the same parameters and result type (an
@@ -94,15 +116,16 @@ class CachedFunction(Protocol[P, R_co]):
     memoized method is a :class:`BoundCachedMethod` without ``self``.
     """
 
-    cache: MutableMapping[Any, Any] | None
-    """The cache the results are in (None for ``per_instance`` methods: one per instance)."""
+    cache: Any
+    """The cache the results are in, a :class:`~volcache.VolatileCache` unless another
+    mapping was given (None for ``per_instance`` methods, which have one per instance)."""
 
     @property
-    def __wrapped__(self) -> Callable[P, R_co]:
+    def __wrapped__(self) -> Callable[P, R]:
         """The decorated function."""
         ...
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """The function's result for these arguments, from the cache or computed."""
         ...
 
@@ -123,13 +146,27 @@ class CachedFunction(Protocol[P, R_co]):
         ...
 
     @overload
-    def __get__(self, instance: None, owner: type | None = None) -> CachedFunction[P, R_co]: ...
+    def __get__(
+        self: CachedFunction[Concatenate[type[_Self], _Params], _Result],
+        instance: None,
+        owner: type[_Self],
+    ) -> BoundCachedMethod[_Params, _Result]: ...
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> CachedFunction[P, R]: ...
+    @overload
+    def __get__(
+        self: CachedFunction[Concatenate[type[_Self], _Params], _Result],
+        instance: _Self,
+        owner: type | None = None,
+    ) -> BoundCachedMethod[_Params, _Result]: ...
     @overload
     def __get__(
         self: CachedFunction[Concatenate[_Self, _Params], _Result],
         instance: _Self,
         owner: type | None = None,
     ) -> BoundCachedMethod[_Params, _Result]: ...
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> CachedFunction[P, R]: ...
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         """Through the class, the memoized function; through an instance, bound to it."""
         ...

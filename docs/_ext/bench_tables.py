@@ -1,7 +1,7 @@
 """``{bench-table}``: a table of results, made from the JSON that ``volcache bench --json`` wrote.
 
 The path is relative to the page. The scenario is the document's own (``scenario``:
-``speed``, ``shared``, ``many-small``; without one, the pressure scenario), and the
+``speed``, ``shared``, ``many-small``, ``tier``; without one, the pressure scenario), and the
 table is the one the command printed, made by the same function.
 """
 
@@ -15,7 +15,7 @@ from docutils import nodes
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
-from volcache.bench import many_small, report, shared_scenario, speed
+from volcache.bench import many_small, report, shared_scenario, speed, tiered
 
 
 def table_text(document: dict[str, Any]) -> str:
@@ -29,6 +29,8 @@ def table_text(document: dict[str, Any]) -> str:
         return shared_scenario.table(document)
     if scenario == "many-small":
         return many_small.table(document["results"])
+    if scenario == "tier":
+        return tiered.table(document)
     raise ValueError(f"a bench document of an unknown scenario: {scenario!r}")
 
 
