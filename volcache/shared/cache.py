@@ -116,7 +116,7 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
                                 or not ttl > 0):  # fmt: skip
             raise ValueError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
         self.ttl = ttl
-        #: The clock of expiries: ``time.monotonic``, one for every process of a machine.
+        #: The clock of expiries (``time.monotonic``, one for every process of a machine).
         self.clock: Callable[[], float] = time.monotonic
         self.codec = check_codec(codec)
         self.regenerate = regenerate

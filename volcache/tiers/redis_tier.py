@@ -173,7 +173,7 @@ class RedisTier(Tier):
 
     @property
     def client(self) -> Any:
-        """The redis-py client (a cluster's: made at the first use the cluster answers)."""
+        """The redis-py client; a cluster's is made at the first use the cluster answers."""
         client = self._client
         if client is None:
             # Made outside the lock: a fork while another thread waits for the
