@@ -592,3 +592,27 @@ def test_cache_info_fields_are_whole_numbers_as_functools_gives():
     assert isinstance(info.currsize, int) and info == (0, 1, 1000, 1)
     made = CacheInfo._make([1, 2, None, 3])
     assert (made.purged, made.regenerated) == (0, 0) and made == (1, 2, None, 3)
+
+
+def test_a_bound_memoized_method_reads_and_pickles_as_a_bound_method():
+    """Its docstring and signature (without self or cls), and pickled as obj.method."""
+    import inspect
+
+    class Doc:
+        @cached(backend="sim")
+        @classmethod
+        def make(cls, n: int) -> str:
+            """Make n of them."""
+            return cls.__name__ * n
+
+    assert Doc.make.__doc__ == "Make n of them."
+    assert list(inspect.signature(Doc.make).parameters) == ["n"]
+    assert inspect.signature(Doc.make.__wrapped__).parameters.keys() == {"cls", "n"}
+    assert Doc.make(2) == "DocDoc"
+    globals()["Doc"] = Doc  # picklable by name for this test
+    try:
+        Doc.__qualname__ = "Doc"
+        again = pickle.loads(pickle.dumps(Doc.make))
+        assert again(1) == "Doc" and again.__self__ is Doc
+    finally:
+        del globals()["Doc"]

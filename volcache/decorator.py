@@ -627,6 +627,19 @@ class _BoundMemoized:
     def __repr__(self) -> str:
         return f"<bound cached method {self._memoized.__qualname__} of {self.__self__!r}>"
 
+    # As a bound method: pickled as the attribute of its instance (or class).
+    def __reduce__(self) -> tuple[Any, tuple[Any, str]]:
+        return getattr, (self.__self__, self._memoized.__qualname__.rpartition(".")[2])
+
+    @property
+    def __signature__(self) -> inspect.Signature:  # without self, as a bound method's
+        signature = inspect.signature(self._memoized._func)
+        return signature.replace(parameters=list(signature.parameters.values())[1:])
+
+
+# The method's docstring, not this class's (a slotted class's __doc__ is a class attribute).
+_BoundMemoized.__doc__ = property(lambda bound: bound._memoized.__doc__)  # type: ignore[assignment]
+
 
 class _StaticMemoized:
     """``@cached`` over ``@staticmethod``: the memoized function, through the class or
