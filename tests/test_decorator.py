@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import gc
 import os
@@ -609,6 +610,9 @@ def test_a_bound_memoized_method_reads_and_pickles_as_a_bound_method():
     assert list(inspect.signature(Doc.make).parameters) == ["n"]
     assert inspect.signature(Doc.make.__wrapped__).parameters.keys() == {"cls", "n"}
     assert Doc.make(2) == "DocDoc"
+    stored = vars(Doc)["make"]  # the descriptor in the class: copied by reference
+    assert copy.copy(stored) is stored and copy.deepcopy(stored) is stored
+    assert copy.deepcopy(Doc.make).__self__ is Doc
     globals()["Doc"] = Doc  # picklable by name for this test
     try:
         Doc.__qualname__ = "Doc"

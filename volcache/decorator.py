@@ -622,10 +622,18 @@ class _BoundMemoized:
         return self._memoized._invalidate_method(self.__self__, args, kwargs)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_memoized":  # not set yet: no recursion
+            raise AttributeError(name)
         return getattr(self._memoized, name)
 
     def __repr__(self) -> str:
         return f"<bound cached method {self._memoized.__qualname__} of {self.__self__!r}>"
+
+    def __copy__(self) -> _BoundMemoized:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> _BoundMemoized:
+        return self
 
     # As a bound method: pickled as the attribute of its instance (or class).
     def __reduce__(self) -> tuple[Any, tuple[Any, str]]:
@@ -654,7 +662,16 @@ class _StaticMemoized:
         return self._memoized
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_memoized":  # not set yet (copy makes the object first): no recursion
+            raise AttributeError(name)
         return getattr(self._memoized, name)
+
+    # Copied as the memoized function is: by reference.
+    def __copy__(self) -> _StaticMemoized:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> _StaticMemoized:
+        return self
 
 
 class _ClassMemoized(_StaticMemoized):
