@@ -620,3 +620,34 @@ def test_a_bound_memoized_method_reads_and_pickles_as_a_bound_method():
         assert again(1) == "Doc" and again.__self__ is Doc
     finally:
         del globals()["Doc"]
+
+
+def test_static_and_class_method_wrappers_refuse_what_cannot_work_and_stack_with_abc():
+    """per_instance has no instance on a staticmethod; @abstractmethod stacks over them;
+    a memoized staticmethod is callable in its class body, as a staticmethod is."""
+    import abc
+
+    with pytest.raises(TypeError, match="per_instance is for methods"):
+
+        class Bad:
+            @cached(backend="sim", per_instance=True)
+            @staticmethod
+            def f(x: int) -> int:
+                return x
+
+    class Base(abc.ABC):
+        @abc.abstractmethod
+        @cached(backend="sim")
+        @classmethod
+        def make(cls, n: int) -> str: ...
+
+        @cached(backend="sim")
+        @staticmethod
+        def double(x: int) -> int:
+            return 2 * x
+
+        SIX = double(3)
+
+    with pytest.raises(TypeError, match="abstract"):
+        Base()
+    assert Base.SIX == 6 and Base.double(4) == 8

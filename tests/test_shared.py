@@ -577,3 +577,22 @@ def test_stores_read_the_usage_again_only_when_half_the_room_is_spent_or_time_pa
         cache["next"] = value
         assert purger.reads == reads + 3  # after a purge the next store reads again
         assert cache["next"] == value and cache["crossing"] == value
+
+
+def test_methods_are_refused_in_a_shared_cache(name):
+    """A method's key names this process's instance or class: another process would be
+    served its value, so shared= refuses methods and class methods when called."""
+
+    class Account:
+        @cached(shared=name, size=1 << 22)
+        def balance(self, day: int) -> int:
+            return day
+
+        @cached(shared=name, size=1 << 22)
+        @classmethod
+        def opened(cls, day: int) -> str:
+            return cls.__name__
+
+    for call in (lambda: Account().balance(1), lambda: Account.opened(1)):
+        with pytest.raises(TypeError, match="shared by processes"):
+            call()

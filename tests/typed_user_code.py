@@ -72,6 +72,11 @@ class Album:
         return cls.__name__ * n
 
 
+@cached
+def positive(x: int) -> bool:
+    return x > 0
+
+
 def keep(func: CachedFunction[[int], int]) -> int:
     """A memoized function passed on, typed as one."""
     return func(3) + func.cache_info().hits
@@ -97,7 +102,7 @@ album = Album("g")
 thumb: bytes = album.thumb(64)
 title: str = album.title(2)
 asyncio.run(main())
-kept: int = keep(square)
+kept: int = keep(square) + keep(positive)  # a bool result is an int result
 named: Album = Album.named("n")
 blanks: str = Album.blank(2) + album.blank(1)
 assert named.prefix == Album.named("n").prefix == "n" and blanks == "AlbumAlbumAlbum"
@@ -115,7 +120,7 @@ album.title.cache_info()
 settings: dict[str, object] = halve.cache_parameters()
 original: int = square.__wrapped__(5)
 assert (scaled, squared, words, halved, thumb, title) == (1.0, 16, "www", 1.5, b"g64", "gg")
-assert kept == 9 + 0 and hits == 0 and removed and original == 25
+assert kept == 9 + 0 + 1 + 0 and hits == 0 and removed and original == 25
 assert square.cache is not None and settings["typed"] is True
 used: int = word.cache_info().currsize  # as functools' fields are typed
 limit: int | None = word.cache_info().maxsize

@@ -132,6 +132,8 @@ def cached(
 
     def decorator(func: Callable[..., Any]) -> Any:
         if isinstance(func, staticmethod):
+            if per_instance:
+                raise TypeError("per_instance is for methods: a staticmethod has no instance")
             return _StaticMemoized(_as_memoized(decorator(func.__func__)))
         if isinstance(func, classmethod):
             memoized = _as_memoized(decorator(func.__func__))
@@ -328,11 +330,15 @@ class Memoized:
         return args[0], args[1:]
 
     def _call_method(self, instance: Any, args: tuple, kwargs: dict) -> Any:
-        if getattr(self.cache, "_tier", None) is not None:
-            # Its key holds a token for the instance, which means nothing in another process.
+        if getattr(self.cache, "_tier", None) is not None or getattr(
+            self.cache, "across_processes", False
+        ):
+            # Its key holds a token for the instance (or class), which means nothing
+            # in another process: another process's instance would be served its value.
             raise TypeError(
-                f"{self.__qualname__}: a method's results cannot go to a shared tier "
-                "(the key would name this process's instance); decorate a function"
+                f"{self.__qualname__}: a method's results cannot go to a cache shared by "
+                "processes (a tier or shared=): the key would name this process's instance "
+                "or class; decorate a function"
             )
         cache, key = self._for_instance(instance, args, kwargs)
         full = (instance, *args)
@@ -651,12 +657,14 @@ _BoundMemoized.__doc__ = property(lambda bound: bound._memoized.__doc__)  # type
 
 class _StaticMemoized:
     """``@cached`` over ``@staticmethod``: the memoized function, through the class or
-    an instance, called as it is."""
-
-    __slots__ = ("_memoized",)
+    an instance, called as it is (no slots: ``abc.abstractmethod`` sets an attribute)."""
 
     def __init__(self, memoized: Memoized) -> None:
         self._memoized = memoized
+        self.__func__ = memoized
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:  # in the class body, as staticmethod
+        return self._memoized(*args, **kwargs)
 
     def __get__(self, instance: Any, owner: type | None = None) -> Memoized:
         return self._memoized
@@ -677,8 +685,6 @@ class _StaticMemoized:
 class _ClassMemoized(_StaticMemoized):
     """``@cached`` over ``@classmethod``: bound to the class, through the class or an
     instance; ``cache_invalidate`` takes the arguments after ``cls``."""
-
-    __slots__ = ()
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:  # type: ignore[override]
         return _BoundMemoized(self._memoized, owner if owner is not None else type(instance))

@@ -15,7 +15,6 @@ from typing import Any, Concatenate, NamedTuple, ParamSpec, Protocol, TypeVar, o
 
 P = ParamSpec("P")
 R_co = TypeVar("R_co", covariant=True)
-R = TypeVar("R")
 _Params = ParamSpec("_Params")
 _Self = TypeVar("_Self")
 _Result = TypeVar("_Result")
@@ -108,7 +107,10 @@ class BoundCachedMethod(Protocol[P, R_co]):
         ...
 
 
-class CachedFunction(Protocol[P, R]):
+# mypy asks for an invariant result type because of the self-typed __get__ overloads;
+# the result is only ever read, so covariant is right (a function returning bool is
+# a CachedFunction[[int], int]).
+class CachedFunction(Protocol[P, R_co]):  # type: ignore[misc]
     """A function (sync or ``async def``) or method memoized by ``@cached`` or ``@lru_cache``.
 
     Called as the function is, with the same parameters and result type (an
@@ -121,11 +123,11 @@ class CachedFunction(Protocol[P, R]):
     mapping was given (None for ``per_instance`` methods, which have one per instance)."""
 
     @property
-    def __wrapped__(self) -> Callable[P, R]:
+    def __wrapped__(self) -> Callable[P, R_co]:
         """The decorated function."""
         ...
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
         """The function's result for these arguments, from the cache or computed."""
         ...
 
@@ -152,7 +154,7 @@ class CachedFunction(Protocol[P, R]):
         owner: type[_Self],
     ) -> BoundCachedMethod[_Params, _Result]: ...
     @overload
-    def __get__(self, instance: None, owner: type | None = None) -> CachedFunction[P, R]: ...
+    def __get__(self, instance: None, owner: type | None = None) -> CachedFunction[P, R_co]: ...
     @overload
     def __get__(
         self: CachedFunction[Concatenate[type[_Self], _Params], _Result],
@@ -165,8 +167,6 @@ class CachedFunction(Protocol[P, R]):
         instance: _Self,
         owner: type | None = None,
     ) -> BoundCachedMethod[_Params, _Result]: ...
-    @overload
-    def __get__(self, instance: object, owner: type | None = None) -> CachedFunction[P, R]: ...
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         """Through the class, the memoized function; through an instance, bound to it."""
         ...

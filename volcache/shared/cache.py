@@ -95,6 +95,10 @@ class SharedVolatileCache(MutableMapping[Hashable, Any]):
     strings, bytes, tuples and frozensets of them...).
     """
 
+    #: Other processes read it: ``@cached`` refuses methods, whose keys name this process's
+    #: instances.
+    across_processes = True
+
     def __init__(
         self,
         name: str,
@@ -351,6 +355,10 @@ class SharedNamespace(MutableMapping[Hashable, Any]):
     ``cached(shared=...)`` gives each function, so that functions sharing a
     segment do not share results. ``len``, iteration and ``clear`` see only
     this part."""
+
+    #: Other processes read it: ``@cached`` refuses methods, whose keys name this process's
+    #: instances.
+    across_processes = True
 
     def __init__(self, cache: SharedVolatileCache, prefix: str) -> None:
         self.cache = cache
