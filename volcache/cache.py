@@ -347,6 +347,12 @@ class VolatileCache(HotBase, MutableMapping):  # type: ignore[misc]
         return self._backend
 
     @property
+    def across_processes(self) -> bool:
+        """Whether other processes read its values (through its tier): ``@cached``
+        refuses methods then, whose keys name this process's instances."""
+        return self._tier is not None
+
+    @property
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
         return self._closed

@@ -101,9 +101,7 @@ def cached(
     function's parameters and return type (``cache_invalidate`` takes the
     same parameters); a method taken from an instance loses ``self``.
     """
-    if (callable(cache) and not isinstance(cache, MutableMapping)) or isinstance(
-        cache, staticmethod | classmethod
-    ):
+    if _decoratable(cache) and not isinstance(cache, MutableMapping):
         bare: Any = cache
         return cached()(bare)  # used bare: @cached
     if shared is not None:
@@ -199,9 +197,7 @@ def lru_cache(maxsize: Any = 128, typed: bool = False, **options: Any) -> Any:
     bound), a negative ``maxsize`` caches nothing, and ``@lru_cache`` works
     bare. Other keyword ``options`` are :func:`cached`'s.
     """
-    if (callable(maxsize) or isinstance(maxsize, staticmethod | classmethod)) and isinstance(
-        typed, bool
-    ):  # used bare: @lru_cache
+    if _decoratable(maxsize) and isinstance(typed, bool):  # used bare: @lru_cache
         bare: Any = maxsize
         return lru_cache(128, typed, **options)(bare)
     if maxsize is not None and not isinstance(maxsize, int):
@@ -330,9 +326,7 @@ class Memoized:
         return args[0], args[1:]
 
     def _call_method(self, instance: Any, args: tuple, kwargs: dict) -> Any:
-        if getattr(self.cache, "_tier", None) is not None or getattr(
-            self.cache, "across_processes", False
-        ):
+        if getattr(self.cache, "across_processes", False):
             # Its key holds a token for the instance (or class), which means nothing
             # in another process: another process's instance would be served its value.
             raise TypeError(
@@ -688,6 +682,11 @@ class _ClassMemoized(_StaticMemoized):
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:  # type: ignore[override]
         return _BoundMemoized(self._memoized, owner if owner is not None else type(instance))
+
+
+def _decoratable(obj: Any) -> bool:
+    """Whether ``obj`` is what a bare ``@cached`` decorates (a classmethod is not callable)."""
+    return callable(obj) or isinstance(obj, staticmethod | classmethod)
 
 
 def _as_memoized(made: Any) -> Memoized:

@@ -35,12 +35,15 @@ def _same_options(urls: list[str]) -> None:
     password, TLS and other options from the first one alone."""
     from redis.connection import parse_url
 
-    first = {k: v for k, v in parse_url(urls[0]).items() if k not in ("host", "port", "db")}
+    def options(url: str) -> dict[str, Any]:  # db is checked alone: 0 or absent
+        return {k: v for k, v in parse_url(url).items() if k not in ("host", "port", "db")}
+
+    first = options(urls[0])
     for url in urls[1:]:
-        options = {k: v for k, v in parse_url(url).items() if k not in ("host", "port", "db")}
-        if options != first:
-            differ = sorted(k for k in first.keys() | options.keys()
-                            if first.get(k) != options.get(k))  # fmt: skip
+        if options(url) != first:
+            theirs = options(url)
+            differ = sorted(k for k in first.keys() | theirs.keys()
+                            if first.get(k) != theirs.get(k))  # fmt: skip
             raise ValueError(
                 f"a cluster's startup nodes share their options; {url!r} differs from "
                 f"the first URL in {', '.join(differ)}: only host and port may differ"
